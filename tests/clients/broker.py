@@ -72,6 +72,11 @@ class Broker:
         return f"127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 30.0) -> "Broker":
+        self.start_process()
+        return self.wait_ready(timeout)
+
+    def start_process(self) -> None:
+        """Launches the process without waiting (cluster members must start together)."""
         args = [chronik_bin(), "start", "--node-id", str(self.node_id),
                 "--listen", self.bootstrap, "--data-dir", str(self.data_dir)]
         if self.cores is not None:
@@ -84,7 +89,10 @@ class Broker:
         log.write(f"\n----- start #{self.starts}: {' '.join(args)}\n".encode())
         log.flush()
         self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env)
+        log.close()  # the child holds its own descriptor
         self.starts += 1
+
+    def wait_ready(self, timeout: float = 30.0) -> "Broker":
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
