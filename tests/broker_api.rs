@@ -417,3 +417,68 @@ fn acknowledged_data_survives_restarts() {
         .collect();
     assert_eq!(values, expected[0]);
 }
+
+#[test]
+fn every_advertised_produce_fetch_metadata_version_round_trips() {
+    let broker = Broker::start();
+    let mut client = broker.client();
+    client.create_topic("versions", 1);
+    let metadata = client.metadata(&["versions"]);
+    let topic_id = metadata.topics[0].topic_id;
+    let mut expected = Vec::new();
+    for version in 3..=13i16 {
+        let value = format!("produce-v{version}");
+        let mut request = produce_request("versions", 1, &[(0, batch(&[value.as_bytes()], 0))]);
+        if version >= 13 {
+            request.topic_data[0].name = TopicName::default();
+            request.topic_data[0].topic_id = topic_id;
+        }
+        let response: ProduceResponse = client.call(ApiKey::Produce, version, &request);
+        let p = &response.responses[0].partition_responses[0];
+        assert_eq!(
+            (p.error_code, p.base_offset),
+            (0, expected.len() as i64),
+            "Produce v{version}"
+        );
+        expected.push(Bytes::from(value));
+    }
+    for version in 4..=18i16 {
+        let mut request = fetch_request(&[("versions", 0, 0, 1 << 20)], 0, 1, 1 << 20);
+        if version >= 13 {
+            request.topics[0].topic = TopicName::default();
+            request.topics[0].topic_id = topic_id;
+        }
+        if version < 7 {
+            request.session_epoch = 0;
+        }
+        let response: FetchResponse = client.call(ApiKey::Fetch, version, &request);
+        let p = &response.responses[0].partitions[0];
+        assert_eq!(p.error_code, 0, "Fetch v{version}");
+        assert_eq!(p.high_watermark, expected.len() as i64);
+        let values: Vec<Bytes> = decode_records(p.records.clone().unwrap())
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect();
+        assert_eq!(values, expected, "Fetch v{version}");
+    }
+    for version in 0..=13i16 {
+        let mut request = MetadataRequest::default();
+        let mut topic = metadata_request::MetadataRequestTopic::default();
+        topic.name = Some(TopicName(StrBytes::from_static_str("versions")));
+        request.topics = Some(vec![topic]);
+        let response: MetadataResponse = client.call(ApiKey::Metadata, version, &request);
+        assert_eq!(response.topics.len(), 1, "Metadata v{version}");
+        assert_eq!(response.topics[0].error_code, 0);
+        assert_eq!(response.brokers.len(), 1);
+    }
+    // Unknown topic ids (v13 produce): UNKNOWN_TOPIC_ID.
+    let mut request = produce_request("versions", 1, &[(0, batch(&[b"x"], 0))]);
+    request.topic_data[0].name = TopicName::default();
+    request.topic_data[0].topic_id = uuid_from(7);
+    let response: ProduceResponse = client.call(ApiKey::Produce, 13, &request);
+    assert_eq!(response.responses[0].partition_responses[0].error_code, 100);
+}
+
+fn uuid_from(n: u128) -> uuid::Uuid {
+    uuid::Uuid::from_u128(n)
+}
