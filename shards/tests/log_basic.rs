@@ -552,3 +552,39 @@ fn delete_removes_the_directory() {
         ));
     });
 }
+
+#[test]
+fn abandoned_waits_do_not_break_the_log() {
+    let dir = tmpdir();
+    let path = dir.path().join("t-0");
+    run(move || async move {
+        let log = PartitionLog::open(path.clone(), small_config())
+            .await
+            .unwrap();
+        for i in 0..50 {
+            log.append(&batch(1, i, 300, i as u8), 0).unwrap();
+            // Start waiting, poll once, then give up (a request timeout dropping the future).
+            let mut wait = Box::pin(log.wait_durable(log.log_end_offset()));
+            let _ = futures_lite::future::poll_once(&mut wait).await;
+            drop(wait);
+            if i % 10 == 9 {
+                let target = log.log_end_offset() - 1;
+                let mut t = Box::pin(log.truncate_to(target));
+                let _ = futures_lite::future::poll_once(&mut t).await;
+                drop(t);
+                // The abandoned truncation still completes; a second one waits for it.
+                log.truncate_to(target).await.unwrap();
+                assert_eq!(log.log_end_offset(), target);
+                log.wait_durable(target).await.unwrap();
+            }
+        }
+        let end = log.log_end_offset();
+        log.wait_durable(end).await.unwrap();
+        let got = read_all(&log, 0).await;
+        assert_eq!(got.len() as i64, end);
+        drop(log);
+        let log = PartitionLog::open(path, small_config()).await.unwrap();
+        assert_eq!(log.log_end_offset(), end);
+        assert_eq!(read_all(&log, 0).await.len() as i64, end);
+    });
+}

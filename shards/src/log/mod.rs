@@ -54,9 +54,14 @@ pub struct PartitionLog {
     dir: PathBuf,
     config: RefCell<LogConfig>,
     state: RefCell<LogState>,
-    /// Serializes everything that changes files.
+    /// Serializes everything that writes or changes files.
     file_lock: glommio::sync::Semaphore,
+    /// Serializes fdatasync of the active file; truncation, retention and close take both locks
+    /// (file lock first).
+    sync_lock: glommio::sync::Semaphore,
     closed: Cell<bool>,
+    /// Reusable O_DIRECT write buffers (see `commit`).
+    write_buffers: RefCell<Vec<glommio::io::DmaBuffer>>,
     /// A background flusher task is running (flush.ms / flush=never, and bounding unflushed memory).
     background: Cell<bool>,
     me: Weak<PartitionLog>,
@@ -170,7 +175,9 @@ impl PartitionLog {
                 generation: 0,
             }),
             file_lock: glommio::sync::Semaphore::new(1),
+            sync_lock: glommio::sync::Semaphore::new(1),
             closed: Cell::new(false),
+            write_buffers: RefCell::new(Vec::new()),
             background: Cell::new(false),
             me: me.clone(),
         });
@@ -316,13 +323,33 @@ impl PartitionLog {
         self.start_background();
     }
 
+    /// Runs file-changing work in its own task, so a caller that stops waiting (a request timeout
+    /// dropping the future) never leaves a flush, truncation or deletion half done.
+    async fn detached<T, Fut>(&self, f: impl FnOnce(Rc<PartitionLog>) -> Fut) -> Result<T, LogError>
+    where
+        T: 'static,
+        Fut: std::future::Future<Output = Result<T, LogError>> + 'static,
+    {
+        let me = self.me.upgrade().ok_or(LogError::Closed)?;
+        glommio::spawn_local(f(me))
+            .detach()
+            .await
+            .unwrap_or(Err(LogError::Closed))
+    }
+
     /// Clean shutdown: flush and sync everything, write the indexes, close files. Later calls on the
     /// log return `LogError::Closed`.
     pub async fn close(&self) -> Result<(), LogError> {
+        self.detached(|log| async move { log.close_now().await })
+            .await
+    }
+
+    async fn close_now(&self) -> Result<(), LogError> {
         if self.closed.get() {
             return Ok(());
         }
-        let _permit = self.file_lock.acquire_permit(1).await?;
+        let _write = self.file_lock.acquire_permit(1).await?;
+        let _sync = self.sync_lock.acquire_permit(1).await?;
         if self.closed.get() {
             return Ok(());
         }

@@ -22,8 +22,14 @@ impl PartitionLog {
     /// Deletes whole sealed segments that are past retention.ms or beyond retention.bytes; advances
     /// log_start. Returns how many segments were deleted.
     pub async fn apply_retention(&self, now_ms: i64) -> Result<usize, LogError> {
+        self.detached(move |log| async move { log.apply_retention_now(now_ms).await })
+            .await
+    }
+
+    async fn apply_retention_now(&self, now_ms: i64) -> Result<usize, LogError> {
         self.check_open()?;
-        let _permit = self.file_lock.acquire_permit(1).await?;
+        let _write = self.file_lock.acquire_permit(1).await?;
+        let _sync = self.sync_lock.acquire_permit(1).await?;
         self.check_open()?;
         let cfg = self.config.borrow().clone();
         let victims = {
