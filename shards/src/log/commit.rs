@@ -11,8 +11,39 @@ use super::{FlushPolicy, LogError, PartitionLog, PendingWrite};
 
 /// Size of one O_DIRECT write; a flush submits its chunks together.
 const WRITE_CHUNK: usize = 1 << 20;
-/// Chunk buffers kept for reuse (already faulted in: fresh large buffers cost page faults).
+/// Chunk buffers kept for reuse per shard (already faulted in: fresh large buffers cost page faults).
 const WRITE_BUFFERS_KEPT: usize = 4;
+
+thread_local! {
+    /// Reusable chunk buffers, shared by every log of this shard, tagged with the executor that
+    /// allocated them (a buffer may belong to that executor's registered I/O memory).
+    static WRITE_BUFFERS: std::cell::RefCell<(usize, Vec<glommio::io::DmaBuffer>)> =
+        const { std::cell::RefCell::new((usize::MAX, Vec::new())) };
+}
+
+fn take_write_buffer() -> Option<glommio::io::DmaBuffer> {
+    let id = glommio::executor().id();
+    WRITE_BUFFERS.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        if pool.0 != id {
+            *pool = (id, Vec::new());
+        }
+        pool.1.pop()
+    })
+}
+
+fn return_write_buffer(buf: glommio::io::DmaBuffer) {
+    let id = glommio::executor().id();
+    WRITE_BUFFERS.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        if pool.0 != id {
+            *pool = (id, Vec::new());
+        }
+        if pool.1.len() < WRITE_BUFFERS_KEPT {
+            pool.1.push(buf);
+        }
+    });
+}
 
 /// Copies a sequence of byte slices, then zeros, into consecutive buffers.
 struct Filler<'a> {
@@ -250,10 +281,7 @@ impl PartitionLog {
         while at < total {
             let len = WRITE_CHUNK.min(total - at);
             let mut buf = if len == WRITE_CHUNK {
-                self.write_buffers
-                    .borrow_mut()
-                    .pop()
-                    .unwrap_or_else(|| file.alloc_dma_buffer(WRITE_CHUNK))
+                take_write_buffer().unwrap_or_else(|| file.alloc_dma_buffer(WRITE_CHUNK))
             } else {
                 file.alloc_dma_buffer(len)
             };
@@ -288,9 +316,8 @@ impl PartitionLog {
                 }
             }
             if let Ok(buf) = Rc::try_unwrap(buf) {
-                let mut pool = self.write_buffers.borrow_mut();
-                if buf.len() == WRITE_CHUNK && pool.len() < WRITE_BUFFERS_KEPT {
-                    pool.push(buf);
+                if buf.len() == WRITE_CHUNK {
+                    return_write_buffer(buf);
                 }
             }
         }

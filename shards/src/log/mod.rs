@@ -60,8 +60,6 @@ pub struct PartitionLog {
     /// (file lock first).
     sync_lock: glommio::sync::Semaphore,
     closed: Cell<bool>,
-    /// Reusable O_DIRECT write buffers (see `commit`).
-    write_buffers: RefCell<Vec<glommio::io::DmaBuffer>>,
     /// A background flusher task is running (flush.ms / flush=never, and bounding unflushed memory).
     background: Cell<bool>,
     me: Weak<PartitionLog>,
@@ -177,7 +175,6 @@ impl PartitionLog {
             file_lock: glommio::sync::Semaphore::new(1),
             sync_lock: glommio::sync::Semaphore::new(1),
             closed: Cell::new(false),
-            write_buffers: RefCell::new(Vec::new()),
             background: Cell::new(false),
             me: me.clone(),
         });
