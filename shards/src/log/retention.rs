@@ -69,10 +69,9 @@ impl PartitionLog {
                 tracing::debug!(segment = ?seg.path, "deleting segment past retention");
                 std::fs::remove_file(&seg.path)?;
                 SegmentIndex::remove_files(&seg.path)?;
+                // One at a time, durably: a crash must leave a suffix of the segments, never a gap.
+                std::fs::File::open(&self.dir)?.sync_all()?;
             }
-        }
-        if !victims.is_empty() {
-            std::fs::File::open(&self.dir)?.sync_all()?;
         }
         Ok(victims.len())
     }

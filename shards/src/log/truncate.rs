@@ -102,6 +102,8 @@ impl PartitionLog {
                 Err(e) => return Err(e.into()),
             }
             SegmentIndex::remove_files(&path)?;
+            // One at a time, durably: a crash must leave a prefix of the segments, never a gap.
+            std::fs::File::open(&self.dir)?.sync_all()?;
         }
 
         // Re-open the target segment for writing if it was sealed.
