@@ -296,6 +296,78 @@ fn five_nodes_spread_leaders_evenly() {
 }
 
 #[test]
+fn a_killed_broker_is_fenced_after_its_session_and_its_partitions_move() {
+    let cluster = Cluster::new(3);
+    let mut nodes = cluster.start_all();
+    wait_for(&nodes, Duration::from_secs(10), |image| {
+        image.live_brokers().count() == 3
+    });
+    let created = block_on(nodes[0].create_topics(vec![new_topic("t", 6, 3)], false));
+    let before = created[0].as_ref().unwrap().clone();
+    let victim = non_controller(&nodes).node_id();
+    let position = nodes.iter().position(|n| n.node_id() == victim).unwrap();
+    let killed_at = Instant::now();
+    nodes.remove(position).crash();
+
+    wait_for(&nodes, Duration::from_secs(12), |image| {
+        image.brokers[&victim].fenced
+    });
+    assert!(
+        killed_at.elapsed() >= Duration::from_secs(8),
+        "fenced before the session expired"
+    );
+    let after = converged(&nodes)[0].topics["t"].clone();
+    for (p, q) in before.partitions.iter().zip(&after.partitions) {
+        assert!(!q.isr.contains(&victim));
+        if p.leader == victim {
+            assert!(p.isr.contains(&q.leader) && q.leader != victim);
+            assert_eq!(q.leader_epoch, p.leader_epoch + 1);
+        } else {
+            assert_eq!((q.leader, q.leader_epoch), (p.leader, p.leader_epoch));
+        }
+    }
+
+    // It comes back with a new incarnation and is registered and unfenced again.
+    nodes.extend(cluster.start(&[position]));
+    wait_for(&nodes, Duration::from_secs(5), |image| {
+        image.live_brokers().count() == 3
+    });
+    converged(&nodes);
+    shutdown_all(nodes);
+}
+
+#[test]
+fn a_lagging_broker_catches_up_from_a_snapshot() {
+    let cluster = Cluster::new(3);
+    let mut nodes = cluster.start_all();
+    wait_for(&nodes, Duration::from_secs(10), |image| {
+        image.live_brokers().count() == 3
+    });
+    let lagging = non_controller(&nodes).node_id();
+    let position = nodes.iter().position(|n| n.node_id() == lagging).unwrap();
+    block_on(nodes.remove(position).shutdown());
+
+    // Enough changes for the others to compact their logs past what the stopped one has.
+    let count = crate::control::node::SNAPSHOT_EVERY as usize + 20;
+    let topics = (0..count)
+        .map(|i| new_topic(&format!("t{i}"), 1, 1))
+        .collect();
+    let results = block_on(nodes[0].create_topics(topics, false));
+    assert!(results.iter().all(Result::is_ok));
+    let snapshot = cluster
+        .dirs
+        .iter()
+        .filter(|d| d.path().join("meta/snapshot").exists())
+        .count();
+    assert!(snapshot >= 2, "the live brokers compacted");
+
+    nodes.extend(cluster.start(&[position]));
+    let images = converged(&nodes);
+    assert_eq!(images[0].topics.len(), count);
+    shutdown_all(nodes);
+}
+
+#[test]
 fn peers_must_include_this_node() {
     let mut config = Cluster::new(3).configs[0].clone();
     config.peers.retain(|(id, _)| *id != 1);

@@ -342,6 +342,13 @@ impl ControlHandle {
         self.join();
     }
 
+    /// Tests: stops the control thread as a killed process would (no controlled shutdown).
+    #[cfg(test)]
+    pub fn crash(&self) {
+        let _ = self.inner.requests.send(Request::Crash);
+        self.join();
+    }
+
     fn join(&self) {
         let thread = self
             .inner

@@ -66,6 +66,9 @@ pub enum Request {
     Shutdown {
         reply: Sender<()>,
     },
+    /// Tests: stop at once, as a killed process would (no controlled shutdown).
+    #[cfg(test)]
+    Crash,
 }
 
 /// Where a request's answer goes once every part of it is decided.
@@ -343,6 +346,11 @@ impl ControlNode {
                 }
             }
             Request::Rpc { from, rpc } => self.handle_rpc(from, *rpc),
+            #[cfg(test)]
+            Request::Crash => {
+                let (reply, _) = async_channel::bounded(1);
+                return Some(reply);
+            }
             Request::Shutdown { reply } => {
                 let others_alive = self
                     .image
@@ -566,8 +574,15 @@ impl ControlNode {
             }
             Reply::Internal(key) => {
                 self.internal.remove(&key);
-                if let ClientResult::Unit(Err(e)) = result {
-                    tracing::warn!(%key, "controller's own proposal failed: {e}");
+                match result {
+                    // Leadership moved on while it was in flight; the next controller decides.
+                    ClientResult::Unit(Err(e @ ControlError::NotController { .. })) => {
+                        tracing::debug!(%key, "controller's own proposal dropped: {e}")
+                    }
+                    ClientResult::Unit(Err(e)) => {
+                        tracing::warn!(%key, "controller's own proposal failed: {e}")
+                    }
+                    _ => {}
                 }
             }
         }
