@@ -175,6 +175,16 @@ fn topic_created_through_a_non_controller_is_identical_everywhere() {
         vec![2, 2, 2]
     );
 
+    // Only the controller proposed anything (registrations included).
+    for node in &nodes {
+        assert_eq!(
+            node.proposals_made() > 0,
+            node.is_controller(),
+            "node {}",
+            node.node_id()
+        );
+    }
+
     let twelve = block_on(via.create_topics(vec![new_topic("twelve", 12, 3)], false));
     let twelve = twelve[0].as_ref().unwrap();
     assert_eq!(

@@ -30,6 +30,8 @@ pub struct Published {
     generation: AtomicU64,
     closed: AtomicBool,
     changed: Event,
+    /// Raft proposals this node made (only a controller proposes).
+    proposals: AtomicU64,
 }
 
 impl Published {
@@ -39,6 +41,7 @@ impl Published {
             generation: AtomicU64::new(0),
             closed: AtomicBool::new(false),
             changed: Event::new(),
+            proposals: AtomicU64::new(0),
         }
     }
 
@@ -50,6 +53,10 @@ impl Published {
         *self.image.lock().unwrap_or_else(|e| e.into_inner()) = image;
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.changed.notify(usize::MAX);
+    }
+
+    pub fn count_proposal(&self) {
+        self.proposals.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The control thread stopped: subscriptions end.
@@ -233,6 +240,12 @@ impl ControlHandle {
     /// The controller as this node knows it; None while there is none (an election).
     pub fn controller_id(&self) -> Option<i32> {
         self.image().controller_id
+    }
+
+    /// How many Raft proposals this node has made since it started. Only the controller
+    /// proposes, so on a broker that never was the controller this stays 0.
+    pub fn proposals_made(&self) -> u64 {
+        self.inner.published.proposals.load(Ordering::Relaxed)
     }
 
     pub fn node_id(&self) -> i32 {

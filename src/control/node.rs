@@ -49,6 +49,8 @@ const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 const SESSION_TIMEOUT: Duration = Duration::from_secs(9);
 /// A fenced broker is unfenced once it heartbeats again within this.
 const FRESH_HEARTBEAT: Duration = Duration::from_secs(3);
+/// How often the controller looks for partitions whose preferred leader can lead again.
+const REBALANCE_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a controlled shutdown waits for leadership to move away.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -139,6 +141,7 @@ pub struct ControlNode {
     /// When this node last became the controller (brokers get a full session from then).
     controller_since: Option<Instant>,
     last_heartbeat: Option<Instant>,
+    last_rebalance: Option<Instant>,
     /// A controlled shutdown in progress: its reply and deadline.
     shutting_down: Option<(Sender<()>, Instant)>,
     /// Signalled once this broker is registered and the cluster id is set.
@@ -230,6 +233,7 @@ impl ControlNode {
             sessions: HashMap::new(),
             controller_since: None,
             last_heartbeat: None,
+            last_rebalance: None,
             shutting_down: None,
             ready: Some(ready),
         })
@@ -541,6 +545,7 @@ impl ControlNode {
         let data = envelope.encode()?;
         match self.raw.propose(Vec::new(), data) {
             Ok(()) => {
+                self.published.count_proposal();
                 tracing::debug!(seq, command = ?envelope.command, "proposed");
                 Ok(seq)
             }
@@ -692,7 +697,14 @@ impl ControlNode {
                 commands.push((key, command));
             }
         }
-        for topic in image.topics.values() {
+        // Preferred leaders: a scan of every partition, so at most once per interval.
+        let rebalance_due = self
+            .last_rebalance
+            .is_none_or(|at| at.elapsed() >= REBALANCE_INTERVAL);
+        if rebalance_due {
+            self.last_rebalance = Some(Instant::now());
+        }
+        for topic in image.topics.values().filter(|_| rebalance_due) {
             for partition in &topic.partitions {
                 let Some(&preferred) = partition.replicas.first() else {
                     continue;
