@@ -175,6 +175,22 @@ fn topic_created_through_a_non_controller_is_identical_everywhere() {
         vec![2, 2, 2]
     );
 
+    // A partition leader shrinks its ISR through a broker that is not the controller.
+    let p0 = created.partitions[0].clone();
+    let leader_node = nodes.iter().find(|n| n.node_id() == p0.leader).unwrap();
+    block_on(leader_node.alter_partition_isr("six".into(), 0, p0.leader_epoch, vec![p0.leader]))
+        .unwrap();
+    let stale = block_on(leader_node.alter_partition_isr(
+        "six".into(),
+        0,
+        p0.leader_epoch + 1,
+        vec![p0.leader],
+    ));
+    assert_eq!(stale.unwrap_err().code().code(), 74);
+    wait_for(&nodes, Duration::from_secs(2), |image| {
+        image.topics["six"].partitions[0].isr == vec![p0.leader]
+    });
+
     // Only the controller proposed anything (registrations included).
     for node in &nodes {
         assert_eq!(

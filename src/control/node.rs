@@ -463,6 +463,20 @@ impl ControlNode {
             ClientRequest::AlterTopicConfigs { topic, ops, .. } => {
                 vec![validate::alter_topic_configs(image, &topic, ops)]
             }
+            ClientRequest::AlterPartitionIsr {
+                topic,
+                partition,
+                leader_epoch,
+                isr,
+            } => {
+                vec![validate::alter_partition_isr(
+                    image,
+                    &topic,
+                    partition,
+                    leader_epoch,
+                    isr,
+                )]
+            }
         }
     }
 
