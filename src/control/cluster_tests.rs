@@ -358,7 +358,42 @@ fn a_killed_broker_is_fenced_after_its_session_and_its_partitions_move() {
     wait_for(&nodes, Duration::from_secs(5), |image| {
         image.live_brokers().count() == 3
     });
-    converged(&nodes);
+    let image = converged(&nodes).remove(0);
+
+    // Once the leaders report it in sync again (replication's AlterPartition), the controller
+    // gives it back the partitions it is the preferred leader of.
+    for partition in &image.topics["t"].partitions {
+        if partition.replicas[0] == victim {
+            assert!(!partition.isr.contains(&victim));
+            let leader = nodes
+                .iter()
+                .find(|n| n.node_id() == partition.leader)
+                .unwrap();
+            let mut isr = partition.isr.clone();
+            isr.push(victim);
+            block_on(leader.alter_partition_isr(
+                "t".into(),
+                partition.index,
+                partition.leader_epoch,
+                isr,
+            ))
+            .unwrap();
+        }
+    }
+    wait_for(&nodes, Duration::from_secs(5), |image| {
+        image.topics["t"]
+            .partitions
+            .iter()
+            .all(|p| p.leader == p.replicas[0])
+    });
+    let restored = converged(&nodes).remove(0);
+    assert_eq!(
+        leaders_per_broker(&restored.topics["t"])
+            .values()
+            .copied()
+            .collect::<Vec<_>>(),
+        vec![2, 2, 2]
+    );
     shutdown_all(nodes);
 }
 
