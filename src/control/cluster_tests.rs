@@ -440,6 +440,20 @@ fn a_lagging_broker_catches_up_from_a_snapshot() {
 }
 
 #[test]
+fn a_node_restarted_with_other_peers_is_refused() {
+    let cluster = Cluster::new(1);
+    let mut config = cluster.configs[0].clone();
+    config.peers.clear();
+    block_on(start(config.clone()).unwrap().shutdown());
+    config.peers = vec![(1, config.rpc.unwrap()), (2, free_port())];
+    let error = start(config).err().unwrap();
+    assert!(
+        matches!(error, ControlError::InvalidRequest(ref m) if m.contains("same peers")),
+        "{error:?}"
+    );
+}
+
+#[test]
 fn peers_must_include_this_node() {
     let mut config = Cluster::new(3).configs[0].clone();
     config.peers.retain(|(id, _)| *id != 1);

@@ -169,12 +169,25 @@ impl ControlNode {
             .extend(config.peers.iter().map(|(id, _)| raft_id(*id)));
         voters.voters.sort_unstable();
         voters.voters.dedup();
+        let configured = voters.voters.clone();
         let storage = DiskStorage::open(&dir, voters).map_err(|e| {
             ControlError::Internal(format!(
                 "opening the raft storage in {}: {e}",
                 dir.display()
             ))
         })?;
+        let stored = &storage.conf_state().voters;
+        if *stored != configured {
+            // Membership changes are not supported: a node restarted with other peers (or
+            // none) could never reach a quorum of the stored voters.
+            let ids = |raft_ids: &[u64]| raft_ids.iter().map(|id| id - 1).collect::<Vec<_>>();
+            return Err(ControlError::InvalidRequest(format!(
+                "the metadata in {} belongs to a cluster of nodes {:?}, but this node was started with nodes {:?}; start it with the same peers",
+                dir.display(),
+                ids(stored),
+                ids(&configured)
+            )));
+        }
         let mut image = MetadataImage::default();
         let snapshot = storage.latest_snapshot();
         let applied = snapshot.get_metadata().index;
