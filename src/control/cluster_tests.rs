@@ -299,6 +299,37 @@ fn controlled_shutdown_of_the_controller_moves_everything_and_restart_keeps_meta
 }
 
 #[test]
+fn racing_auto_creates_on_every_broker_create_the_topic_once() {
+    let cluster = Cluster::new(3);
+    let nodes = cluster.start_all();
+    wait_for(&nodes, Duration::from_secs(10), |image| {
+        image.live_brokers().count() == 3
+    });
+    let threads: Vec<_> = nodes
+        .iter()
+        .flat_map(|n| [n.clone(), n.clone()])
+        .map(|n| {
+            std::thread::spawn(move || {
+                block_on(n.create_topics(vec![NewTopic::with_defaults("auto")], false))
+            })
+        })
+        .collect();
+    let results: Vec<_> = threads
+        .into_iter()
+        .map(|t| t.join().unwrap().remove(0))
+        .collect();
+    let created: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    assert_eq!(created.len(), 1, "{results:?}");
+    assert!(results
+        .iter()
+        .filter_map(|r| r.as_ref().err())
+        .all(|e| e.code().code() == 36));
+    let images = converged(&nodes);
+    assert_eq!(images[0].topics["auto"].id, created[0].id);
+    shutdown_all(nodes);
+}
+
+#[test]
 fn five_nodes_spread_leaders_evenly() {
     let cluster = Cluster::new(5);
     let nodes = cluster.start_all();
