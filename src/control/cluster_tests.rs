@@ -366,7 +366,7 @@ fn a_killed_broker_is_fenced_after_its_session_and_its_partitions_move() {
     let killed_at = Instant::now();
     nodes.remove(position).crash();
 
-    wait_for(&nodes, Duration::from_secs(12), |image| {
+    wait_for(&nodes, Duration::from_secs(15), |image| {
         image.brokers[&victim].fenced
     });
     assert!(
