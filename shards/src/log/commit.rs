@@ -275,7 +275,7 @@ impl PartitionLog {
         sources.extend(writes.iter().map(|w| w.data.as_ref()));
         let total = (aligned_end - start) as usize;
         let mut filler = Filler::new(&sources);
-        let mut tasks = Vec::new();
+        let mut chunks = Vec::new();
         let mut at = 0usize;
         let mut new_tail = Vec::new();
         while at < total {
@@ -291,18 +291,36 @@ impl PartitionLog {
                 let keep_to = (end - start) as usize - at;
                 new_tail = buf.as_bytes()[keep_from..keep_to].to_vec();
             }
-            let buf = Rc::new(buf);
-            let f = file.clone();
-            let pos = start + at as u64;
-            tasks.push(glommio::spawn_local(async move {
-                let r = f.write_rc_at(buf.clone(), pos).await;
-                (r, buf, len)
-            }));
+            chunks.push((start + at as u64, Rc::new(buf), len));
             at += len;
         }
+        // One chunk (the common small flush) is written inline; several are submitted together.
+        let results = if chunks.len() == 1 {
+            let mut out = Vec::with_capacity(1);
+            for (pos, buf, len) in chunks {
+                let r = file.write_rc_at(buf.clone(), pos).await;
+                out.push((r, buf, len));
+            }
+            out
+        } else {
+            let tasks: Vec<_> = chunks
+                .into_iter()
+                .map(|(pos, buf, len)| {
+                    let f = file.clone();
+                    glommio::spawn_local(async move {
+                        let r = f.write_rc_at(buf.clone(), pos).await;
+                        (r, buf, len)
+                    })
+                })
+                .collect();
+            let mut out = Vec::with_capacity(tasks.len());
+            for t in tasks {
+                out.push(t.await);
+            }
+            out
+        };
         let mut failure = None;
-        for t in tasks {
-            let (r, buf, len) = t.await;
+        for (r, buf, len) in results {
             match r {
                 Ok(n) if n == len => {}
                 Ok(n) => {
