@@ -720,3 +720,61 @@ fn recovery_stops_at_stale_or_out_of_order_batches() {
         assert_eq!(read_all(&log, 0).await.len(), 3);
     });
 }
+
+#[test]
+fn retention_by_time_falls_back_to_file_time_without_timestamps() {
+    let dir = tmpdir();
+    let path = dir.path().join("t-0");
+    run(move || async move {
+        let cfg = LogConfig {
+            retention_ms: Some(60_000),
+            ..small_config()
+        };
+        let log = PartitionLog::open(path.clone(), cfg).await.unwrap();
+        for _ in 0..20 {
+            log.append(&batch(1, -1, 300, 0), 0).unwrap();
+        }
+        log.wait_durable(20).await.unwrap();
+        let segments = segment_files(&path).len();
+        assert!(segments > 2);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        // files were written just now: nothing is a minute old yet
+        assert_eq!(log.apply_retention(now).await.unwrap(), 0);
+        // an hour later every sealed segment is; the active one stays
+        assert_eq!(
+            log.apply_retention(now + 3_600_000).await.unwrap(),
+            segments - 1
+        );
+        assert_eq!(segment_files(&path).len(), 1);
+    });
+}
+
+#[test]
+fn flush_policy_can_change_at_runtime() {
+    let dir = tmpdir();
+    let path = dir.path().join("t-0");
+    run(move || async move {
+        let log = PartitionLog::open(path.clone(), LogConfig::default())
+            .await
+            .unwrap();
+        log.append(&batch(1, 1, 10, 0), 0).unwrap();
+        assert_eq!(log.durable_end_offset(), 0);
+        log.update_config(LogConfig {
+            flush: FlushPolicy::Never,
+            ..LogConfig::default()
+        });
+        assert_eq!(log.durable_end_offset(), 1);
+        log.update_config(LogConfig::default());
+        log.append(&batch(1, 1, 10, 0), 0).unwrap();
+        log.wait_durable(2).await.unwrap();
+        assert_eq!(log.durable_end_offset(), 2);
+        drop(log);
+        let log = PartitionLog::open(path, LogConfig::default())
+            .await
+            .unwrap();
+        assert_eq!(log.log_end_offset(), 2);
+    });
+}
