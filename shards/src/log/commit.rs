@@ -1,7 +1,8 @@
-//! Group commit: a flush writes every append buffered since the previous flush in one aligned O_DIRECT
-//! write per segment (rewriting the partial last block), then one fdatasync; every waiter whose offsets
-//! it covers is released by it. Also rolls segment files (sealing the previous one) and runs the
-//! background flusher of `flush.ms` / `flush=never`.
+//! Group commit: a flush writes every append buffered since the previous flush with aligned O_DIRECT
+//! writes (the partial last block rewritten with the new bytes; 1 MiB chunks submitted together), then
+//! one fdatasync; every waiter whose offsets it covers is released by it. Also rolls segment files
+//! (sealing the previous one) and runs the background flusher: `flush.ms` syncs, `flush=never` writes
+//! out, and under `flush=always` batches nobody waits for (acks=0) are still made durable.
 
 use std::rc::Rc;
 use std::time::Duration;
@@ -181,10 +182,12 @@ impl PartitionLog {
             if st.synced_end >= target || st.synced_end >= st.written_end {
                 return Ok(());
             }
-            let file = match st.active().map(|s| &s.storage) {
-                Some(Storage::Active(a)) => Some(a.file.clone()),
+            // The newest segment with a file: a segment rolled at append time may not have one yet,
+            // and then the unsynced bytes are all in the one before it.
+            let file = st.segments.values().rev().find_map(|s| match &s.storage {
+                Storage::Active(a) => Some(a.file.clone()),
                 _ => None,
-            };
+            });
             (st.written_end, file)
         };
         if let Some(file) = file {

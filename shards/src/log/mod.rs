@@ -113,14 +113,15 @@ fn now_ms() -> i64 {
 }
 
 impl LogState {
-    fn active(&self) -> Option<&Segment> {
+    /// The newest segment (possibly rolled at append time and not yet given a file).
+    fn newest(&self) -> Option<&Segment> {
         self.segments.values().next_back()
     }
 
     /// Places one validated, offset-assigned batch at the end of the log (rolling a segment if due).
     fn push_batch(&mut self, dir: &Path, h: &BatchHeader, data: Bytes, cfg: &LogConfig, now: i64) {
         let len = data.len() as u64;
-        let roll = match self.active() {
+        let roll = match self.newest() {
             None => true,
             Some(seg) => {
                 let size = seg.index.size;
