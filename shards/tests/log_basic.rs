@@ -820,6 +820,26 @@ fn appends_racing_a_truncation_are_refused_or_kept_whole() {
             log.append(&batch(1, i, 100, 1), 1).unwrap();
         }
         log.wait_durable(40).await.unwrap();
+        // A reader running across the cut never sees an error other than a range one.
+        let l = log.clone();
+        let reader = glommio::spawn_local(async move {
+            let mut reads = 0;
+            for from in (0..12).cycle().take(600) {
+                match l.read(from, 300, i64::MAX).await {
+                    Ok(got) => {
+                        reads += 1;
+                        for b in got {
+                            assert!(b.len() == 161, "a whole batch");
+                        }
+                    }
+                    Err(LogError::OffsetOutOfRange { .. }) => {}
+                    Err(e) => panic!("read during truncation: {e}"),
+                }
+                glommio::executor().yield_now().await;
+            }
+            reads
+        });
+        glommio::executor().yield_now().await;
         let l = log.clone();
         let truncation = glommio::spawn_local(async move { l.truncate_to(10).await });
         let mut landed = Vec::new();
@@ -832,6 +852,7 @@ fn appends_racing_a_truncation_are_refused_or_kept_whole() {
             glommio::executor().yield_now().await;
         }
         truncation.await.unwrap();
+        assert!(reader.await > 0);
         log.wait_durable(log.log_end_offset()).await.unwrap();
         // Appends before the cut were cut with the rest; the ones after it follow it contiguously.
         let end = log.log_end_offset();
