@@ -398,6 +398,8 @@ impl PartitionLog {
         file.truncate(index.size).await?;
         file.fdatasync().await?;
         index.write_files(&path)?;
+        // Epoch changes inside the sealed segment are now only known from the checkpoint.
+        self.save_epochs()?;
         let map = segment::map_sealed(&path, index.size)?;
         {
             let mut st = self.state.borrow_mut();
