@@ -297,10 +297,9 @@ proptest! {
         let mut b = build_test_batch(0, records, 7, &noise);
         let i = at.index(b.len());
         b[i] ^= flip;
-        match chronik_shards::log::batch::split_batches(&b, 1 << 20) {
-            // only the fields outside the CRC may change and still pass
-            Ok(_) => prop_assert!(i < 8 || (12..16).contains(&i)),
-            Err(_) => {}
+        // only the fields outside the CRC may change and still pass
+        if chronik_shards::log::batch::split_batches(&b, 1 << 20).is_ok() {
+            prop_assert!(i < 8 || (12..16).contains(&i));
         }
     }
 }
