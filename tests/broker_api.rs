@@ -482,3 +482,39 @@ fn every_advertised_produce_fetch_metadata_version_round_trips() {
 fn uuid_from(n: u128) -> uuid::Uuid {
     uuid::Uuid::from_u128(n)
 }
+
+#[test]
+fn a_deleted_and_recreated_topic_starts_empty() {
+    let broker = Broker::start();
+    let mut client = broker.client();
+    for round in 0..5 {
+        assert_eq!(
+            client.create_topic("phoenix", 4).topics[0].error_code,
+            0,
+            "round {round}"
+        );
+        let parts: Vec<(i32, Bytes)> = (0..4)
+            .map(|p| (p, batch(&[format!("round-{round}").as_bytes()], 0)))
+            .collect();
+        for (partition, error, offset) in client.produce("phoenix", -1, &parts) {
+            assert_eq!(
+                (error, offset),
+                (0, 0),
+                "round {round} partition {partition}"
+            );
+        }
+        for p in 0..4 {
+            let values: Vec<Bytes> = client
+                .read_all("phoenix", p, 0)
+                .into_iter()
+                .map(|(_, v)| v)
+                .collect();
+            assert_eq!(values, vec![Bytes::from(format!("round-{round}"))]);
+        }
+        let mut request = DeleteTopicsRequest::default();
+        request.topic_names = vec![TopicName(StrBytes::from_static_str("phoenix"))];
+        request.timeout_ms = 10_000;
+        let response: DeleteTopicsResponse = client.call(ApiKey::DeleteTopics, 4, &request);
+        assert_eq!(response.responses[0].error_code, 0);
+    }
+}

@@ -30,6 +30,8 @@ use chronik_shards::runtime::mesh::LocalFuture;
 /// One partition the request asks for.
 #[derive(Clone, Debug)]
 struct Wanted {
+    /// Placement key: the shard that owns the partition.
+    owner: usize,
     topic_id: Uuid,
     index: i32,
     fetch_offset: i64,
@@ -93,6 +95,7 @@ pub async fn handle(shard: &Rc<Shard>, request: FetchRequest, version: i16) -> R
                     return Err(ResponseError::NotLeaderOrFollower.code());
                 }
                 Ok(Wanted {
+                    owner: shard.owner_of(&info.name, partition.partition),
                     topic_id: info.id,
                     index: partition.partition,
                     fetch_offset: partition.fetch_offset,
@@ -170,11 +173,11 @@ async fn read_pass(
             }
             Ok(w) => w,
         };
-        let owner = shard.owner_of(wanted.topic_id, wanted.index);
+        let owner = wanted.owner;
         let mut run = vec![wanted.clone()];
         i += 1;
         while let Some(Ok(next)) = parts.get(i) {
-            if shard.owner_of(next.topic_id, next.index) != owner {
+            if next.owner != owner {
                 break;
             }
             run.push(next.clone());
@@ -313,10 +316,11 @@ async fn partition_of(shard: &Rc<Shard>, topic_id: Uuid, index: i32) -> Result<R
 async fn wait_for_data(shard: &Rc<Shard>, parts: &[Result<Wanted, i16>], deadline: Instant) {
     let mut by_owner: BTreeMap<usize, Vec<(Uuid, i32, i64)>> = BTreeMap::new();
     for wanted in parts.iter().flatten() {
-        by_owner
-            .entry(shard.owner_of(wanted.topic_id, wanted.index))
-            .or_default()
-            .push((wanted.topic_id, wanted.index, wanted.fetch_offset));
+        by_owner.entry(wanted.owner).or_default().push((
+            wanted.topic_id,
+            wanted.index,
+            wanted.fetch_offset,
+        ));
     }
     let mut waits: Vec<LocalFuture<()>> = Vec::new();
     for (owner, watched) in by_owner {

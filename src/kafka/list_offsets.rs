@@ -61,7 +61,7 @@ pub async fn handle(shard: &Rc<Shard>, request: ListOffsetsRequest, version: i16
                 info.partitions
                     .iter()
                     .find(|x| x.index == partition.partition_index)
-                    .map(|x| (info.id, x))
+                    .map(|x| (info, x))
             });
             match found {
                 None => topic_answers.push(Some(Answer::error(
@@ -70,14 +70,14 @@ pub async fn handle(shard: &Rc<Shard>, request: ListOffsetsRequest, version: i16
                 Some((_, x)) if x.leader != shard.node_id => topic_answers.push(Some(
                     Answer::error(ResponseError::NotLeaderOrFollower.code()),
                 )),
-                Some((topic_id, x)) => {
+                Some((info, x)) => {
                     topic_answers.push(None);
                     queries
-                        .entry(shard.owner_of(topic_id, x.index))
+                        .entry(shard.owner_of(&info.name, x.index))
                         .or_default()
                         .push(Query {
                             slot: (t, p),
-                            topic_id,
+                            topic_id: info.id,
                             index: x.index,
                             timestamp: partition.timestamp,
                             leader_epoch: x.leader_epoch,

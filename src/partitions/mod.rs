@@ -102,10 +102,23 @@ impl PartitionRegistry {
         if let Some(open) = slot.partition.borrow().clone() {
             return Ok(open);
         }
+        // The same directory may still be held for a deleted topic of the same
+        // name (this shard has not applied the deletion yet): retire it first.
+        let stale: Vec<PartitionKey> = self
+            .all()
+            .into_iter()
+            .filter(|p| p.topic == topic.name && p.index == partition.index)
+            .map(|p| p.key)
+            .filter(|k| k.0 != topic.id)
+            .collect();
+        for key in stale {
+            self.remove(&key, true).await;
+        }
         let dir = self.dir_of(&topic.name, partition.index);
         let log = PartitionLog::open(dir.clone(), config).await?;
         let open = Rc::new(Partition::new(
             topic.name.clone(),
+            topic.id,
             partition.index,
             partition.leader_epoch,
             topic.configs.clone(),
