@@ -373,10 +373,7 @@ fn watch_on_owner(
                 }
                 watch.register(cx.waker());
             }
-            if partitions.is_empty() {
-                // Nothing to watch here (not open yet): let the caller re-read at the deadline.
-                return Poll::Pending;
-            }
+            // Nothing open to watch here yet: the caller re-reads at the deadline.
             Poll::Pending
         })
         .or(async move { glommio::timer::sleep(sleep).await }),

@@ -3,6 +3,7 @@
 //! them for requests.
 
 pub mod offset_watch;
+pub mod orphans;
 pub mod partition;
 pub mod sync;
 
