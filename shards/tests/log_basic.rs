@@ -552,3 +552,229 @@ fn delete_removes_the_directory() {
         ));
     });
 }
+
+#[test]
+fn abandoned_waits_do_not_break_the_log() {
+    let dir = tmpdir();
+    let path = dir.path().join("t-0");
+    run(move || async move {
+        let log = PartitionLog::open(path.clone(), small_config())
+            .await
+            .unwrap();
+        for i in 0..50 {
+            log.append(&batch(1, i, 300, i as u8), 0).unwrap();
+            // Start waiting, poll once, then give up (a request timeout dropping the future).
+            let mut wait = Box::pin(log.wait_durable(log.log_end_offset()));
+            let _ = futures_lite::future::poll_once(&mut wait).await;
+            drop(wait);
+            if i % 10 == 9 {
+                let target = log.log_end_offset() - 1;
+                let mut t = Box::pin(log.truncate_to(target));
+                let _ = futures_lite::future::poll_once(&mut t).await;
+                drop(t);
+                // The abandoned truncation still completes; a second one waits for it.
+                log.truncate_to(target).await.unwrap();
+                assert_eq!(log.log_end_offset(), target);
+                log.wait_durable(target).await.unwrap();
+            }
+        }
+        let end = log.log_end_offset();
+        log.wait_durable(end).await.unwrap();
+        let got = read_all(&log, 0).await;
+        assert_eq!(got.len() as i64, end);
+        drop(log);
+        let log = PartitionLog::open(path, small_config()).await.unwrap();
+        assert_eq!(log.log_end_offset(), end);
+        assert_eq!(read_all(&log, 0).await.len() as i64, end);
+    });
+}
+
+fn with_offsets(mut b: Vec<u8>, base: i64, epoch: i32) -> Vec<u8> {
+    b[0..8].copy_from_slice(&base.to_be_bytes());
+    b[12..16].copy_from_slice(&epoch.to_be_bytes());
+    b
+}
+
+#[test]
+fn replica_appends_keep_leader_offsets_and_order() {
+    let dir = tmpdir();
+    let path = dir.path().join("t-0");
+    run(move || async move {
+        let log = PartitionLog::open(path.clone(), LogConfig::default())
+            .await
+            .unwrap();
+        let mut two = with_offsets(batch(2, 1, 10, 1), 0, 3);
+        two.extend(with_offsets(batch(3, 2, 10, 2), 2, 4));
+        let info = log.append_replica(&two).unwrap();
+        assert_eq!(
+            (info.base_offset, info.last_offset, info.record_count),
+            (0, 4, 5)
+        );
+        assert_eq!(log.last_leader_epoch(), 4);
+        // a gap, a repeat, and an older epoch are all refused, and nothing is appended
+        for bad in [
+            with_offsets(batch(1, 1, 10, 0), 6, 4),
+            with_offsets(batch(1, 1, 10, 0), 4, 4),
+            with_offsets(batch(1, 1, 10, 0), 5, 3),
+        ] {
+            assert!(matches!(
+                log.append_replica(&bad),
+                Err(LogError::InvalidBatch(_))
+            ));
+        }
+        let mut gap = with_offsets(batch(1, 1, 10, 0), 5, 4);
+        gap.extend(with_offsets(batch(1, 1, 10, 0), 7, 4));
+        assert!(log.append_replica(&gap).is_err());
+        assert_eq!(log.log_end_offset(), 5);
+        log.append_replica(&with_offsets(batch(1, 1, 10, 9), 5, 4))
+            .unwrap();
+        log.wait_durable(6).await.unwrap();
+        drop(log);
+        let log = PartitionLog::open(path, LogConfig::default())
+            .await
+            .unwrap();
+        let got = read_all(&log, 0).await;
+        assert_eq!(
+            got.iter().map(|b| base_of(b)).collect::<Vec<_>>(),
+            vec![0, 2, 5]
+        );
+        assert_eq!(
+            got[2].as_ref(),
+            with_offsets(batch(1, 1, 10, 9), 5, 4).as_slice()
+        );
+    });
+}
+
+#[test]
+fn unflushed_batches_are_served_from_the_tail() {
+    let dir = tmpdir();
+    let path = dir.path().join("t-0");
+    run(move || async move {
+        let cfg = LogConfig {
+            tail_cache_bytes: 0,
+            ..small_config()
+        };
+        let log = PartitionLog::open(path, cfg).await.unwrap();
+        for i in 0..30 {
+            log.append(&batch(1, i, 120, i as u8), 0).unwrap();
+        }
+        // nothing written yet (no wait), yet every batch reads back, across several rolled segments
+        let got = read_all(&log, 0).await;
+        assert_eq!(got.len(), 30);
+        assert_eq!(got[29][61], 29);
+        log.wait_durable(15).await.unwrap();
+        for i in 30..40 {
+            log.append(&batch(1, i, 120, i as u8), 0).unwrap();
+        }
+        // a read spanning disk and memory
+        let got = log.read(10, 1 << 20, i64::MAX).await.unwrap();
+        assert_eq!(
+            got.iter().map(|b| base_of(b)).collect::<Vec<_>>(),
+            (10..40).collect::<Vec<_>>()
+        );
+    });
+}
+
+#[test]
+fn recovery_stops_at_stale_or_out_of_order_batches() {
+    let dir = tmpdir();
+    let path = dir.path().join("t-0");
+    run(move || async move {
+        let log = PartitionLog::open(path.clone(), LogConfig::default())
+            .await
+            .unwrap();
+        for i in 0..3 {
+            log.append(&batch(1, i, 50, 1), 5).unwrap();
+        }
+        log.close().await.unwrap();
+        let seg = path.join("00000000000000000000.log");
+        let valid = std::fs::read(&seg).unwrap();
+        // A well-formed batch (CRC valid) with the wrong offset: stale bytes from an older write.
+        let mut data = valid.clone();
+        data.extend(with_offsets(batch(1, 9, 50, 2), 17, 5));
+        std::fs::write(&seg, &data).unwrap();
+        let log = PartitionLog::open(path.clone(), LogConfig::default())
+            .await
+            .unwrap();
+        assert_eq!(log.log_end_offset(), 3);
+        assert_eq!(std::fs::metadata(&seg).unwrap().len(), valid.len() as u64);
+        log.close().await.unwrap();
+        // Right offset, but an older leader epoch.
+        let mut data = valid.clone();
+        data.extend(with_offsets(batch(1, 9, 50, 2), 3, 4));
+        std::fs::write(&seg, &data).unwrap();
+        let log = PartitionLog::open(path.clone(), LogConfig::default())
+            .await
+            .unwrap();
+        assert_eq!(log.log_end_offset(), 3);
+        log.close().await.unwrap();
+        // Zeros (preallocated space) and garbage are not batches either.
+        let mut data = valid.clone();
+        data.extend(vec![0u8; 5000]);
+        data.extend(vec![0xffu8; 100]);
+        std::fs::write(&seg, &data).unwrap();
+        let log = PartitionLog::open(path, LogConfig::default())
+            .await
+            .unwrap();
+        assert_eq!(log.log_end_offset(), 3);
+        assert_eq!(read_all(&log, 0).await.len(), 3);
+    });
+}
+
+#[test]
+fn retention_by_time_falls_back_to_file_time_without_timestamps() {
+    let dir = tmpdir();
+    let path = dir.path().join("t-0");
+    run(move || async move {
+        let cfg = LogConfig {
+            retention_ms: Some(60_000),
+            ..small_config()
+        };
+        let log = PartitionLog::open(path.clone(), cfg).await.unwrap();
+        for _ in 0..20 {
+            log.append(&batch(1, -1, 300, 0), 0).unwrap();
+        }
+        log.wait_durable(20).await.unwrap();
+        let segments = segment_files(&path).len();
+        assert!(segments > 2);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        // files were written just now: nothing is a minute old yet
+        assert_eq!(log.apply_retention(now).await.unwrap(), 0);
+        // an hour later every sealed segment is; the active one stays
+        assert_eq!(
+            log.apply_retention(now + 3_600_000).await.unwrap(),
+            segments - 1
+        );
+        assert_eq!(segment_files(&path).len(), 1);
+    });
+}
+
+#[test]
+fn flush_policy_can_change_at_runtime() {
+    let dir = tmpdir();
+    let path = dir.path().join("t-0");
+    run(move || async move {
+        let log = PartitionLog::open(path.clone(), LogConfig::default())
+            .await
+            .unwrap();
+        log.append(&batch(1, 1, 10, 0), 0).unwrap();
+        assert_eq!(log.durable_end_offset(), 0);
+        log.update_config(LogConfig {
+            flush: FlushPolicy::Never,
+            ..LogConfig::default()
+        });
+        assert_eq!(log.durable_end_offset(), 1);
+        log.update_config(LogConfig::default());
+        log.append(&batch(1, 1, 10, 0), 0).unwrap();
+        log.wait_durable(2).await.unwrap();
+        assert_eq!(log.durable_end_offset(), 2);
+        drop(log);
+        let log = PartitionLog::open(path, LogConfig::default())
+            .await
+            .unwrap();
+        assert_eq!(log.log_end_offset(), 2);
+    });
+}

@@ -13,8 +13,14 @@ impl PartitionLog {
     /// Removes every batch at or above `offset` (rounded down to the start of the batch containing it);
     /// durable on return. An offset at or below log_start empties the log (log_end = log_start).
     pub async fn truncate_to(&self, offset: i64) -> Result<(), LogError> {
+        self.detached(move |log| async move { log.truncate_now(offset).await })
+            .await
+    }
+
+    async fn truncate_now(&self, offset: i64) -> Result<(), LogError> {
         self.check_open()?;
-        let _permit = self.file_lock.acquire_permit(1).await?;
+        let _write = self.file_lock.acquire_permit(1).await?;
+        let _sync = self.sync_lock.acquire_permit(1).await?;
         self.check_open()?;
         let end = self.state.borrow().log_end;
         if offset >= end {
@@ -96,6 +102,8 @@ impl PartitionLog {
                 Err(e) => return Err(e.into()),
             }
             SegmentIndex::remove_files(&path)?;
+            // One at a time, durably: a crash must leave a prefix of the segments, never a gap.
+            std::fs::File::open(&self.dir)?.sync_all()?;
         }
 
         // Re-open the target segment for writing if it was sealed.
