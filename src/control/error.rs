@@ -4,7 +4,7 @@ use kafka_protocol::ResponseError;
 
 /// Why a control-plane operation failed. Each variant carries a human-readable message for the
 /// response's `error_message` field; `code()` gives the Kafka error code.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum ControlError {
     #[error("invalid topic: {0}")]
     InvalidTopic(String),

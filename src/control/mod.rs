@@ -13,8 +13,11 @@
 //! - `handle`: `ControlHandle`, the API the shards and the Kafka front end call.
 
 pub mod assignment;
+#[cfg(test)]
+mod cluster_tests;
 pub mod command;
 pub mod error;
+pub mod forward;
 mod handle;
 pub mod image;
 mod node;
@@ -23,6 +26,7 @@ pub mod raft_storage;
 pub mod state_machine;
 pub mod topic_config;
 pub mod topic_name;
+mod transport;
 pub mod validate;
 
 use std::net::SocketAddr;
@@ -81,7 +85,7 @@ impl Default for BrokerDefaults {
 }
 
 /// One topic of a CreateTopics request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NewTopic {
     pub name: String,
     /// -1: the broker default.
