@@ -86,7 +86,10 @@ pub fn run(config: BrokerConfig) -> Result<(), String> {
             Err(e) => Err(format!("shard executor failed: {e}")),
         };
         if let Err(e) = outcome {
-            error!("{e}");
+            // Each failure is logged once here; the last one is also returned.
+            if result.is_err() {
+                error!("{e}");
+            }
             shutdown.trigger();
             result = Err(e);
         }

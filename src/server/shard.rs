@@ -13,7 +13,7 @@ use chronik_shards::runtime::{owner_shard, ShardMesh, Shutdown};
 use futures_lite::FutureExt;
 use glommio::net::TcpListener;
 use glommio::sync::Gate;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use crate::control::ControlHandle;
 use crate::partitions::{sync, PartitionRegistry};
@@ -73,8 +73,7 @@ pub async fn run(id: usize, start: ShardStart) -> Result<(), String> {
     shard.mesh.serve(&shard);
 
     let result = serve(&shard, &start).await;
-    if let Err(e) = &result {
-        error!(shard = id, "{e}");
+    if result.is_err() {
         start.shutdown.trigger();
     }
 
