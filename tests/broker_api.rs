@@ -518,3 +518,36 @@ fn a_deleted_and_recreated_topic_starts_empty() {
         assert_eq!(response.responses[0].error_code, 0);
     }
 }
+
+#[test]
+fn leader_epochs_in_fetch_and_list_offsets_are_checked() {
+    let broker = Broker::start();
+    let mut client = broker.client();
+    client.create_topic("epochs", 1);
+    let epoch = client.metadata(&["epochs"]).topics[0].partitions[0].leader_epoch;
+    for (requested, expected) in [(-1, 0), (epoch, 0), (epoch + 1, 75)] {
+        let mut request = fetch_request(&[("epochs", 0, 0, 1 << 20)], 0, 1, 1 << 20);
+        request.topics[0].partitions[0].current_leader_epoch = requested;
+        let response: FetchResponse = client.call(ApiKey::Fetch, 12, &request);
+        assert_eq!(
+            response.responses[0].partitions[0].error_code, expected,
+            "fetch with epoch {requested}"
+        );
+
+        let mut partition = list_offsets_request::ListOffsetsPartition::default();
+        partition.partition_index = 0;
+        partition.timestamp = -1;
+        partition.current_leader_epoch = requested;
+        let mut topic = list_offsets_request::ListOffsetsTopic::default();
+        topic.name = TopicName(StrBytes::from_static_str("epochs"));
+        topic.partitions = vec![partition];
+        let mut request = ListOffsetsRequest::default();
+        request.replica_id = BrokerId(-1);
+        request.topics = vec![topic];
+        let response: ListOffsetsResponse = client.call(ApiKey::ListOffsets, 7, &request);
+        assert_eq!(
+            response.topics[0].partitions[0].error_code, expected,
+            "list offsets with epoch {requested}"
+        );
+    }
+}

@@ -94,6 +94,7 @@ pub async fn handle(shard: &Rc<Shard>, request: FetchRequest, version: i16) -> R
                 if p.leader != shard.node_id {
                     return Err(ResponseError::NotLeaderOrFollower.code());
                 }
+                errors::check_leader_epoch(partition.current_leader_epoch, p.leader_epoch)?;
                 Ok(Wanted {
                     owner: shard.owner_of(&info.name, partition.partition),
                     topic_id: info.id,
