@@ -41,15 +41,17 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let writer_task = glommio::spawn_local(async move {
         let mut writer = writer;
         while let Some(pending) = queue_rx.recv().await {
-            let frame = match pending.await {
-                Ok(frame) => frame,
+            let segments = match pending.await {
+                Ok(segments) => segments,
                 // Unanswerable (encoding failed, logged): the client would
                 // wait forever for this correlation id, so close instead.
                 Err(_) => break,
             };
-            if let Err(e) = writer.write_all(&frame).await {
-                debug!(peer = %writer_peer, "write failed: {e}");
-                return;
+            for segment in segments {
+                if let Err(e) = writer.write_all(&segment).await {
+                    debug!(peer = %writer_peer, "write failed: {e}");
+                    return;
+                }
             }
         }
         let _ = writer.close().await;
