@@ -131,7 +131,7 @@ pub async fn handle(shard: &Rc<Shard>, request: FetchRequest, version: i16) -> R
             {
                 break answers;
             }
-            wait_for_data(&shard, &parts, deadline).await;
+            wait_for_data(&shard, &parts, &answers, deadline).await;
         };
         let mut answers = answers.into_iter();
         let mut splices = Splices::default();
@@ -316,16 +316,25 @@ async fn partition_of(shard: &Rc<Shard>, topic_id: Uuid, index: i32) -> Result<R
         .map_err(|e| errors::log_error_code(&e))
 }
 
-/// Waits until some partition's high watermark passes its fetch offset, or
-/// the deadline. Each owner shard watches its own partitions.
-async fn wait_for_data(shard: &Rc<Shard>, parts: &[Result<Wanted, i16>], deadline: Instant) {
+/// Waits until some partition's high watermark passes both its fetch offset
+/// and what the last read pass saw (so data already read but short of
+/// min_bytes does not wake the wait at once), or the deadline. Each owner
+/// shard watches its own partitions.
+async fn wait_for_data(
+    shard: &Rc<Shard>,
+    parts: &[Result<Wanted, i16>],
+    seen: &[PartitionAnswer],
+    deadline: Instant,
+) {
     let mut by_owner: BTreeMap<usize, Vec<(Uuid, i32, i64)>> = BTreeMap::new();
-    for wanted in parts.iter().flatten() {
-        by_owner.entry(wanted.owner).or_default().push((
-            wanted.topic_id,
-            wanted.index,
-            wanted.fetch_offset,
-        ));
+    for (wanted, seen) in parts.iter().zip(seen) {
+        if let Ok(wanted) = wanted {
+            by_owner.entry(wanted.owner).or_default().push((
+                wanted.topic_id,
+                wanted.index,
+                wanted.fetch_offset.max(seen.high_watermark),
+            ));
+        }
     }
     let mut waits: Vec<LocalFuture<()>> = Vec::new();
     for (owner, watched) in by_owner {
