@@ -576,3 +576,19 @@ fn fetch_min_bytes_waits_for_enough_data() {
     let data = response.responses[0].partitions[0].records.clone().unwrap();
     assert!(data.len() >= 5_000, "{} bytes", data.len());
 }
+
+#[test]
+fn produce_with_a_zero_timeout_is_still_acknowledged() {
+    let broker = Broker::start();
+    let mut client = broker.client();
+    client.create_topic("no-timeout", 1);
+    for acks in [1i16, -1] {
+        let mut request = produce_request("no-timeout", acks, &[(0, batch(&[b"x"], 0))]);
+        request.timeout_ms = 0;
+        let response: ProduceResponse = client.call(ApiKey::Produce, 9, &request);
+        assert_eq!(
+            response.responses[0].partition_responses[0].error_code, 0,
+            "acks={acks}"
+        );
+    }
+}
