@@ -67,7 +67,7 @@ pub async fn run(id: usize, start: ShardStart) -> Result<(), String> {
         node_id: start.node_id,
         mesh,
         control: start.control.clone(),
-        partitions: PartitionRegistry::new(start.data_dir.clone()),
+        partitions: PartitionRegistry::new(start.data_dir.clone(), start.node_id),
         shutdown: start.shutdown.clone(),
     });
     shard.mesh.serve(&shard);
