@@ -3,11 +3,36 @@
 //! The load generator speaks the Kafka protocol itself so that it measures
 //! chronik or any other Kafka-compatible broker the same way.
 
+pub mod args;
+pub mod batch;
+pub mod client;
+pub mod compare;
+pub mod driver;
+pub mod e2e;
+pub mod embedded;
+pub mod interrupt;
+pub mod load;
+pub mod machine;
+pub mod pacing;
+pub mod report;
+pub mod stats;
+
 /// The `chronik bench` subcommands.
 #[derive(Debug, clap::Subcommand)]
-pub enum BenchCommand {}
+pub enum BenchCommand {
+    /// Open-loop produce load: publish latency and delay per partition leader.
+    Produce(args::LoadArgs),
+    /// End-to-end latency (produce to consume) per partition leader.
+    E2e(args::LoadArgs),
+    /// Compare two --json reports; exit 1 past --max-regression.
+    Compare(compare::CompareArgs),
+}
 
 /// Runs one bench subcommand; returns the process exit code.
 pub fn run(command: BenchCommand) -> i32 {
-    match command {}
+    match command {
+        BenchCommand::Produce(a) => load::main(&a, load::Mode::Produce),
+        BenchCommand::E2e(a) => load::main(&a, load::Mode::E2e),
+        BenchCommand::Compare(a) => compare::main(&a),
+    }
 }
