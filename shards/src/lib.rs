@@ -3,3 +3,5 @@
 //!
 //! Everything here runs on glommio executors: a `PartitionLog` belongs to
 //! exactly one shard and is never shared across threads.
+
+pub mod log;

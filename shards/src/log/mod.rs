@@ -1,0 +1,370 @@
+//! The partition log: one per partition replica, owned by one shard (glommio executor).
+//!
+//! Batches are stored exactly as received (Kafka RecordBatch, magic 2) in segment files named by base
+//! offset, written with O_DIRECT in 4096-byte-aligned blocks and made durable by group commit. See
+//! `/shared/DESIGN.md` ("Partition log") and the modules: `batch` (frame rules), `segment` (files and
+//! scans), `index` (sparse indexes), `commit` (flushing), `recovery` (open), `read` (fetch and
+//! timestamp lookup), `retention`, `truncate`, `tail` (in-memory tail).
+//!
+//! Concurrency: every method takes `&self`; state lives in a `RefCell` that is never borrowed across an
+//! `.await`. Operations that change files (flush, truncate, retention, close) are serialized by one
+//! async lock, so a flush never races a truncation.
+
+pub mod batch;
+mod commit;
+mod config;
+mod error;
+mod index;
+mod read;
+mod recovery;
+mod retention;
+mod segment;
+mod tail;
+mod truncate;
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::rc::{Rc, Weak};
+
+use bytes::{Bytes, BytesMut};
+
+pub use config::{FlushPolicy, LogConfig};
+pub use error::LogError;
+
+use batch::BatchHeader;
+use segment::{Segment, Storage};
+use tail::{CachedBatch, TailCache};
+
+/// Segments never exceed 2 GiB so positions fit the 32-bit index entries.
+const MAX_SEGMENT_BYTES: u64 = 1 << 31;
+
+/// What an append assigned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AppendInfo {
+    pub base_offset: i64,
+    pub last_offset: i64,
+    /// Largest batch max timestamp among the appended batches.
+    pub max_timestamp: i64,
+    pub record_count: u32,
+}
+
+/// One partition replica's log. Owned by one glommio executor (it is !Send).
+pub struct PartitionLog {
+    dir: PathBuf,
+    config: RefCell<LogConfig>,
+    state: RefCell<LogState>,
+    /// Serializes everything that changes files.
+    file_lock: glommio::sync::Semaphore,
+    closed: Cell<bool>,
+    /// A background flusher task is running (flush.ms / flush=never, and bounding unflushed memory).
+    background: Cell<bool>,
+    me: Weak<PartitionLog>,
+}
+
+/// A batch appended but not yet written to its segment file.
+struct PendingWrite {
+    segment_base: i64,
+    position: u64,
+    data: Bytes,
+    end_offset: i64,
+}
+
+struct LogState {
+    segments: BTreeMap<i64, Segment>,
+    log_start: i64,
+    log_end: i64,
+    /// Every offset below is written to its file.
+    written_end: i64,
+    /// Every offset below is written and fdatasync'ed.
+    synced_end: i64,
+    /// Leader epoch of the last batch, -1 if none.
+    last_epoch: i32,
+    pending: Vec<PendingWrite>,
+    tail: TailCache,
+    /// Bumped by truncation, so a read that awaited disk I/O can tell its view went stale.
+    generation: u64,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl LogState {
+    fn active(&self) -> Option<&Segment> {
+        self.segments.values().next_back()
+    }
+
+    /// Places one validated, offset-assigned batch at the end of the log (rolling a segment if due).
+    fn push_batch(&mut self, dir: &Path, h: &BatchHeader, data: Bytes, cfg: &LogConfig, now: i64) {
+        let len = data.len() as u64;
+        let roll = match self.active() {
+            None => true,
+            Some(seg) => {
+                let size = seg.index.size;
+                size > 0
+                    && (size + len > cfg.segment_bytes.clamp(1, MAX_SEGMENT_BYTES)
+                        || cfg
+                            .segment_ms
+                            .is_some_and(|ms| now.saturating_sub(seg.created_ms) >= ms as i64)
+                        || h.next_offset() - seg.base_offset() > i32::MAX as i64)
+            }
+        };
+        if roll {
+            self.segments.insert(
+                h.base_offset,
+                Segment {
+                    path: dir.join(segment::log_file_name(h.base_offset)),
+                    index: index::SegmentIndex::new(h.base_offset),
+                    storage: Storage::Pending,
+                    created_ms: now,
+                },
+            );
+        }
+        let Some((&segment_base, seg)) = self.segments.iter_mut().next_back() else {
+            return;
+        };
+        if seg.index.size == 0 {
+            seg.created_ms = now;
+        }
+        let position = seg.index.size;
+        seg.index.note_batch(h, position, cfg.index_interval_bytes);
+        self.pending.push(PendingWrite {
+            segment_base,
+            position,
+            data: data.clone(),
+            end_offset: h.next_offset(),
+        });
+        self.tail.push(CachedBatch {
+            base_offset: h.base_offset,
+            last_offset: h.last_offset(),
+            max_timestamp: h.max_timestamp,
+            data,
+        });
+        self.log_end = h.next_offset();
+        self.last_epoch = h.leader_epoch;
+        self.tail.evict(cfg.tail_cache_bytes, self.written_end);
+    }
+}
+
+impl PartitionLog {
+    /// Opens (creating if missing) the log in `dir` and recovers it: CRC-checks the tail segment batch by
+    /// batch, truncates a torn tail, rebuilds missing/damaged indexes.
+    pub async fn open(dir: PathBuf, config: LogConfig) -> Result<Rc<PartitionLog>, LogError> {
+        let recovered = recovery::recover(&dir, &config).await?;
+        let log = Rc::new_cyclic(|me| PartitionLog {
+            dir,
+            config: RefCell::new(config),
+            state: RefCell::new(LogState {
+                segments: recovered.segments,
+                log_start: recovered.log_start,
+                log_end: recovered.log_end,
+                written_end: recovered.log_end,
+                synced_end: recovered.log_end,
+                last_epoch: recovered.last_epoch,
+                pending: Vec::new(),
+                tail: TailCache::default(),
+                generation: 0,
+            }),
+            file_lock: glommio::sync::Semaphore::new(1),
+            closed: Cell::new(false),
+            background: Cell::new(false),
+            me: me.clone(),
+        });
+        log.start_background();
+        Ok(log)
+    }
+
+    /// The directory the log owns.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn check_open(&self) -> Result<(), LogError> {
+        if self.closed.get() {
+            Err(LogError::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Leader append: validates every batch before appending any, assigns offsets by patching
+    /// baseOffset and partitionLeaderEpoch in the log's own copy, and buffers it for the next flush and
+    /// the in-memory tail. Does no I/O.
+    pub fn append(&self, records: &[u8], leader_epoch: i32) -> Result<AppendInfo, LogError> {
+        self.check_open()?;
+        let cfg = self.config.borrow().clone();
+        let batches = batch::split_batches(records, cfg.max_batch_bytes)?;
+        for (h, _) in &batches {
+            if h.last_offset_delta != h.record_count - 1 {
+                return Err(LogError::InvalidBatch(format!(
+                    "lastOffsetDelta {} does not match {} records",
+                    h.last_offset_delta, h.record_count
+                )));
+            }
+        }
+        let mut buf = BytesMut::from(records);
+        let mut st = self.state.borrow_mut();
+        if leader_epoch < st.last_epoch {
+            return Err(LogError::FencedLeaderEpoch {
+                epoch: leader_epoch,
+                latest: st.last_epoch,
+            });
+        }
+        let mut next = st.log_end;
+        let mut headers = Vec::with_capacity(batches.len());
+        for (h, pos) in &batches {
+            batch::patch_offsets(&mut buf[*pos..*pos + h.total_len()], next, leader_epoch);
+            let mut h = *h;
+            h.base_offset = next;
+            h.leader_epoch = leader_epoch;
+            next = h.next_offset();
+            headers.push((h, *pos));
+        }
+        let data = buf.freeze();
+        Ok(self.push_all(&mut st, &headers, &data, &cfg))
+    }
+
+    /// Follower append: batches whose offsets the leader assigned, validated the same way and required
+    /// to start exactly at the log end, contiguous, with non-decreasing leader epochs.
+    pub fn append_replica(&self, batches: &[u8]) -> Result<AppendInfo, LogError> {
+        self.check_open()?;
+        let cfg = self.config.borrow().clone();
+        let parsed = batch::split_batches(batches, cfg.max_batch_bytes)?;
+        let mut st = self.state.borrow_mut();
+        let mut next = st.log_end;
+        let mut epoch = st.last_epoch;
+        for (h, _) in &parsed {
+            if h.base_offset != next {
+                return Err(LogError::InvalidBatch(format!(
+                    "replica batch at offset {} where {} was expected",
+                    h.base_offset, next
+                )));
+            }
+            if h.leader_epoch < epoch {
+                return Err(LogError::InvalidBatch(format!(
+                    "replica batch with leader epoch {} after {}",
+                    h.leader_epoch, epoch
+                )));
+            }
+            next = h.next_offset();
+            epoch = h.leader_epoch;
+        }
+        let data = Bytes::copy_from_slice(batches);
+        Ok(self.push_all(&mut st, &parsed, &data, &cfg))
+    }
+
+    fn push_all(
+        &self,
+        st: &mut LogState,
+        batches: &[(BatchHeader, usize)],
+        data: &Bytes,
+        cfg: &LogConfig,
+    ) -> AppendInfo {
+        let now = now_ms();
+        let mut info = AppendInfo {
+            base_offset: st.log_end,
+            last_offset: st.log_end - 1,
+            max_timestamp: -1,
+            record_count: 0,
+        };
+        for (h, pos) in batches {
+            st.push_batch(
+                &self.dir,
+                h,
+                data.slice(*pos..*pos + h.total_len()),
+                cfg,
+                now,
+            );
+            info.last_offset = h.last_offset();
+            info.max_timestamp = info.max_timestamp.max(h.max_timestamp);
+            info.record_count += h.record_count as u32;
+        }
+        info
+    }
+
+    pub fn log_start_offset(&self) -> i64 {
+        self.state.borrow().log_start
+    }
+
+    /// Next offset to assign.
+    pub fn log_end_offset(&self) -> i64 {
+        self.state.borrow().log_end
+    }
+
+    /// Every offset below is durable under the flush policy.
+    pub fn durable_end_offset(&self) -> i64 {
+        let st = self.state.borrow();
+        match self.config.borrow().flush {
+            FlushPolicy::Always => st.synced_end,
+            FlushPolicy::IntervalMs(_) => st.written_end,
+            FlushPolicy::Never => st.log_end,
+        }
+    }
+
+    /// Leader epoch of the last batch in the log, -1 for an empty log.
+    pub fn last_leader_epoch(&self) -> i32 {
+        self.state.borrow().last_epoch
+    }
+
+    /// Topic config change; takes effect for later appends and flushes.
+    pub fn update_config(&self, config: LogConfig) {
+        *self.config.borrow_mut() = config;
+        self.start_background();
+    }
+
+    /// Clean shutdown: flush and sync everything, write the indexes, close files. Later calls on the
+    /// log return `LogError::Closed`.
+    pub async fn close(&self) -> Result<(), LogError> {
+        if self.closed.get() {
+            return Ok(());
+        }
+        let _permit = self.file_lock.acquire_permit(1).await?;
+        if self.closed.get() {
+            return Ok(());
+        }
+        let end = self.state.borrow().log_end;
+        self.flush_locked(true, end).await?;
+        self.closed.set(true);
+        let active = {
+            let mut st = self.state.borrow_mut();
+            st.pending.clear();
+            st.tail.clear();
+            let mut files = Vec::new();
+            for seg in st.segments.values_mut() {
+                if let Storage::Active(a) =
+                    std::mem::replace(&mut seg.storage, Storage::Sealed(None))
+                {
+                    files.push((a.file, a.written));
+                }
+            }
+            st.segments.clear();
+            files
+        };
+        // Give back the preallocated space; the next open would cut it anyway.
+        for (file, written) in active {
+            file.truncate(written).await?;
+            file.fdatasync().await?;
+            if let Ok(file) = Rc::try_unwrap(file) {
+                file.close().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// DeleteTopics: closes the log and removes its directory.
+    pub async fn delete(&self) -> Result<(), LogError> {
+        match self.close().await {
+            Ok(()) | Err(LogError::Closed) => {}
+            Err(e) => tracing::warn!(dir = ?self.dir, error = %e, "flush before delete failed"),
+        }
+        match std::fs::remove_dir_all(&self.dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! Retention: whole sealed segments are deleted once past `retention.ms` (by their largest batch
+//! timestamp, or the file's modification time when batches carry none) or while the log exceeds
+//! `retention.bytes` without them. The active segment is never deleted; log_start moves to the first
+//! remaining segment.
+
+use super::index::SegmentIndex;
+use super::segment::Segment;
+use super::{LogError, PartitionLog};
+
+fn segment_time(seg: &Segment) -> i64 {
+    if seg.index.max_timestamp >= 0 {
+        return seg.index.max_timestamp;
+    }
+    std::fs::metadata(&seg.path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(i64::MAX, |d| d.as_millis() as i64)
+}
+
+impl PartitionLog {
+    /// Deletes whole sealed segments that are past retention.ms or beyond retention.bytes; advances
+    /// log_start. Returns how many segments were deleted.
+    pub async fn apply_retention(&self, now_ms: i64) -> Result<usize, LogError> {
+        self.check_open()?;
+        let _permit = self.file_lock.acquire_permit(1).await?;
+        self.check_open()?;
+        let cfg = self.config.borrow().clone();
+        let victims = {
+            let st = self.state.borrow();
+            let mut remaining: u64 = st.segments.values().map(|s| s.index.size).sum();
+            let mut victims = Vec::new();
+            let last = st.segments.keys().next_back().copied();
+            for (&base, seg) in &st.segments {
+                if Some(base) == last || !seg.is_sealed() {
+                    break;
+                }
+                let by_time = cfg
+                    .retention_ms
+                    .is_some_and(|ms| ms >= 0 && segment_time(seg) < now_ms.saturating_sub(ms));
+                let by_size = cfg
+                    .retention_bytes
+                    .is_some_and(|limit| remaining - seg.index.size >= limit);
+                if !(by_time || by_size) {
+                    break;
+                }
+                remaining -= seg.index.size;
+                victims.push(base);
+            }
+            victims
+        };
+        for base in &victims {
+            let seg = {
+                let mut st = self.state.borrow_mut();
+                let seg = st.segments.remove(base);
+                if let Some(&first) = st.segments.keys().next() {
+                    st.log_start = first;
+                    st.tail.remove_below(first);
+                }
+                seg
+            };
+            if let Some(seg) = seg {
+                tracing::debug!(segment = ?seg.path, "deleting segment past retention");
+                std::fs::remove_file(&seg.path)?;
+                SegmentIndex::remove_files(&seg.path)?;
+            }
+        }
+        if !victims.is_empty() {
+            std::fs::File::open(&self.dir)?.sync_all()?;
+        }
+        Ok(victims.len())
+    }
+}

@@ -1,0 +1,554 @@
+//! Partition log: append, durability, reads, reopen, rolling, truncation, timestamps, retention,
+//! corruption handling.
+
+use std::future::Future;
+use std::path::Path;
+use std::rc::Rc;
+
+use chronik_shards::log::batch::build_test_batch;
+use chronik_shards::log::{FlushPolicy, LogConfig, LogError, PartitionLog};
+
+fn run<F, Fut>(f: F)
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + 'static,
+{
+    glommio::LocalExecutorBuilder::default()
+        .io_memory(2 << 20)
+        .spawn(f)
+        .unwrap()
+        .join()
+        .unwrap();
+}
+
+fn tmpdir() -> tempfile::TempDir {
+    // Not tmpfs: O_DIRECT needs a real filesystem.
+    tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
+}
+
+fn batch(records: i32, ts: i64, payload_len: usize, fill: u8) -> Vec<u8> {
+    build_test_batch(0, records, ts, &vec![fill; payload_len])
+}
+
+fn small_config() -> LogConfig {
+    LogConfig {
+        segment_bytes: 2000,
+        index_interval_bytes: 300,
+        tail_cache_bytes: 0,
+        ..LogConfig::default()
+    }
+}
+
+async fn read_all(log: &PartitionLog, from: i64) -> Vec<bytes::Bytes> {
+    let mut out = Vec::new();
+    let mut cur = from;
+    while cur < log.log_end_offset() {
+        let got = log.read(cur, 1 << 20, i64::MAX).await.unwrap();
+        assert!(!got.is_empty());
+        for b in got {
+            let base = i64::from_be_bytes(b[0..8].try_into().unwrap());
+            let last_delta = i32::from_be_bytes(b[23..27].try_into().unwrap()) as i64;
+            cur = base + last_delta + 1;
+            out.push(b);
+        }
+    }
+    out
+}
+
+fn base_of(b: &[u8]) -> i64 {
+    i64::from_be_bytes(b[0..8].try_into().unwrap())
+}
+
+fn segment_files(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".log"))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn append_assigns_offsets_and_survives_reopen() {
+    let dir = tmpdir();
+    let path = dir.path().join("t-0");
+    run(move || async move {
+        let log = PartitionLog::open(path.clone(), LogConfig::default())
+            .await
+            .unwrap();
+        assert_eq!(log.log_end_offset(), 0);
+        let a = log.append(&batch(3, 100, 50, 1), 5).unwrap();
+        assert_eq!((a.base_offset, a.last_offset, a.record_count), (0, 2, 3));
+        let mut two = batch(2, 200, 10, 2);
+        two.extend(batch(1, 300, 10, 3));
+        let b = log.append(&two, 5).unwrap();
+        assert_eq!((b.base_offset, b.last_offset, b.max_timestamp), (3, 5, 300));
+        assert_eq!(log.durable_end_offset(), 0);
+        log.wait_durable(6).await.unwrap();
+        assert_eq!(log.durable_end_offset(), 6);
+        let got = log.read(0, 1 << 20, i64::MAX).await.unwrap();
+        assert_eq!(got.len(), 3);
+        assert_eq!(base_of(&got[1]), 3);
+        assert_eq!(i32::from_be_bytes(got[1][12..16].try_into().unwrap()), 5);
+        // from inside a batch returns that batch
+        let got = log.read(4, 1 << 20, i64::MAX).await.unwrap();
+        assert_eq!(base_of(&got[0]), 3);
+        assert!(log.read(6, 100, i64::MAX).await.unwrap().is_empty());
+        assert!(matches!(
+            log.read(7, 100, i64::MAX).await,
+            Err(LogError::OffsetOutOfRange { .. })
+        ));
+        drop(log);
+
+        let log = PartitionLog::open(path.clone(), LogConfig::default())
+            .await
+            .unwrap();
+        assert_eq!(log.log_end_offset(), 6);
+        assert_eq!(log.last_leader_epoch(), 5);
+        let got = read_all(&log, 0).await;
+        assert_eq!(got.len(), 3);
+        assert_eq!(&got[2][61..], &[3u8; 10][..]);
+        let c = log.append(&batch(1, 400, 10, 4), 6).unwrap();
+        assert_eq!(c.base_offset, 6);
+        log.close().await.unwrap();
+        assert!(matches!(
+            log.append(&batch(1, 1, 1, 1), 6),
+            Err(LogError::Closed)
+        ));
+        let log = PartitionLog::open(path, LogConfig::default())
+            .await
+            .unwrap();
+        assert_eq!(log.log_end_offset(), 7);
+    });
+}
+
+#[test]
+fn invalid_batches_are_rejected_whole() {
+    let dir = tmpdir();
+    let path = dir.path().join("t-0");
+    run(move || async move {
+        let log = PartitionLog::open(
+            path,
+            LogConfig {
+                max_batch_bytes: 500,
+                ..LogConfig::default()
+            },
+        )
+        .await
+        .unwrap();
+        let mut recs = batch(1, 1, 10, 1);
+        let mut bad = batch(1, 1, 10, 2);
+        let n = bad.len();
+        bad[n - 1] ^= 0xff;
+        recs.extend(bad);
+        assert!(matches!(
+            log.append(&recs, 0),
+            Err(LogError::CorruptBatch(_))
+        ));
+        assert!(matches!(
+            log.append(&batch(1, 1, 1000, 1), 0),
+            Err(LogError::BatchTooLarge { .. })
+        ));
+        assert!(matches!(log.append(&[], 0), Err(LogError::InvalidBatch(_))));
+        assert_eq!(log.log_end_offset(), 0);
+        log.append(&batch(1, 1, 10, 1), 3).unwrap();
+        assert!(matches!(
+            log.append(&batch(1, 1, 10, 1), 2),
+            Err(LogError::FencedLeaderEpoch { .. })
+        ));
+    });
+}
+
+#[test]
+fn segments_roll_and_sealed_segments_serve_reads() {
+    let dir = tmpdir();
+    let path = dir.path().join("t-0");
+    run(move || async move {
+        let log = PartitionLog::open(path.clone(), small_config())
+            .await
+            .unwrap();
+        for i in 0..40 {
+            log.append(&batch(2, 1000 + i, 100 + i as usize, i as u8), 0)
+                .unwrap();
+            if i % 7 == 0 {
+                log.wait_durable(log.log_end_offset()).await.unwrap();
+            }
+        }
+        log.wait_durable(80).await.unwrap();
+        let files = segment_files(&path);
+        assert!(files.len() > 3, "{files:?}");
+        assert_eq!(files[0], "00000000000000000000.log");
+        let got = read_all(&log, 0).await;
+        assert_eq!(got.len(), 40);
+        for (i, b) in got.iter().enumerate() {
+            assert_eq!(base_of(b), 2 * i as i64);
+            assert_eq!(b[61], i as u8);
+        }
+        // every start offset, with a small byte limit: exactly one batch
+        for off in 0..80 {
+            let got = log.read(off, 1, i64::MAX).await.unwrap();
+            assert_eq!(got.len(), 1);
+            assert_eq!(base_of(&got[0]), off & !1);
+        }
+        // upper bound stops before a batch starting at or above it
+        let got = log.read(10, 1 << 20, 16).await.unwrap();
+        assert_eq!(
+            got.iter().map(|b| base_of(b)).collect::<Vec<_>>(),
+            vec![10, 12, 14]
+        );
+        // index files exist for sealed segments
+        assert!(path.join("00000000000000000000.index").exists());
+        assert!(path.join("00000000000000000000.timeindex").exists());
+        log.close().await.unwrap();
+
+        // damaged and missing indexes are rebuilt
+        std::fs::write(path.join("00000000000000000000.index"), b"garbage").unwrap();
+        std::fs::remove_file(path.join(&files[1]).with_extension("timeindex")).unwrap();
+        let log = PartitionLog::open(path.clone(), small_config())
+            .await
+            .unwrap();
+        let got = read_all(&log, 0).await;
+        assert_eq!(got.len(), 40);
+        for off in 0..80 {
+            let got = log.read(off, 1, i64::MAX).await.unwrap();
+            assert_eq!(base_of(&got[0]), off & !1);
+        }
+    });
+}
+
+#[test]
+fn torn_tail_is_truncated_on_open() {
+    let dir = tmpdir();
+    let path = dir.path().join("t-0");
+    run(move || async move {
+        let log = PartitionLog::open(path.clone(), LogConfig::default())
+            .await
+            .unwrap();
+        for i in 0..5 {
+            log.append(&batch(1, i, 100, i as u8), 0).unwrap();
+        }
+        log.close().await.unwrap();
+        let seg = path.join("00000000000000000000.log");
+        let len = std::fs::metadata(&seg).unwrap().len();
+        assert_eq!(len, 5 * 161);
+        // flip a byte inside the 4th batch: batches 3 and 4 go
+        let mut data = std::fs::read(&seg).unwrap();
+        data[3 * 161 + 100] ^= 1;
+        std::fs::write(&seg, &data).unwrap();
+        let log = PartitionLog::open(path.clone(), LogConfig::default())
+            .await
+            .unwrap();
+        assert_eq!(log.log_end_offset(), 3);
+        assert_eq!(std::fs::metadata(&seg).unwrap().len(), 3 * 161);
+        assert_eq!(read_all(&log, 0).await.len(), 3);
+        // new appends continue at the cut
+        log.append(&batch(1, 9, 10, 9), 0).unwrap();
+        log.wait_durable(4).await.unwrap();
+        drop(log);
+        // a half-written batch at the end (length says more than the file has)
+        let mut data = std::fs::read(&seg).unwrap();
+        data.extend_from_slice(&batch(1, 10, 100, 1)[..80]);
+        data[3 * 161 + 71..3 * 161 + 79].copy_from_slice(&4i64.to_be_bytes());
+        std::fs::write(&seg, &data).unwrap();
+        let log = PartitionLog::open(path.clone(), LogConfig::default())
+            .await
+            .unwrap();
+        assert_eq!(log.log_end_offset(), 4);
+        let got = read_all(&log, 0).await;
+        assert_eq!(got.len(), 4);
+        assert_eq!(got[3][61], 9);
+    });
+}
+
+#[test]
+fn corrupt_sealed_segment_is_an_error_not_data() {
+    let dir = tmpdir();
+    let path = dir.path().join("t-0");
+    run(move || async move {
+        let log = PartitionLog::open(path.clone(), small_config())
+            .await
+            .unwrap();
+        for i in 0..30 {
+            log.append(&batch(1, i, 200, i as u8), 0).unwrap();
+        }
+        log.close().await.unwrap();
+        let first = path.join("00000000000000000000.log");
+        let mut data = std::fs::read(&first).unwrap();
+        data[261 + 150] ^= 0x10; // inside the second batch (offset 1)
+        std::fs::write(&first, &data).unwrap();
+        let log = PartitionLog::open(path.clone(), small_config())
+            .await
+            .unwrap();
+        assert_eq!(log.log_end_offset(), 30);
+        let got = log.read(0, 1, i64::MAX).await.unwrap();
+        assert_eq!(got.len(), 1);
+        match log.read(1, 1 << 20, i64::MAX).await {
+            Err(LogError::Corruption { position, .. }) => assert_eq!(position, 261),
+            other => panic!("expected corruption, got {other:?}"),
+        }
+        assert!(matches!(
+            log.read(0, 1 << 20, i64::MAX).await,
+            Err(LogError::Corruption { .. })
+        ));
+        // later segments are still readable
+        let got = log.read(20, 1 << 20, i64::MAX).await.unwrap();
+        assert_eq!(base_of(&got[0]), 20);
+        // garbage length in a sealed segment is also an error
+        let mut data = std::fs::read(&first).unwrap();
+        data[261 * 2 + 8..261 * 2 + 12].copy_from_slice(&(-7i32).to_be_bytes());
+        std::fs::write(&first, &data).unwrap();
+        assert!(matches!(
+            log.read(2, 1 << 20, i64::MAX).await,
+            Err(LogError::Corruption { .. })
+        ));
+    });
+}
+
+#[test]
+fn truncate_removes_batches_and_stale_bytes_never_return() {
+    let dir = tmpdir();
+    let path = dir.path().join("t-0");
+    run(move || async move {
+        let log = PartitionLog::open(path.clone(), small_config())
+            .await
+            .unwrap();
+        for i in 0..30 {
+            log.append(&batch(2, i, 150, i as u8), 1).unwrap();
+        }
+        log.wait_durable(60).await.unwrap();
+        // inside a batch: rounds down to its start
+        log.truncate_to(41).await.unwrap();
+        assert_eq!(log.log_end_offset(), 40);
+        assert_eq!(log.durable_end_offset(), 40);
+        assert_eq!(read_all(&log, 0).await.len(), 20);
+        // into an earlier (sealed) segment
+        log.truncate_to(7).await.unwrap();
+        assert_eq!(log.log_end_offset(), 6);
+        assert_eq!(read_all(&log, 0).await.len(), 3);
+        // smaller batches after the cut, then reopen: stale bytes beyond must not come back
+        log.append(&batch(1, 99, 5, 0xee), 2).unwrap();
+        log.wait_durable(7).await.unwrap();
+        drop(log);
+        let log = PartitionLog::open(path.clone(), small_config())
+            .await
+            .unwrap();
+        assert_eq!(log.log_end_offset(), 7);
+        assert_eq!(log.last_leader_epoch(), 2);
+        let got = read_all(&log, 0).await;
+        assert_eq!(got.len(), 4);
+        assert_eq!(got[3][61], 0xee);
+        log.truncate_to(0).await.unwrap();
+        assert_eq!(log.log_end_offset(), 0);
+        assert_eq!(
+            segment_files(&path),
+            vec!["00000000000000000000.log".to_string()]
+        );
+        log.append(&batch(1, 1, 5, 1), 3).unwrap();
+        log.wait_durable(1).await.unwrap();
+    });
+}
+
+#[test]
+fn timestamp_lookup_is_batch_granular() {
+    let dir = tmpdir();
+    let path = dir.path().join("t-0");
+    run(move || async move {
+        let cfg = LogConfig {
+            tail_cache_bytes: 1000,
+            ..small_config()
+        };
+        let log = PartitionLog::open(path.clone(), cfg).await.unwrap();
+        for i in 0..40 {
+            log.append(&batch(2, 1000 + 10 * i, 100, 0), 0).unwrap();
+            if i == 30 {
+                log.wait_durable(log.log_end_offset()).await.unwrap();
+            }
+        }
+        assert_eq!(log.offset_for_timestamp(0).await.unwrap(), Some((0, 1000)));
+        assert_eq!(
+            log.offset_for_timestamp(1000).await.unwrap(),
+            Some((0, 1000))
+        );
+        assert_eq!(
+            log.offset_for_timestamp(1001).await.unwrap(),
+            Some((2, 1010))
+        );
+        assert_eq!(
+            log.offset_for_timestamp(1255).await.unwrap(),
+            Some((52, 1260))
+        );
+        assert_eq!(
+            log.offset_for_timestamp(1390).await.unwrap(),
+            Some((78, 1390))
+        );
+        assert_eq!(log.offset_for_timestamp(1391).await.unwrap(), None);
+        log.close().await.unwrap();
+        let log = PartitionLog::open(path, small_config()).await.unwrap();
+        for i in 0..40 {
+            let ts = 1000 + 10 * i;
+            assert_eq!(
+                log.offset_for_timestamp(ts - 5).await.unwrap(),
+                Some((2 * i, ts))
+            );
+        }
+    });
+}
+
+#[test]
+fn retention_deletes_whole_old_segments() {
+    let dir = tmpdir();
+    let path = dir.path().join("t-0");
+    run(move || async move {
+        let cfg = LogConfig {
+            retention_ms: None,
+            ..small_config()
+        };
+        let log = PartitionLog::open(path.clone(), cfg.clone()).await.unwrap();
+        for i in 0..30 {
+            log.append(&batch(1, 1000 + i, 300, 0), 0).unwrap();
+        }
+        log.wait_durable(30).await.unwrap();
+        let before = segment_files(&path).len();
+        assert!(before >= 5);
+        assert_eq!(log.apply_retention(1_000_000).await.unwrap(), 0);
+        // by size: keep at most ~3 segments' worth
+        log.update_config(LogConfig {
+            retention_bytes: Some(3 * 1800),
+            ..cfg.clone()
+        });
+        let n = log.apply_retention(0).await.unwrap();
+        assert!(n > 0);
+        let start = log.log_start_offset();
+        assert!(start > 0);
+        assert_eq!(segment_files(&path)[0], format!("{start:020}.log"));
+        assert!(matches!(
+            log.read(start - 1, 100, i64::MAX).await,
+            Err(LogError::OffsetOutOfRange { .. })
+        ));
+        assert_eq!(
+            base_of(&log.read(start, 100, i64::MAX).await.unwrap()[0]),
+            start
+        );
+        // by time: everything sealed is older than now - 10 ms at now = 1_000_000
+        log.update_config(LogConfig {
+            retention_ms: Some(10),
+            ..cfg
+        });
+        log.apply_retention(1_000_000).await.unwrap();
+        assert_eq!(segment_files(&path).len(), 1);
+        assert_eq!(
+            read_all(&log, log.log_start_offset()).await.len() as i64,
+            30 - log.log_start_offset()
+        );
+        drop(log);
+        let log = PartitionLog::open(path, small_config()).await.unwrap();
+        assert!(log.log_start_offset() > start);
+        assert_eq!(log.log_end_offset(), 30);
+    });
+}
+
+#[test]
+fn segment_ms_rolls_by_age() {
+    let dir = tmpdir();
+    let path = dir.path().join("t-0");
+    run(move || async move {
+        let cfg = LogConfig {
+            segment_ms: Some(0),
+            ..LogConfig::default()
+        };
+        let log = PartitionLog::open(path.clone(), cfg).await.unwrap();
+        for i in 0..4 {
+            log.append(&batch(1, i, 10, 0), 0).unwrap();
+        }
+        log.wait_durable(4).await.unwrap();
+        assert_eq!(segment_files(&path).len(), 4);
+    });
+}
+
+#[test]
+fn flush_policies_define_durability() {
+    let dir = tmpdir();
+    let base = dir.path().to_path_buf();
+    run(move || async move {
+        let never = PartitionLog::open(
+            base.join("never"),
+            LogConfig {
+                flush: FlushPolicy::Never,
+                ..LogConfig::default()
+            },
+        )
+        .await
+        .unwrap();
+        never.append(&batch(1, 1, 10, 0), 0).unwrap();
+        assert_eq!(never.durable_end_offset(), 1);
+        never.wait_durable(1).await.unwrap();
+        // the background writer puts it in the file eventually; close does it now
+        never.close().await.unwrap();
+        let reopened = PartitionLog::open(base.join("never"), LogConfig::default())
+            .await
+            .unwrap();
+        assert_eq!(reopened.log_end_offset(), 1);
+
+        let interval = PartitionLog::open(
+            base.join("interval"),
+            LogConfig {
+                flush: FlushPolicy::IntervalMs(5),
+                ..LogConfig::default()
+            },
+        )
+        .await
+        .unwrap();
+        interval.append(&batch(1, 1, 10, 0), 0).unwrap();
+        assert_eq!(interval.durable_end_offset(), 0);
+        interval.wait_durable(1).await.unwrap();
+        assert_eq!(interval.durable_end_offset(), 1);
+        let _: Rc<PartitionLog> = interval;
+    });
+}
+
+#[test]
+fn concurrent_waiters_share_a_flush() {
+    let dir = tmpdir();
+    let path = dir.path().join("t-0");
+    run(move || async move {
+        let log = PartitionLog::open(path, LogConfig::default())
+            .await
+            .unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..20 {
+            let log = log.clone();
+            tasks.push(glommio::spawn_local(async move {
+                let info = log.append(&batch(1, i, 50, i as u8), 0).unwrap();
+                log.wait_durable(info.last_offset + 1).await.unwrap();
+                assert!(log.durable_end_offset() > info.last_offset);
+                info.base_offset
+            }));
+        }
+        let mut offsets = Vec::new();
+        for t in tasks {
+            offsets.push(t.await);
+        }
+        offsets.sort();
+        assert_eq!(offsets, (0..20).collect::<Vec<_>>());
+        assert_eq!(read_all(&log, 0).await.len(), 20);
+    });
+}
+
+#[test]
+fn delete_removes_the_directory() {
+    let dir = tmpdir();
+    let path = dir.path().join("t-0");
+    run(move || async move {
+        let log = PartitionLog::open(path.clone(), LogConfig::default())
+            .await
+            .unwrap();
+        log.append(&batch(1, 1, 10, 0), 0).unwrap();
+        log.delete().await.unwrap();
+        assert!(!path.exists());
+        assert!(matches!(
+            log.read(0, 1, i64::MAX).await,
+            Err(LogError::Closed)
+        ));
+    });
+}
