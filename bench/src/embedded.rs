@@ -52,31 +52,32 @@ impl EmbeddedCluster {
     /// not form a cluster, falls back to a single broker with a note.
     pub fn start(options: &EmbeddedOptions) -> Result<EmbeddedCluster, ClientError> {
         if options.brokers > 1 {
-            if !supports_cluster_mode(&options.binary) {
+            let Some(separator) = cluster_mode_separator(&options.binary) else {
                 let note = format!(
                     "{} has no cluster mode yet (`start --help` lacks --peers): running 1 broker instead of {}",
                     options.binary.display(),
                     options.brokers
                 );
-                return Self::start_n(options, 1, Some(note));
-            }
-            match Self::start_n(options, options.brokers, None) {
+                return Self::start_n(options, 1, separator_none(), Some(note));
+            };
+            match Self::start_n(options, options.brokers, separator, None) {
                 Ok(c) => return Ok(c),
                 Err(e) => {
                     let note = format!(
                         "{} brokers did not form a cluster ({e}): running 1 broker instead",
                         options.brokers
                     );
-                    return Self::start_n(options, 1, Some(note));
+                    return Self::start_n(options, 1, separator_none(), Some(note));
                 }
             }
         }
-        Self::start_n(options, 1, None)
+        Self::start_n(options, 1, separator_none(), None)
     }
 
     fn start_n(
         options: &EmbeddedOptions,
         n: usize,
+        separator: char,
         note: Option<String>,
     ) -> Result<EmbeddedCluster, ClientError> {
         let dir = tempfile::Builder::new()
@@ -85,7 +86,7 @@ impl EmbeddedCluster {
         let kafka: Vec<u16> = (0..n).map(|_| free_port()).collect::<Result<_, _>>()?;
         let rpc: Vec<u16> = (0..n).map(|_| free_port()).collect::<Result<_, _>>()?;
         let peers = (0..n)
-            .map(|i| format!("{}@127.0.0.1:{}", i + 1, rpc[i]))
+            .map(|i| format!("{}{separator}127.0.0.1:{}", i + 1, rpc[i]))
             .collect::<Vec<_>>()
             .join(",");
         let mut cluster = EmbeddedCluster {
@@ -236,15 +237,29 @@ impl Drop for EmbeddedCluster {
     }
 }
 
-/// Whether `chronik start` of this binary knows cluster flags.
-pub fn supports_cluster_mode(binary: &Path) -> bool {
-    Command::new(binary)
+/// Whether `chronik start` of this binary knows cluster flags, and if so
+/// how `--peers` separates a node id from its address (`ID=HOST:PORT` or
+/// `ID@HOST:PORT`, as its help says).
+pub fn cluster_mode_separator(binary: &Path) -> Option<char> {
+    let help = Command::new(binary)
         .args(["start", "--help"])
         .stdin(Stdio::null())
         .stderr(Stdio::null())
         .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).contains("--peers"))
-        .unwrap_or(false)
+        .ok()?;
+    peers_separator(&String::from_utf8_lossy(&help.stdout))
+}
+
+fn peers_separator(help: &str) -> Option<char> {
+    if !help.contains("--peers") {
+        return None;
+    }
+    Some(if help.contains("ID@HOST") { '@' } else { '=' })
+}
+
+/// The separator when no peers are passed.
+fn separator_none() -> char {
+    '='
 }
 
 /// A loopback port nobody listens on right now.
@@ -259,4 +274,28 @@ fn tail(path: &Path, lines: usize) -> String {
     }
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_syntax_comes_from_the_help_text() {
+        assert_eq!(peers_separator("--listen <LISTEN>"), None);
+        assert_eq!(
+            peers_separator("--peers <PEERS>  peers: ID=HOST:PORT,..."),
+            Some('=')
+        );
+        assert_eq!(
+            peers_separator("--peers <PEERS>  1@HOST:PORT or ID@HOST:PORT"),
+            Some('@')
+        );
+    }
+
+    #[test]
+    fn a_binary_without_cluster_mode_falls_back_to_one_broker() {
+        // `true` prints no help at all: no cluster mode.
+        assert_eq!(cluster_mode_separator(Path::new("true")), None);
+    }
 }

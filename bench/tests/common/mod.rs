@@ -97,6 +97,20 @@ impl FakeCluster {
         FakeCluster { state }
     }
 
+    /// Serves as broker `id` alone on `listener`, on this thread, forever.
+    pub fn serve_alone(id: i32, listener: TcpListener) {
+        let port = listener.local_addr().unwrap().port();
+        let state = Arc::new(Mutex::new(State {
+            brokers: vec![(id, port)],
+            ..State::default()
+        }));
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            let state = state.clone();
+            std::thread::spawn(move || serve(id, stream, state));
+        }
+    }
+
     /// `host:port` of broker 1.
     pub fn bootstrap(&self) -> String {
         format!("127.0.0.1:{}", self.state.lock().unwrap().brokers[0].1)
