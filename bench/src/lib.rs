@@ -10,8 +10,10 @@ pub mod compare;
 pub mod driver;
 pub mod e2e;
 pub mod embedded;
+pub mod floor;
 pub mod interrupt;
 pub mod load;
+pub mod log_bench;
 pub mod machine;
 pub mod pacing;
 pub mod report;
@@ -26,6 +28,8 @@ pub enum BenchCommand {
     E2e(args::LoadArgs),
     /// Compare two --json reports; exit 1 past --max-regression.
     Compare(compare::CompareArgs),
+    /// Partition log against the raw disk: append+durable latency and throughput, with the floor.
+    Log(log_bench::LogBenchArgs),
 }
 
 /// Runs one bench subcommand; returns the process exit code.
@@ -34,5 +38,6 @@ pub fn run(command: BenchCommand) -> i32 {
         BenchCommand::Produce(a) => load::main(&a, load::Mode::Produce),
         BenchCommand::E2e(a) => load::main(&a, load::Mode::E2e),
         BenchCommand::Compare(a) => compare::main(&a),
+        BenchCommand::Log(a) => log_bench::main(&a),
     }
 }

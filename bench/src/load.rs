@@ -15,6 +15,7 @@ use crate::client::{ClientError, ClusterMap, Connection};
 use crate::driver::Driver;
 use crate::e2e::{self, ConsumerPlan, ConsumerSet};
 use crate::embedded::{EmbeddedCluster, EmbeddedOptions};
+use crate::floor;
 use crate::interrupt;
 use crate::machine::Machine;
 use crate::pacing::{self, Schedule};
@@ -433,7 +434,8 @@ fn versions_info(admin: &Connection, produce: Option<i16>) -> VersionsInfo {
     }
 }
 
-/// The machine's floor in this run, measured on `dir`'s disk.
+/// The machine's floor in this run, measured on `dir`'s disk (with
+/// `floor.rs`, the same code as `chronik bench log`).
 fn measure_floor(
     dir: &Path,
     samples: usize,
@@ -442,8 +444,20 @@ fn measure_floor(
     if samples == 0 {
         return Ok(None);
     }
-    let _ = (dir, quiet);
-    Ok(None)
+    if !quiet {
+        eprintln!(
+            "measuring the floor: {samples} O_DIRECT 4 KiB write+fdatasync on {}, {samples} loopback round trips...",
+            dir.display()
+        );
+    }
+    let fsync = Summary::of(&floor::fdatasync_floor(dir, samples)?);
+    let rtt = Summary::of(&floor::loopback_rtt_floor(samples)?);
+    Ok(Some(FloorInfo {
+        dir: dir.display().to_string(),
+        fsync_4k: fsync,
+        loopback_rtt: rtt,
+        floor_p99_us: fsync.p99_us + rtt.p99_us,
+    }))
 }
 
 /// The progress line on stderr: once a second on a terminal, every five

@@ -25,13 +25,14 @@ fn args(bootstrap: &str, extra: &[&str]) -> LoadArgs {
         "--bootstrap",
         bootstrap,
         "--quiet",
-        "--floor-samples",
-        "0",
         "--record-size",
         "100",
         "--request-timeout",
         "10s",
     ];
+    if !extra.contains(&"--floor-samples") {
+        argv.extend_from_slice(&["--floor-samples", "0"]);
+    }
     argv.extend_from_slice(extra);
     Cli::parse_from(argv).args
 }
@@ -281,6 +282,7 @@ fn the_json_report_keeps_its_keys() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let json = dir.path().join("report.json");
     let json_arg = json.to_str().unwrap().to_string();
+    let dir_arg = dir.path().to_str().unwrap().to_string();
     let a = args(
         &cluster.bootstrap(),
         &[
@@ -298,6 +300,10 @@ fn the_json_report_keeps_its_keys() {
             "5ms",
             "--json",
             &json_arg,
+            "--floor-samples",
+            "50",
+            "--data-dir",
+            &dir_arg,
         ],
     );
     let report = load::run(&a, Mode::E2e).unwrap();
@@ -312,18 +318,16 @@ fn the_json_report_keeps_its_keys() {
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .map(str::to_string)
         .collect();
-    // The floor is measured on a real disk only with --floor-samples > 0.
-    let golden_without_floor: BTreeSet<String> = golden
-        .iter()
-        .filter(|k| !k.starts_with("floor."))
-        .cloned()
-        .collect();
-    let missing: Vec<_> = golden_without_floor.difference(&keys).collect();
+    let missing: Vec<_> = golden.difference(&keys).collect();
     let extra: Vec<_> = keys.difference(&golden).collect();
     assert!(
         missing.is_empty() && extra.is_empty(),
         "report keys changed (bump report::SCHEMA and update tests/golden/report_keys.txt)\nmissing: {missing:?}\nextra: {extra:?}"
     );
+    let floor = report.floor.as_ref().expect("floor measured");
+    assert_eq!(floor.fsync_4k.count, 50);
+    assert!(floor.floor_p99_us > 0.0);
+    assert!(report.total.p99_over_floor.is_some());
     // And it reads back (floats may differ in the last bit).
     let back: Report = serde_json::from_str(&text).unwrap();
     assert_eq!(back.config, report.config);

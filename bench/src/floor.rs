@@ -1,0 +1,186 @@
+//! The machine's floor: what the raw disk and the loopback network can do, measured the same way every
+//! time so the log's and the broker's latencies are judged against the floor of the same run.
+//!
+//! All latency histograms are in nanoseconds.
+
+use std::alloc::{alloc_zeroed, dealloc, Layout};
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::Path;
+use std::time::Instant;
+
+use hdrhistogram::Histogram;
+
+const ALIGN: usize = 4096;
+
+/// A zeroed, 4096-aligned buffer for O_DIRECT I/O.
+struct AlignedBuf {
+    ptr: *mut u8,
+    layout: Layout,
+}
+
+impl AlignedBuf {
+    fn new(len: usize) -> io::Result<Self> {
+        let layout = Layout::from_size_align(len.max(ALIGN), ALIGN)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        // SAFETY: layout has a non-zero size.
+        let ptr = unsafe { alloc_zeroed(layout) };
+        if ptr.is_null() {
+            return Err(io::Error::new(
+                io::ErrorKind::OutOfMemory,
+                "aligned allocation failed",
+            ));
+        }
+        Ok(AlignedBuf { ptr, layout })
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: ptr points to layout.size() initialized (zeroed) bytes owned by self.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.layout.size()) }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        // SAFETY: as above.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.layout.size()) }
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout.
+        unsafe { dealloc(self.ptr, self.layout) }
+    }
+}
+
+/// A fresh O_DIRECT file in `dir`, preallocated to `len` bytes (removed when dropped).
+struct ScratchFile {
+    file: File,
+    path: std::path::PathBuf,
+}
+
+impl ScratchFile {
+    fn create(dir: &Path, name: &str, len: u64) -> io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join(format!(".chronik-floor-{}-{name}", std::process::id()));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&path)?;
+        // SAFETY: plain fallocate on an owned fd.
+        let r = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len as libc::off_t) };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        file.sync_all()?;
+        Ok(ScratchFile { file, path })
+    }
+}
+
+impl Drop for ScratchFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn fdatasync(f: &File) -> io::Result<()> {
+    // SAFETY: plain syscall on an owned fd.
+    if unsafe { libc::fdatasync(f.as_raw_fd()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Histogram for latencies from 1 ns to 60 s.
+pub fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("constant histogram bounds are valid")
+}
+
+/// Raw O_DIRECT 4 KiB write + fdatasync latency (ns) on a preallocated file in `dir`, writing
+/// sequentially through the file like a log does.
+pub fn fdatasync_floor(dir: &Path, samples: usize) -> io::Result<Histogram<u64>> {
+    let blocks = 16384u64; // 64 MiB, reused cyclically
+    let scratch = ScratchFile::create(dir, "fsync", blocks * ALIGN as u64)?;
+    let mut buf = AlignedBuf::new(ALIGN)?;
+    buf.as_mut_slice().fill(0x5a);
+    let mut hist = latency_histogram();
+    for i in 0..samples as u64 {
+        let pos = (i % blocks) * ALIGN as u64;
+        let t = Instant::now();
+        scratch.file.write_all_at(buf.as_slice(), pos)?;
+        fdatasync(&scratch.file)?;
+        hist.saturating_record(t.elapsed().as_nanos() as u64);
+    }
+    Ok(hist)
+}
+
+/// Raw O_DIRECT sequential write bandwidth in bytes/s: `bytes` written in 1 MiB writes to a preallocated
+/// file, then one fdatasync (included in the time).
+pub fn sequential_write_bandwidth(dir: &Path, bytes: u64) -> io::Result<f64> {
+    const CHUNK: usize = 1 << 20;
+    let chunks = bytes.div_ceil(CHUNK as u64).max(1);
+    let scratch = ScratchFile::create(dir, "seq", chunks * CHUNK as u64)?;
+    let mut buf = AlignedBuf::new(CHUNK)?;
+    buf.as_mut_slice().fill(0xa5);
+    let t = Instant::now();
+    for i in 0..chunks {
+        scratch
+            .file
+            .write_all_at(buf.as_slice(), i * CHUNK as u64)?;
+    }
+    fdatasync(&scratch.file)?;
+    Ok((chunks * CHUNK as u64) as f64 / t.elapsed().as_secs_f64())
+}
+
+/// TCP loopback round trip (ns) of a 100-byte message between two blocking threads.
+pub fn loopback_rtt_floor(samples: usize) -> io::Result<Histogram<u64>> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let server = std::thread::spawn(move || -> io::Result<()> {
+        let (mut s, _) = listener.accept()?;
+        s.set_nodelay(true)?;
+        let mut buf = [0u8; 100];
+        loop {
+            match s.read_exact(&mut buf) {
+                Ok(()) => s.write_all(&buf)?,
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+    });
+    let mut c = TcpStream::connect(addr)?;
+    c.set_nodelay(true)?;
+    let mut hist = latency_histogram();
+    let mut buf = [7u8; 100];
+    for _ in 0..samples {
+        let t = Instant::now();
+        c.write_all(&buf)?;
+        c.read_exact(&mut buf)?;
+        hist.saturating_record(t.elapsed().as_nanos() as u64);
+    }
+    drop(c);
+    server
+        .join()
+        .map_err(|_| io::Error::other("loopback echo thread panicked"))??;
+    Ok(hist)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn floors_measure_something() {
+        let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+        let h = fdatasync_floor(dir.path(), 5).unwrap();
+        assert_eq!(h.len(), 5);
+        assert!(sequential_write_bandwidth(dir.path(), 2 << 20).unwrap() > 0.0);
+        assert_eq!(loopback_rtt_floor(5).unwrap().len(), 5);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+}

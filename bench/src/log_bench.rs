@@ -1,0 +1,220 @@
+//! `chronik bench log`: the partition log against the raw disk, in one run on the same disk.
+//!
+//! Measures the raw O_DIRECT 4 KiB write+fdatasync floor, the log's append+durable latency (one batch
+//! at a time, `flush=always`) at 1 KiB, 16 KiB and 1 MiB batches, and sequential throughput at 1 MiB
+//! batches (appends pipelined, group-committed) against raw O_DIRECT 1 MiB sequential bandwidth.
+//! Targets: p99 at 1 KiB <= 1.3x the floor p99; throughput >= 80% of raw bandwidth.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::Instant;
+
+use chronik_shards::log::batch::build_test_batch;
+use chronik_shards::log::{LogConfig, LogError, PartitionLog};
+use hdrhistogram::Histogram;
+
+use crate::floor;
+
+#[derive(Debug, clap::Args)]
+pub struct LogBenchArgs {
+    /// Directory on the disk under test (not tmpfs); a scratch subdirectory is created and removed.
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// Append+durable samples per batch size (1 MiB batches use a tenth of it).
+    #[arg(long, default_value_t = 3000)]
+    pub samples: usize,
+    /// Bytes written by each throughput measurement.
+    #[arg(long, default_value_t = 512 << 20)]
+    pub throughput_bytes: u64,
+    /// 1 MiB batches in flight during the throughput measurement.
+    #[arg(long, default_value_t = 16)]
+    pub window: usize,
+}
+
+struct Row {
+    name: String,
+    hist: Histogram<u64>,
+}
+
+fn us(ns: u64) -> f64 {
+    ns as f64 / 1000.0
+}
+
+fn print_row(r: &Row) {
+    let h = &r.hist;
+    println!(
+        "{:<28} {:>8} {:>10.1} {:>10.1} {:>10.1} {:>10.1}",
+        r.name,
+        h.len(),
+        us(h.value_at_quantile(0.5)),
+        us(h.value_at_quantile(0.99)),
+        us(h.value_at_quantile(0.999)),
+        us(h.max())
+    );
+}
+
+/// Runs the log bench; returns the process exit code.
+pub fn main(args: &LogBenchArgs) -> i32 {
+    match run(args) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("chronik bench log: {e}");
+            1
+        }
+    }
+}
+
+fn run(args: &LogBenchArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let scratch = args
+        .dir
+        .join(format!("chronik-log-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)?;
+    let result = measure(args, &scratch);
+    let _ = std::fs::remove_dir_all(&scratch);
+    result
+}
+
+fn measure(args: &LogBenchArgs, scratch: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "chronik bench log: dir {}, load average {}",
+        args.dir.display(),
+        load.trim()
+    );
+    println!(
+        "{:<28} {:>8} {:>10} {:>10} {:>10} {:>10}",
+        "latency (us)", "samples", "p50", "p99", "p99.9", "max"
+    );
+    let floor_hist = floor::fdatasync_floor(scratch, args.samples)?;
+    let floor_row = Row {
+        name: "raw 4 KiB write+fdatasync".into(),
+        hist: floor_hist,
+    };
+    print_row(&floor_row);
+
+    let sizes = [
+        (1usize << 10, "1 KiB"),
+        (16 << 10, "16 KiB"),
+        (1 << 20, "1 MiB"),
+    ];
+    let mut rows = Vec::new();
+    for (size, label) in sizes {
+        let samples = if size >= 1 << 20 {
+            (args.samples / 10).max(10)
+        } else {
+            args.samples
+        };
+        let dir = scratch.join(format!("lat-{size}"));
+        let hist = on_executor(move || async move { latency(dir, size, samples).await })?;
+        let row = Row {
+            name: format!("log append+durable {label}"),
+            hist,
+        };
+        print_row(&row);
+        rows.push(row);
+    }
+
+    let raw_bw = floor::sequential_write_bandwidth(scratch, args.throughput_bytes)?;
+    let dir = scratch.join("throughput");
+    let (bytes, window) = (args.throughput_bytes, args.window);
+    let log_bw = on_executor(move || async move { throughput(dir, bytes, window).await })?;
+    let mib = |b: f64| b / (1 << 20) as f64;
+    println!();
+    println!(
+        "raw O_DIRECT 1 MiB sequential write:   {:>8.1} MiB/s",
+        mib(raw_bw)
+    );
+    println!(
+        "log 1 MiB batches, {window} in flight:      {:>8.1} MiB/s",
+        mib(log_bw)
+    );
+    println!();
+    let floor_p99 = floor_row.hist.value_at_quantile(0.99) as f64;
+    for r in &rows {
+        println!(
+            "ratio p99 {:<28} / raw fdatasync p99: {:>6.2}x",
+            r.name,
+            r.hist.value_at_quantile(0.99) as f64 / floor_p99
+        );
+    }
+    let p99_ratio = rows[0].hist.value_at_quantile(0.99) as f64 / floor_p99;
+    let bw_ratio = log_bw / raw_bw;
+    println!(
+        "ratio log / raw sequential bandwidth: {:>6.1}%",
+        bw_ratio * 100.0
+    );
+    println!(
+        "targets: 1 KiB p99 <= 1.3x floor: {} ({p99_ratio:.2}x); throughput >= 80% of raw: {} ({:.1}%)",
+        if p99_ratio <= 1.3 { "met" } else { "MISSED" },
+        if bw_ratio >= 0.8 { "met" } else { "MISSED" },
+        bw_ratio * 100.0
+    );
+    Ok(())
+}
+
+/// Runs `f` on a fresh glommio executor thread (small registered I/O memory: the memlock limit).
+fn on_executor<F, Fut, T>(f: F) -> Result<T, Box<dyn std::error::Error>>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<T, LogError>> + 'static,
+    T: Send + 'static,
+{
+    let handle = glommio::LocalExecutorBuilder::default()
+        .name("log-bench")
+        .io_memory(2 << 20)
+        .spawn(f)?;
+    let r = handle
+        .join()
+        .map_err(|e| format!("bench executor failed: {e:?}"))?;
+    Ok(r?)
+}
+
+fn payload_batch(size: usize) -> Vec<u8> {
+    build_test_batch(0, 1, 0, &vec![0x42; size.saturating_sub(61)])
+}
+
+async fn latency(dir: PathBuf, size: usize, samples: usize) -> Result<Histogram<u64>, LogError> {
+    let log = PartitionLog::open(dir, LogConfig::default()).await?;
+    let batch = payload_batch(size);
+    let mut hist = floor::latency_histogram();
+    // Warm up: first segment creation and preallocation.
+    for _ in 0..10 {
+        let info = log.append(&batch, 0)?;
+        log.wait_durable(info.last_offset + 1).await?;
+    }
+    for _ in 0..samples {
+        let t = Instant::now();
+        let info = log.append(&batch, 0)?;
+        log.wait_durable(info.last_offset + 1).await?;
+        hist.saturating_record(t.elapsed().as_nanos() as u64);
+    }
+    log.delete().await?;
+    Ok(hist)
+}
+
+async fn throughput(dir: PathBuf, bytes: u64, window: usize) -> Result<f64, LogError> {
+    let log = PartitionLog::open(dir, LogConfig::default()).await?;
+    let batch = payload_batch(1 << 20);
+    let count = bytes.div_ceil(batch.len() as u64);
+    let mut in_flight = VecDeque::new();
+    let t = Instant::now();
+    for _ in 0..count {
+        let info = log.append(&batch, 0)?;
+        let l = Rc::clone(&log);
+        in_flight.push_back(glommio::spawn_local(async move {
+            l.wait_durable(info.last_offset + 1).await
+        }));
+        if in_flight.len() >= window {
+            if let Some(task) = in_flight.pop_front() {
+                task.await?;
+            }
+        }
+    }
+    while let Some(task) = in_flight.pop_front() {
+        task.await?;
+    }
+    let rate = (count * batch.len() as u64) as f64 / t.elapsed().as_secs_f64();
+    log.delete().await?;
+    Ok(rate)
+}
