@@ -311,7 +311,9 @@ impl Driver {
             Outcome::Lost { broker, job, error } => {
                 let retry = self.may_retry(&job);
                 tracing::debug!(broker, %error, retry, "produce request lost");
-                let name = if broker < 0 {
+                let name = if self.closing {
+                    "NoAnswerByEndOfRun"
+                } else if broker < 0 {
                     "NoRoute"
                 } else {
                     "ConnectionLost"
