@@ -1,6 +1,8 @@
 //! Command-line interface.
 
-use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
 
 /// chronik: a Kafka-wire-compatible streaming broker.
 #[derive(Debug, Parser)]
@@ -12,7 +14,42 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Runs the broker: serves Kafka clients until SIGTERM or Ctrl-C.
+    Start(StartArgs),
     /// Benchmarks: load generation against a broker, storage latency.
     #[command(subcommand)]
     Bench(chronik_bench::BenchCommand),
+}
+
+/// `chronik start` flags. Each may also be given in the `--config` TOML file
+/// under the same name; a flag wins over the file, the file over the default.
+#[derive(Debug, Args, Default)]
+pub struct StartArgs {
+    /// This broker's id in the cluster [default: 1].
+    #[arg(long)]
+    pub node_id: Option<i32>,
+    /// Where partition logs and control state live [default: ./data].
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Address the Kafka listener binds [default: 127.0.0.1:9092].
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// HOST:PORT given to clients in Metadata [default: the listen address].
+    #[arg(long)]
+    pub advertised: Option<String>,
+    /// Number of shard executors (one pinned per CPU) [default: all available CPUs].
+    #[arg(long)]
+    pub cores: Option<usize>,
+    /// Control-plane (Raft) address of this broker, cluster mode.
+    #[arg(long)]
+    pub rpc: Option<String>,
+    /// Control-plane peers, cluster mode: ID=HOST:PORT,ID=HOST:PORT,...
+    #[arg(long)]
+    pub peers: Option<String>,
+    /// CPU the control thread is pinned to [default: unpinned].
+    #[arg(long)]
+    pub control_core: Option<usize>,
+    /// TOML file with any of the keys above (node-id, data-dir, listen, ...).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
 }

@@ -5,3 +5,4 @@
 //! exactly one shard and is never shared across threads.
 
 pub mod log;
+pub mod runtime;

@@ -1,0 +1,276 @@
+//! The broker's start-up configuration: flags over a TOML file over defaults.
+
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::cli::StartArgs;
+
+/// Everything `chronik start` needs, resolved and validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BrokerConfig {
+    pub node_id: i32,
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// Host and port clients are told to connect to.
+    pub advertised: (String, u16),
+    /// Number of shard executors.
+    pub cores: usize,
+    pub rpc: Option<SocketAddr>,
+    pub peers: Vec<(i32, SocketAddr)>,
+    pub control_core: Option<usize>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("parsing config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("invalid {key} {value:?}: {reason}")]
+    Invalid {
+        key: &'static str,
+        value: String,
+        reason: String,
+    },
+}
+
+/// The `--config` TOML file: the flags' names, every key optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct FileConfig {
+    #[serde(alias = "node_id")]
+    node_id: Option<i32>,
+    #[serde(alias = "data_dir")]
+    data_dir: Option<PathBuf>,
+    listen: Option<String>,
+    advertised: Option<String>,
+    cores: Option<usize>,
+    rpc: Option<String>,
+    peers: Option<PeersValue>,
+    #[serde(alias = "control_core")]
+    control_core: Option<usize>,
+}
+
+/// `peers` in the file: either "1=h:p,2=h:p" or ["1=h:p", "2=h:p"].
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum PeersValue {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl BrokerConfig {
+    /// Resolves the flags, the file they name (if any), and the defaults.
+    /// `available_cpus` is the number of CPUs this process may use.
+    pub fn resolve(args: &StartArgs, available_cpus: usize) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                toml::from_str::<FileConfig>(&text).map_err(|source| ConfigError::Parse {
+                    path: path.clone(),
+                    source: Box::new(source),
+                })?
+            }
+            None => FileConfig::default(),
+        };
+
+        let node_id = args.node_id.or(file.node_id).unwrap_or(1);
+        if node_id < 0 {
+            return Err(invalid("node-id", node_id.to_string(), "must be >= 0"));
+        }
+        let data_dir = args
+            .data_dir
+            .clone()
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("./data"));
+        let listen_text = args
+            .listen
+            .clone()
+            .or(file.listen)
+            .unwrap_or_else(|| "127.0.0.1:9092".to_string());
+        let listen = resolve_addr("listen", &listen_text)?;
+        let advertised = match args.advertised.clone().or(file.advertised) {
+            Some(text) => split_host_port("advertised", &text)?,
+            None => (advertised_host(listen.ip()), listen.port()),
+        };
+        let cores = args.cores.or(file.cores).unwrap_or(available_cpus).max(1);
+        if cores > available_cpus {
+            return Err(invalid(
+                "cores",
+                cores.to_string(),
+                &format!("only {available_cpus} CPUs are available"),
+            ));
+        }
+        let rpc = match args.rpc.clone().or(file.rpc) {
+            Some(text) => Some(resolve_addr("rpc", &text)?),
+            None => None,
+        };
+        let peers_list: Vec<String> = match (&args.peers, file.peers) {
+            (Some(text), _) => split_list(text),
+            (None, Some(PeersValue::One(text))) => split_list(&text),
+            (None, Some(PeersValue::Many(list))) => list,
+            (None, None) => Vec::new(),
+        };
+        let peers = peers_list
+            .iter()
+            .map(|peer| parse_peer(peer))
+            .collect::<Result<Vec<_>, _>>()?;
+        let control_core = args.control_core.or(file.control_core);
+        Ok(BrokerConfig {
+            node_id,
+            data_dir,
+            listen,
+            advertised,
+            cores,
+            rpc,
+            peers,
+            control_core,
+        })
+    }
+}
+
+fn invalid(key: &'static str, value: String, reason: &str) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        value,
+        reason: reason.to_string(),
+    }
+}
+
+fn split_list(text: &str) -> Vec<String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+fn resolve_addr(key: &'static str, text: &str) -> Result<SocketAddr, ConfigError> {
+    text.to_socket_addrs()
+        .map_err(|e| invalid(key, text.to_string(), &e.to_string()))?
+        .next()
+        .ok_or_else(|| invalid(key, text.to_string(), "resolves to no address"))
+}
+
+fn split_host_port(key: &'static str, text: &str) -> Result<(String, u16), ConfigError> {
+    let (host, port) = text
+        .rsplit_once(':')
+        .ok_or_else(|| invalid(key, text.to_string(), "expected HOST:PORT"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| invalid(key, text.to_string(), "bad port"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(invalid(key, text.to_string(), "empty host"));
+    }
+    Ok((host.to_string(), port))
+}
+
+fn parse_peer(text: &str) -> Result<(i32, SocketAddr), ConfigError> {
+    let (id, addr) = text
+        .split_once('=')
+        .ok_or_else(|| invalid("peers", text.to_string(), "expected ID=HOST:PORT"))?;
+    let id: i32 = id
+        .trim()
+        .parse()
+        .map_err(|_| invalid("peers", text.to_string(), "bad node id"))?;
+    Ok((id, resolve_addr("peers", addr.trim())?))
+}
+
+/// The host to advertise when only a listen address is given: the listen IP,
+/// or this machine's host name when listening on every interface.
+fn advertised_host(ip: IpAddr) -> String {
+    if !ip.is_unspecified() {
+        return ip.to_string();
+    }
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into buf.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc == 0 {
+        let len = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+        if let Ok(name) = std::str::from_utf8(&buf[..len]) {
+            if !name.is_empty() {
+                return name.to_string();
+            }
+        }
+    }
+    "localhost".to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn defaults() {
+        let config = BrokerConfig::resolve(&StartArgs::default(), 4).unwrap();
+        assert_eq!(config.node_id, 1);
+        assert_eq!(config.data_dir, PathBuf::from("./data"));
+        assert_eq!(config.listen, "127.0.0.1:9092".parse().unwrap());
+        assert_eq!(config.advertised, ("127.0.0.1".to_string(), 9092));
+        assert_eq!(config.cores, 4);
+        assert!(config.peers.is_empty() && config.rpc.is_none());
+    }
+
+    #[test]
+    fn flags_win_over_file() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(
+            file,
+            "node-id = 3\ndata-dir = \"/tmp/x\"\nlisten = \"127.0.0.1:9500\"\ncores = 1\npeers = [\"1=127.0.0.1:9601\", \"2=127.0.0.1:9602\"]"
+        )
+        .unwrap();
+        let args = StartArgs {
+            node_id: Some(7),
+            config: Some(file.path().to_path_buf()),
+            advertised: Some("broker.example:19092".into()),
+            ..StartArgs::default()
+        };
+        let config = BrokerConfig::resolve(&args, 2).unwrap();
+        assert_eq!(config.node_id, 7);
+        assert_eq!(config.data_dir, PathBuf::from("/tmp/x"));
+        assert_eq!(config.listen.port(), 9500);
+        assert_eq!(config.advertised, ("broker.example".to_string(), 19092));
+        assert_eq!(config.cores, 1);
+        assert_eq!(config.peers.len(), 2);
+        assert_eq!(config.peers[1].0, 2);
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        let args = StartArgs {
+            cores: Some(9),
+            ..StartArgs::default()
+        };
+        assert!(BrokerConfig::resolve(&args, 2).is_err());
+        let args = StartArgs {
+            listen: Some("nonsense".into()),
+            ..StartArgs::default()
+        };
+        assert!(BrokerConfig::resolve(&args, 2).is_err());
+        let args = StartArgs {
+            peers: Some("x=1.2.3.4:5".into()),
+            ..StartArgs::default()
+        };
+        assert!(BrokerConfig::resolve(&args, 2).is_err());
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(file, "unknown-key = 1").unwrap();
+        let args = StartArgs {
+            config: Some(file.path().to_path_buf()),
+            ..StartArgs::default()
+        };
+        assert!(BrokerConfig::resolve(&args, 2).is_err());
+    }
+}

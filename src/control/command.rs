@@ -1,0 +1,124 @@
+//! The commands that go through Raft. Each is fully determined before it is proposed (ids,
+//! assignments, configs are chosen on the controller), so applying it is deterministic.
+//! Encoded as JSON: metadata changes are rare and small, and the log stays readable.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::error::ControlError;
+use super::topic_config::ConfigOp;
+
+/// Identifies a proposal so that the node that proposed it can answer its caller once the entry
+/// is applied: the proposing node and a number unique within its incarnation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ProposalId {
+    pub node: i32,
+    pub incarnation: u64,
+    pub seq: u64,
+}
+
+/// A Raft log entry's payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub proposal: Option<ProposalId>,
+    pub command: Command,
+}
+
+/// A metadata change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Sets the cluster id; only the first one counts.
+    InitCluster {
+        cluster_id: String,
+    },
+    /// A broker (re)starts: new incarnation, endpoints, unfenced.
+    RegisterBroker {
+        id: i32,
+        host: String,
+        port: u16,
+        rack: Option<String>,
+        rpc: Option<SocketAddr>,
+        incarnation: u64,
+    },
+    /// A broker missed its heartbeats or shut down: it leaves every ISR it can leave and
+    /// every partition it led gets a new leader.
+    FenceBroker {
+        id: i32,
+        incarnation: u64,
+    },
+    /// A fenced broker is back: offline partitions it is in sync for come back with it.
+    UnfenceBroker {
+        id: i32,
+        incarnation: u64,
+    },
+    CreateTopic {
+        id: Uuid,
+        name: String,
+        configs: BTreeMap<String, String>,
+        /// Replicas per partition, index order.
+        assignment: Vec<Vec<i32>>,
+    },
+    DeleteTopic {
+        id: Uuid,
+        name: String,
+    },
+    /// Adds partitions with these replicas after the existing ones.
+    CreatePartitions {
+        topic: String,
+        first_index: i32,
+        assignment: Vec<Vec<i32>>,
+    },
+    AlterTopicConfigs {
+        topic: String,
+        ops: Vec<ConfigOp>,
+    },
+    /// A partition's leader and/or ISR change, computed against `leader_epoch`; stale (the epoch
+    /// moved on) changes are rejected. A leader change bumps the leader epoch.
+    ChangePartition {
+        topic: String,
+        partition: i32,
+        leader_epoch: i32,
+        leader: Option<i32>,
+        isr: Option<Vec<i32>>,
+    },
+}
+
+impl Envelope {
+    pub fn encode(&self) -> Result<Vec<u8>, ControlError> {
+        serde_json::to_vec(self)
+            .map_err(|e| ControlError::Internal(format!("encoding a command: {e}")))
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Envelope, ControlError> {
+        serde_json::from_slice(bytes)
+            .map_err(|e| ControlError::Internal(format!("decoding a command: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let envelope = Envelope {
+            proposal: Some(ProposalId {
+                node: 1,
+                incarnation: 9,
+                seq: 3,
+            }),
+            command: Command::CreateTopic {
+                id: Uuid::from_u128(42),
+                name: "t".into(),
+                configs: [("retention.ms".to_string(), "1".to_string())].into(),
+                assignment: vec![vec![1, 2], vec![2, 1]],
+            },
+        };
+        let bytes = envelope.encode().unwrap();
+        assert_eq!(Envelope::decode(&bytes).unwrap(), envelope);
+        assert!(Envelope::decode(b"{not json").is_err());
+    }
+}

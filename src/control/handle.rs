@@ -1,0 +1,620 @@
+//! `ControlHandle`: how shards and the Kafka front end use the control plane. Cheap to clone,
+//! `Send + Sync`, and every async method is runtime-agnostic (async-channel), so it can be
+//! awaited from any glommio executor. Requests go to the control thread over a crossbeam
+//! channel; applied images come back through `Published`.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use event_listener::Event;
+use uuid::Uuid;
+
+use super::error::ControlError;
+use super::image::{MetadataImage, TopicInfo};
+use super::node::{ControlNode, Request};
+use super::topic_config::ConfigOp;
+use super::{BrokerDefaults, ControlConfig, NewTopic};
+
+/// How long `start` waits for the node to recover, elect a controller and register the broker.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The latest applied image, shared between the control thread and every handle.
+pub struct Published {
+    image: Mutex<Arc<MetadataImage>>,
+    /// Bumped on every publish; subscribers remember the last one they saw.
+    generation: AtomicU64,
+    closed: AtomicBool,
+    changed: Event,
+}
+
+impl Published {
+    fn new() -> Published {
+        Published {
+            image: Mutex::new(Arc::new(MetadataImage::default())),
+            generation: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
+            changed: Event::new(),
+        }
+    }
+
+    pub fn image(&self) -> Arc<MetadataImage> {
+        Arc::clone(&self.image.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    pub fn publish(&self, image: Arc<MetadataImage>) {
+        *self.image.lock().unwrap_or_else(|e| e.into_inner()) = image;
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.changed.notify(usize::MAX);
+    }
+
+    /// The control thread stopped: subscriptions end.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.changed.notify(usize::MAX);
+    }
+}
+
+/// A stream of applied images: `next()` returns the current image the first time, then each
+/// newer one (images published while the subscriber was busy are skipped: it always gets the
+/// latest). Ends (None) when the control plane stops.
+pub struct ImageSubscription {
+    published: Arc<Published>,
+    seen: u64,
+}
+
+impl ImageSubscription {
+    pub async fn next(&mut self) -> Option<Arc<MetadataImage>> {
+        loop {
+            let generation = self.published.generation.load(Ordering::Acquire);
+            if generation > self.seen {
+                self.seen = generation;
+                return Some(self.published.image());
+            }
+            if self.published.closed.load(Ordering::Acquire) {
+                return None;
+            }
+            let listener = self.published.changed.listen();
+            // Re-check after registering, so a publish in between is not missed.
+            if self.published.generation.load(Ordering::Acquire) > self.seen
+                || self.published.closed.load(Ordering::Acquire)
+            {
+                continue;
+            }
+            listener.await;
+        }
+    }
+}
+
+/// The control plane as the rest of the broker sees it.
+#[derive(Clone)]
+pub struct ControlHandle {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    node_id: i32,
+    defaults: BrokerDefaults,
+    requests: crossbeam_channel::Sender<Request>,
+    published: Arc<Published>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// Starts the control core (its own thread, pinned to `control_core` when given, running the
+/// Raft node and the metadata state machine), recovers durable state from `<data_dir>/meta`,
+/// and registers this broker. Returns once this broker's registration is applied.
+pub fn start(config: ControlConfig) -> Result<ControlHandle, ControlError> {
+    if config.node_id < 0 {
+        return Err(ControlError::InvalidRequest(format!(
+            "node id {} must be >= 0",
+            config.node_id
+        )));
+    }
+    if config.peers.iter().any(|(id, _)| *id != config.node_id) {
+        return Err(ControlError::InvalidRequest(
+            "cluster mode (peers other than this node) is not implemented yet".into(),
+        ));
+    }
+    let incarnation = new_incarnation();
+    let published = Arc::new(Published::new());
+    let (requests, receiver) = crossbeam_channel::unbounded();
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let node_id = config.node_id;
+    let defaults = config.defaults.clone();
+    let control_core = config.control_core;
+    let thread_published = Arc::clone(&published);
+    let thread = std::thread::Builder::new()
+        .name("chronik-control".into())
+        .spawn(move || {
+            if let Some(core) = control_core {
+                pin_to_core(core);
+            }
+            match ControlNode::new(
+                config,
+                incarnation,
+                receiver,
+                thread_published,
+                ready_tx.clone(),
+            ) {
+                Ok(node) => node.run(),
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                }
+            }
+        })
+        .map_err(|e| ControlError::Internal(format!("spawning the control thread: {e}")))?;
+    let handle = ControlHandle {
+        inner: Arc::new(Inner {
+            node_id,
+            defaults,
+            requests,
+            published,
+            thread: Mutex::new(Some(thread)),
+        }),
+    };
+    match ready_rx.recv_timeout(START_TIMEOUT) {
+        Ok(Ok(())) => Ok(handle),
+        Ok(Err(e)) => {
+            tracing::error!("control plane failed to start: {e}");
+            handle.join();
+            Err(e)
+        }
+        Err(_) => {
+            tracing::error!("control plane did not start within {START_TIMEOUT:?}");
+            Err(ControlError::Timeout)
+        }
+    }
+}
+
+fn new_incarnation() -> u64 {
+    let (high, low) = Uuid::new_v4().as_u64_pair();
+    (high ^ low).max(1)
+}
+
+/// Pins the calling thread to `core`; a failure is logged, not fatal.
+fn pin_to_core(core: usize) {
+    if core >= libc::CPU_SETSIZE as usize {
+        tracing::warn!(core, "control core out of range; not pinned");
+        return;
+    }
+    // SAFETY: cpu_set_t is plain data; CPU_SET writes within it (core < CPU_SETSIZE), and
+    // sched_setaffinity only reads it.
+    let result = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(core, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if result != 0 {
+        tracing::warn!(
+            core,
+            "pinning the control thread failed: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+impl ControlHandle {
+    /// The latest applied metadata image.
+    pub fn image(&self) -> Arc<MetadataImage> {
+        self.inner.published.image()
+    }
+
+    /// Applied images as they come (see `ImageSubscription`).
+    pub fn subscribe(&self) -> ImageSubscription {
+        ImageSubscription {
+            published: Arc::clone(&self.inner.published),
+            seen: 0,
+        }
+    }
+
+    /// Whether this node is the controller (the Raft leader) now.
+    pub fn is_controller(&self) -> bool {
+        self.controller_id() == Some(self.inner.node_id)
+    }
+
+    /// The controller as this node knows it; None while there is none (an election).
+    pub fn controller_id(&self) -> Option<i32> {
+        self.image().controller_id
+    }
+
+    pub fn node_id(&self) -> i32 {
+        self.inner.node_id
+    }
+
+    pub fn defaults(&self) -> &BrokerDefaults {
+        &self.inner.defaults
+    }
+
+    /// Creates topics (the one code path for CreateTopics and auto-creation): validated on the
+    /// controller as Kafka does, replicas assigned over live brokers, answered once applied.
+    /// One result per requested topic, in order.
+    pub async fn create_topics(
+        &self,
+        topics: Vec<NewTopic>,
+        validate_only: bool,
+    ) -> Vec<Result<Arc<TopicInfo>, ControlError>> {
+        let count = topics.len();
+        let (reply, answer) = async_channel::bounded(1);
+        self.call(
+            Request::CreateTopics {
+                topics,
+                validate_only,
+                reply,
+            },
+            answer,
+            count,
+        )
+        .await
+    }
+
+    /// Deletes topics by name; one result (the deleted topic's id) per name, in order.
+    pub async fn delete_topics(&self, names: Vec<String>) -> Vec<Result<Uuid, ControlError>> {
+        let count = names.len();
+        let (reply, answer) = async_channel::bounded(1);
+        self.call(Request::DeleteTopics { names, reply }, answer, count)
+            .await
+    }
+
+    /// Grows topics to a new total partition count; one result per request, in order.
+    pub async fn create_partitions(
+        &self,
+        requests: Vec<(String, i32)>,
+        validate_only: bool,
+    ) -> Vec<Result<(), ControlError>> {
+        let count = requests.len();
+        let (reply, answer) = async_channel::bounded(1);
+        self.call(
+            Request::CreatePartitions {
+                requests,
+                validate_only,
+                reply,
+            },
+            answer,
+            count,
+        )
+        .await
+    }
+
+    /// IncrementalAlterConfigs on one topic.
+    pub async fn alter_topic_configs(
+        &self,
+        topic: String,
+        ops: Vec<ConfigOp>,
+        validate_only: bool,
+    ) -> Result<(), ControlError> {
+        let (reply, answer) = async_channel::bounded(1);
+        if self
+            .inner
+            .requests
+            .send(Request::AlterTopicConfigs {
+                topic,
+                ops,
+                validate_only,
+                reply,
+            })
+            .is_err()
+        {
+            return Err(stopped());
+        }
+        answer.recv().await.unwrap_or_else(|_| Err(stopped()))
+    }
+
+    async fn call<T>(
+        &self,
+        request: Request,
+        answer: async_channel::Receiver<Vec<Result<T, ControlError>>>,
+        count: usize,
+    ) -> Vec<Result<T, ControlError>> {
+        if count == 0 {
+            return Vec::new();
+        }
+        if self.inner.requests.send(request).is_err() {
+            return (0..count).map(|_| Err(stopped())).collect();
+        }
+        match answer.recv().await {
+            Ok(results) => results,
+            Err(_) => (0..count).map(|_| Err(stopped())).collect(),
+        }
+    }
+
+    /// Stops the control thread (pending requests are answered NOT_CONTROLLER) and waits for it.
+    pub async fn shutdown(&self) {
+        let (reply, done) = async_channel::bounded(1);
+        if self
+            .inner
+            .requests
+            .send(Request::Shutdown { reply })
+            .is_ok()
+        {
+            let _ = done.recv().await;
+        }
+        self.join();
+    }
+
+    fn join(&self) {
+        let thread = self
+            .inner
+            .thread
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(thread) = thread {
+            if thread.join().is_err() {
+                tracing::error!("the control thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Inner {
+    /// The last handle is gone: stop the control thread and wait for it, so that its files are
+    /// released when the drop returns.
+    fn drop(&mut self) {
+        let (reply, _done) = async_channel::bounded(1);
+        let _ = self.requests.send(Request::Shutdown { reply });
+        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(thread) = thread {
+            if thread.join().is_err() {
+                tracing::error!("the control thread panicked");
+            }
+        }
+    }
+}
+
+fn stopped() -> ControlError {
+    ControlError::Internal("the control plane has stopped".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use futures_lite::future::block_on;
+
+    use super::*;
+    use crate::control::topic_config;
+
+    fn config(dir: &Path) -> ControlConfig {
+        ControlConfig {
+            node_id: 1,
+            data_dir: dir.to_path_buf(),
+            kafka_endpoint: ("127.0.0.1".into(), 9092),
+            rack: None,
+            rpc: None,
+            peers: Vec::new(),
+            control_core: Some(0),
+            defaults: BrokerDefaults::default(),
+        }
+    }
+
+    fn topic(name: &str, partitions: i32) -> NewTopic {
+        NewTopic {
+            name: name.into(),
+            num_partitions: partitions,
+            replication_factor: 1,
+            assignments: Vec::new(),
+            configs: vec![("retention.ms".into(), Some("60000".into()))],
+        }
+    }
+
+    #[test]
+    fn single_node_starts_as_controller_and_registers() {
+        let dir = tempfile::tempdir().unwrap();
+        let control = start(config(dir.path())).unwrap();
+        assert!(control.is_controller());
+        assert_eq!(control.controller_id(), Some(1));
+        assert_eq!(control.node_id(), 1);
+        let image = control.image();
+        assert_eq!(image.cluster_id.len(), 22);
+        let broker = &image.brokers[&1];
+        assert_eq!(
+            (broker.host.as_str(), broker.port, broker.fenced),
+            ("127.0.0.1", 9092, false)
+        );
+        block_on(control.shutdown());
+    }
+
+    #[test]
+    fn restart_recovers_the_identical_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let before = {
+            let control = start(config(dir.path())).unwrap();
+            let results =
+                block_on(control.create_topics(vec![topic("a", 3), topic("b.c", 1)], false));
+            assert!(results.iter().all(Result::is_ok), "{results:?}");
+            let created = results[0].as_ref().unwrap();
+            assert_eq!(created.partitions.len(), 3);
+            assert_eq!(created.configs["retention.ms"], "60000");
+            block_on(control.create_partitions(vec![("b.c".into(), 2)], false))
+                .into_iter()
+                .for_each(|r| r.unwrap());
+            block_on(control.alter_topic_configs(
+                "a".into(),
+                vec![ConfigOp::Set("segment.ms".into(), "1000".into())],
+                false,
+            ))
+            .unwrap();
+            let image = control.image();
+            assert_eq!(image.topics["a"].id, created.id);
+            block_on(control.shutdown());
+            image
+        };
+        let control = start(config(dir.path())).unwrap();
+        let after = control.image();
+        assert_eq!(after.cluster_id, before.cluster_id);
+        assert_eq!(after.brokers.keys().collect::<Vec<_>>(), vec![&1]);
+        assert_ne!(
+            after.brokers[&1].incarnation,
+            before.brokers[&1].incarnation
+        );
+        assert_eq!(after.topics.len(), 2);
+        for (name, topic) in &before.topics {
+            let recovered = &after.topics[name];
+            assert_eq!(recovered.id, topic.id);
+            assert_eq!(recovered.configs, topic.configs);
+            assert_eq!(recovered.partitions.len(), topic.partitions.len());
+            for (p, q) in topic.partitions.iter().zip(&recovered.partitions) {
+                assert_eq!(
+                    (p.index, &p.replicas, &p.isr, p.leader),
+                    (q.index, &q.replicas, &q.isr, q.leader)
+                );
+                // The restarted broker leads again, in a new leader epoch.
+                assert_eq!(q.leader_epoch, p.leader_epoch + 1);
+            }
+        }
+        block_on(control.shutdown());
+    }
+
+    #[test]
+    fn crash_without_shutdown_keeps_committed_topics() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = {
+            let control = start(config(dir.path())).unwrap();
+            let results = block_on(control.create_topics(vec![topic("kept", 2)], false));
+            let id = results[0].as_ref().unwrap().id;
+            // Dropped without shutdown: nothing but the committed log survives.
+            drop(control);
+            id
+        };
+        let control = start(config(dir.path())).unwrap();
+        assert_eq!(control.image().topics["kept"].id, id);
+        block_on(control.shutdown());
+    }
+
+    #[test]
+    fn validate_only_creates_nothing_and_errors_carry_codes() {
+        let dir = tempfile::tempdir().unwrap();
+        let control = start(config(dir.path())).unwrap();
+        let version = control.image().version;
+        let results = block_on(control.create_topics(vec![topic("dry", 4)], true));
+        assert_eq!(results[0].as_ref().unwrap().partitions.len(), 4);
+        assert!(control.image().topics.is_empty());
+        assert_eq!(control.image().version, version);
+
+        block_on(control.create_topics(vec![topic("t", 1)], false))[0]
+            .as_ref()
+            .unwrap();
+        let mut bad_config = topic("c", 1);
+        bad_config.configs = vec![("cleanup.policy".into(), Some("compact".into()))];
+        let mut too_many_replicas = topic("r", 1);
+        too_many_replicas.replication_factor = 2;
+        let results = block_on(control.create_topics(
+            vec![
+                topic("t", 1),
+                topic("bad/name", 1),
+                topic("z", 0),
+                too_many_replicas,
+                bad_config,
+                topic("dup", 1),
+                topic("dup", 1),
+                NewTopic::with_defaults("auto"),
+            ],
+            false,
+        ));
+        let codes: Vec<i16> = results
+            .iter()
+            .map(|r| r.as_ref().err().map_or(0, |e| e.code().code()))
+            .collect();
+        assert_eq!(codes, vec![36, 17, 37, 38, 40, 42, 42, 0]);
+        assert_eq!(results[7].as_ref().unwrap().partitions.len(), 1);
+
+        let deleted = block_on(control.delete_topics(vec!["t".into(), "missing".into()]));
+        assert!(deleted[0].is_ok());
+        assert_eq!(deleted[1].as_ref().unwrap_err().code().code(), 3);
+        assert!(!control.image().topics.contains_key("t"));
+
+        let grown =
+            block_on(control.create_partitions(vec![("auto".into(), 3), ("auto".into(), 1)], true));
+        assert!(grown[0].is_ok());
+        assert_eq!(grown[1].as_ref().unwrap_err().code().code(), 37);
+        assert_eq!(control.image().topics["auto"].partitions.len(), 1);
+
+        let err = block_on(control.alter_topic_configs(
+            "auto".into(),
+            vec![ConfigOp::Set("retention.ms".into(), "x".into())],
+            false,
+        ))
+        .unwrap_err();
+        assert_eq!(err.code().code(), 40);
+        block_on(control.alter_topic_configs(
+            "auto".into(),
+            vec![ConfigOp::Set("retention.ms".into(), "5".into())],
+            true,
+        ))
+        .unwrap();
+        assert!(control.image().topics["auto"].configs.is_empty());
+        let entries = topic_config::describe(&control.image().topics["auto"], control.defaults());
+        assert!(entries
+            .iter()
+            .any(|e| e.name == "retention.ms" && e.is_default));
+        block_on(control.shutdown());
+        let after = block_on(control.create_topics(vec![topic("late", 1)], false));
+        assert!(after[0].is_err());
+    }
+
+    #[test]
+    fn restart_after_compaction_recovers_from_the_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let count = crate::control::node::SNAPSHOT_EVERY as usize + 50;
+        let before = {
+            let control = start(config(dir.path())).unwrap();
+            let topics = (0..count).map(|i| topic(&format!("t{i}"), 1)).collect();
+            let results = block_on(control.create_topics(topics, false));
+            assert!(results.iter().all(Result::is_ok));
+            let image = control.image();
+            block_on(control.shutdown());
+            image
+        };
+        assert!(dir.path().join("meta/snapshot").exists());
+        let control = start(config(dir.path())).unwrap();
+        let after = control.image();
+        assert_eq!(after.topics.len(), count);
+        assert_eq!(after.cluster_id, before.cluster_id);
+        for (name, topic) in &before.topics {
+            assert_eq!(after.topics[name].id, topic.id);
+            assert_eq!(
+                after.topics[name].partitions[0].replicas,
+                topic.partitions[0].replicas
+            );
+        }
+        block_on(control.shutdown());
+    }
+
+    #[test]
+    fn a_second_control_plane_on_the_same_dir_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let control = start(config(dir.path())).unwrap();
+        let second = start(config(dir.path()));
+        assert!(matches!(second, Err(ControlError::Internal(_))));
+        block_on(control.shutdown());
+    }
+
+    #[test]
+    fn subscribers_see_each_newer_image_from_glommio() {
+        let dir = tempfile::tempdir().unwrap();
+        let control = start(config(dir.path())).unwrap();
+        let mut subscription = control.subscribe();
+        let for_shard = control.clone();
+        let seen = glommio::LocalExecutorBuilder::default()
+            .io_memory(2 << 20)
+            .spawn(move || async move {
+                let first = subscription.next().await.unwrap();
+                let created = for_shard.create_topics(vec![topic("s", 2)], false).await;
+                assert!(created[0].is_ok());
+                let mut latest = first.clone();
+                while !latest.topics.contains_key("s") {
+                    let next = subscription.next().await.unwrap();
+                    assert!(next.version > latest.version);
+                    latest = next;
+                }
+                for_shard.shutdown().await;
+                assert!(subscription.next().await.is_none());
+                (first.version, latest.version)
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert!(seen.1 > seen.0);
+    }
+}

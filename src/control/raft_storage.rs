@@ -1,0 +1,795 @@
+//! Durable Raft storage for the metadata group, under `<data_dir>/meta/`:
+//!
+//! - `raft.log`: append-only entry records, each `[len u32][crc32c u32][payload]`. A conflicting
+//!   append (a new leader overwrote our uncommitted tail) truncates the file at the first
+//!   replaced entry before writing. On open, a torn or corrupt tail record ends the log there and
+//!   is cut off (it was never acknowledged: we fsync before reporting entries persisted).
+//! - `state`: HardState and ConfState, rewritten atomically (write tmp, fsync, rename, fsync dir).
+//! - `snapshot`: the latest snapshot (metadata + the encoded metadata image), also atomic. Entries
+//!   up to its index are dropped from `raft.log` (compaction rewrites the file atomically).
+//!
+//! Every mutation is durable when the method returns: the node reports entries persisted to
+//! raft-rs, and sends messages, only after that.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use raft::prelude::{ConfState, Entry, EntryType, HardState, Snapshot, SnapshotMetadata};
+use raft::{GetEntriesContext, RaftState, StorageError};
+use serde::{Deserialize, Serialize};
+
+const LOG_FILE: &str = "raft.log";
+const STATE_FILE: &str = "state";
+const SNAPSHOT_FILE: &str = "snapshot";
+const LOCK_FILE: &str = "lock";
+/// A record larger than this is treated as corruption (metadata entries are small).
+const MAX_RECORD: usize = 64 << 20;
+const RECORD_HEADER: usize = 8;
+
+/// Durable `raft::Storage`. Owned by the RawNode on the control thread; mutated through
+/// `RawNode::mut_store`.
+pub struct DiskStorage {
+    dir: PathBuf,
+    log: File,
+    /// Length of `raft.log` covering exactly `entries`.
+    log_len: u64,
+    hard_state: HardState,
+    conf_state: ConfState,
+    snapshot: Snapshot,
+    /// Entries after the snapshot, contiguous.
+    entries: Vec<Entry>,
+    /// File offset of each entry's record, parallel to `entries`.
+    offsets: Vec<u64>,
+    /// Holds an exclusive `flock` on `lock`: two processes on one data dir would corrupt it.
+    _lock: File,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StateRecord {
+    term: u64,
+    vote: u64,
+    commit: u64,
+    conf: ConfRecord,
+}
+
+#[derive(Serialize, Deserialize, Default)]
+struct ConfRecord {
+    voters: Vec<u64>,
+    learners: Vec<u64>,
+    voters_outgoing: Vec<u64>,
+    learners_next: Vec<u64>,
+    auto_leave: bool,
+}
+
+impl ConfRecord {
+    fn from_conf(conf: &ConfState) -> ConfRecord {
+        ConfRecord {
+            voters: conf.voters.clone(),
+            learners: conf.learners.clone(),
+            voters_outgoing: conf.voters_outgoing.clone(),
+            learners_next: conf.learners_next.clone(),
+            auto_leave: conf.auto_leave,
+        }
+    }
+
+    fn to_conf(&self) -> ConfState {
+        ConfState {
+            voters: self.voters.clone(),
+            learners: self.learners.clone(),
+            voters_outgoing: self.voters_outgoing.clone(),
+            learners_next: self.learners_next.clone(),
+            auto_leave: self.auto_leave,
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct SnapshotHeader {
+    index: u64,
+    term: u64,
+    conf: ConfRecord,
+}
+
+impl DiskStorage {
+    /// Opens (creating if missing) the storage in `dir` and recovers it. A new storage starts
+    /// with `initial_conf` as its configuration (the static voter set of the cluster).
+    pub fn open(dir: &Path, initial_conf: ConfState) -> io::Result<DiskStorage> {
+        fs::create_dir_all(dir)?;
+        let lock = lock_dir(dir)?;
+        let snapshot = read_snapshot(&dir.join(SNAPSHOT_FILE))?.unwrap_or_default();
+        let (hard_state, conf_state) = match read_checked(&dir.join(STATE_FILE))? {
+            Some(bytes) => {
+                let record: StateRecord = serde_json::from_slice(&bytes).map_err(invalid_data)?;
+                let hs = HardState {
+                    term: record.term,
+                    vote: record.vote,
+                    commit: record.commit,
+                    ..Default::default()
+                };
+                (hs, record.conf.to_conf())
+            }
+            None if snapshot.get_metadata().index > 0 => {
+                // Only possible if the state file was lost: rebuild it from the snapshot.
+                let hs = HardState {
+                    term: snapshot.get_metadata().term,
+                    commit: snapshot.get_metadata().index,
+                    ..Default::default()
+                };
+                (hs, snapshot.get_metadata().get_conf_state().clone())
+            }
+            None => (HardState::default(), initial_conf),
+        };
+        let log_path = dir.join(LOG_FILE);
+        let mut log = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&log_path)?;
+        let mut storage = DiskStorage {
+            dir: dir.to_path_buf(),
+            log_len: 0,
+            log: log.try_clone()?,
+            hard_state,
+            conf_state,
+            snapshot,
+            entries: Vec::new(),
+            offsets: Vec::new(),
+            _lock: lock,
+        };
+        storage.recover_log(&mut log)?;
+        storage.write_state()?;
+        tracing::debug!(
+            dir = %dir.display(),
+            first = storage.first(),
+            last = storage.last(),
+            commit = storage.hard_state.commit,
+            "raft storage recovered"
+        );
+        Ok(storage)
+    }
+
+    /// Reads every intact record; cuts the file after the last one.
+    fn recover_log(&mut self, log: &mut File) -> io::Result<()> {
+        let mut bytes = Vec::new();
+        log.read_to_end(&mut bytes)?;
+        let snapshot_index = self.snapshot.get_metadata().index;
+        let mut position = 0usize;
+        while let Some((payload, next)) = next_record(&bytes, position) {
+            let entry = match decode_entry(payload) {
+                Some(entry) => entry,
+                None => break,
+            };
+            if entry.index > snapshot_index {
+                // An entry at or below the current last replaces the tail (an overwrite whose
+                // truncation did not reach the disk before a crash cannot happen, but be safe).
+                if entry.index <= self.last() {
+                    let keep = (entry.index - self.first()) as usize;
+                    self.entries.truncate(keep);
+                    self.offsets.truncate(keep);
+                }
+                if entry.index != self.last() + 1 {
+                    tracing::error!(
+                        index = entry.index,
+                        last = self.last(),
+                        "raft log has a gap; ignoring the rest"
+                    );
+                    break;
+                }
+                self.offsets.push(position as u64);
+                self.entries.push(entry);
+            }
+            position = next;
+        }
+        if position < bytes.len() {
+            tracing::warn!(
+                file = %self.dir.join(LOG_FILE).display(),
+                valid = position,
+                len = bytes.len(),
+                "raft log ends in a torn or corrupt record; truncating it"
+            );
+            self.log.set_len(position as u64)?;
+            self.log.sync_all()?;
+        }
+        self.log_len = position as u64;
+        Ok(())
+    }
+
+    fn first(&self) -> u64 {
+        self.snapshot.get_metadata().index + 1
+    }
+
+    fn last(&self) -> u64 {
+        self.entries
+            .last()
+            .map_or(self.snapshot.get_metadata().index, |e| e.index)
+    }
+
+    /// Appends entries from the leader, replacing any conflicting tail; durable on return.
+    pub fn append(&mut self, entries: &[Entry]) -> io::Result<()> {
+        let Some(first_new) = entries.first().map(|e| e.index) else {
+            return Ok(());
+        };
+        if first_new < self.first() {
+            return Err(io::Error::other(format!(
+                "append at {first_new} overwrites compacted entries (first {})",
+                self.first()
+            )));
+        }
+        if first_new > self.last() + 1 {
+            return Err(io::Error::other(format!(
+                "append at {first_new} leaves a gap after {}",
+                self.last()
+            )));
+        }
+        if first_new <= self.last() {
+            let keep = (first_new - self.first()) as usize;
+            let cut = self.offsets[keep];
+            self.log.set_len(cut)?;
+            self.log_len = cut;
+            self.entries.truncate(keep);
+            self.offsets.truncate(keep);
+            tracing::info!(from = first_new, "raft log tail replaced by the leader's");
+        }
+        let mut buffer = Vec::new();
+        for entry in entries {
+            self.offsets.push(self.log_len + buffer.len() as u64);
+            push_record(&mut buffer, &encode_entry(entry));
+        }
+        self.log.write_all(&buffer)?;
+        self.log.sync_data()?;
+        self.log_len += buffer.len() as u64;
+        self.entries.extend_from_slice(entries);
+        Ok(())
+    }
+
+    /// Persists a new hard state (term, vote, commit).
+    pub fn set_hard_state(&mut self, hard_state: &HardState) -> io::Result<()> {
+        if *hard_state != self.hard_state {
+            self.hard_state = hard_state.clone();
+            self.write_state()?;
+        }
+        Ok(())
+    }
+
+    /// Persists a new commit index.
+    pub fn set_commit(&mut self, commit: u64) -> io::Result<()> {
+        let mut hard_state = self.hard_state.clone();
+        hard_state.commit = commit;
+        self.set_hard_state(&hard_state)
+    }
+
+    pub fn hard_state(&self) -> &HardState {
+        &self.hard_state
+    }
+
+    pub fn conf_state(&self) -> &ConfState {
+        &self.conf_state
+    }
+
+    /// The latest snapshot (empty if none).
+    pub fn latest_snapshot(&self) -> &Snapshot {
+        &self.snapshot
+    }
+
+    /// Installs a snapshot received from the leader: replaces the whole log.
+    pub fn apply_snapshot(&mut self, snapshot: &Snapshot) -> io::Result<()> {
+        let meta = snapshot.get_metadata();
+        if meta.index < self.first() {
+            return Err(io::Error::other(format!(
+                "snapshot at {} is older than ours at {}",
+                meta.index,
+                self.first() - 1
+            )));
+        }
+        write_snapshot(&self.dir, snapshot)?;
+        self.snapshot = snapshot.clone();
+        self.conf_state = meta.get_conf_state().clone();
+        self.hard_state.term = self.hard_state.term.max(meta.term);
+        self.hard_state.commit = meta.index;
+        self.write_state()?;
+        self.entries.clear();
+        self.offsets.clear();
+        self.rewrite_log()
+    }
+
+    /// Snapshots the applied state `data` at `applied` and drops the entries it covers.
+    pub fn compact(&mut self, applied: u64, data: Vec<u8>) -> io::Result<()> {
+        if applied < self.first() || applied > self.last() {
+            return Ok(());
+        }
+        let covered = (applied + 1 - self.first()) as usize;
+        let term = self.entries[covered - 1].term;
+        let mut snapshot = Snapshot {
+            data: data.into(),
+            ..Default::default()
+        };
+        let meta: &mut SnapshotMetadata = snapshot.mut_metadata();
+        meta.index = applied;
+        meta.term = term;
+        meta.set_conf_state(self.conf_state.clone());
+        write_snapshot(&self.dir, &snapshot)?;
+        self.snapshot = snapshot;
+        self.entries.drain(..covered);
+        self.rewrite_log()?;
+        tracing::debug!(index = applied, term, "raft log compacted into a snapshot");
+        Ok(())
+    }
+
+    /// Rewrites `raft.log` to hold exactly `entries` (tmp file, fsync, rename, fsync dir).
+    fn rewrite_log(&mut self) -> io::Result<()> {
+        let mut buffer = Vec::new();
+        self.offsets.clear();
+        for entry in &self.entries {
+            self.offsets.push(buffer.len() as u64);
+            push_record(&mut buffer, &encode_entry(entry));
+        }
+        let path = self.dir.join(LOG_FILE);
+        write_atomically(&path, &buffer)?;
+        self.log = OpenOptions::new().read(true).append(true).open(&path)?;
+        self.log_len = buffer.len() as u64;
+        Ok(())
+    }
+
+    fn write_state(&self) -> io::Result<()> {
+        let record = StateRecord {
+            term: self.hard_state.term,
+            vote: self.hard_state.vote,
+            commit: self.hard_state.commit,
+            conf: ConfRecord::from_conf(&self.conf_state),
+        };
+        let json = serde_json::to_vec(&record).map_err(invalid_data)?;
+        let mut bytes = Vec::new();
+        push_record(&mut bytes, &json);
+        write_atomically(&self.dir.join(STATE_FILE), &bytes)
+    }
+}
+
+impl raft::Storage for DiskStorage {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        Ok(RaftState::new(
+            self.hard_state.clone(),
+            self.conf_state.clone(),
+        ))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        if low < self.first() {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if high > self.last() + 1 || low > high {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        let from = (low - self.first()) as usize;
+        let to = (high - self.first()) as usize;
+        let max_size = max_size.into().unwrap_or(u64::MAX);
+        let mut size = 0u64;
+        let mut result = Vec::with_capacity(to - from);
+        for entry in &self.entries[from..to] {
+            size += (entry.data.len() + entry.context.len() + 24) as u64;
+            if !result.is_empty() && size > max_size {
+                break;
+            }
+            result.push(entry.clone());
+        }
+        Ok(result)
+    }
+
+    fn term(&self, index: u64) -> raft::Result<u64> {
+        let snapshot = self.snapshot.get_metadata();
+        if index == snapshot.index {
+            return Ok(snapshot.term);
+        }
+        if index < self.first() {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if index > self.last() {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        Ok(self.entries[(index - self.first()) as usize].term)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.first())
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.last())
+    }
+
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        if self.snapshot.get_metadata().index < request_index {
+            // The node compacts on its own schedule; until then the follower catches up from
+            // the log, or waits for the next snapshot.
+            return Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable,
+            ));
+        }
+        Ok(self.snapshot.clone())
+    }
+}
+
+/// Takes the directory's lock, failing at once if another process (or storage) holds it.
+fn lock_dir(dir: &Path) -> io::Result<File> {
+    use std::os::fd::AsRawFd;
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(LOCK_FILE))?;
+    // SAFETY: flock on a file descriptor we own; no memory is passed.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let error = io::Error::last_os_error();
+        return Err(io::Error::new(
+            error.kind(),
+            format!(
+                "{} is in use by another chronik process ({error})",
+                dir.display()
+            ),
+        ));
+    }
+    Ok(file)
+}
+
+fn invalid_data(e: impl std::fmt::Display) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e.to_string())
+}
+
+fn push_record(buffer: &mut Vec<u8>, payload: &[u8]) {
+    buffer.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    buffer.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
+    buffer.extend_from_slice(payload);
+}
+
+/// The record at `position`, if it is whole and its CRC matches, and the position after it.
+fn next_record(bytes: &[u8], position: usize) -> Option<(&[u8], usize)> {
+    let header = bytes.get(position..position + RECORD_HEADER)?;
+    let len = u32::from_le_bytes(header[0..4].try_into().ok()?) as usize;
+    let crc = u32::from_le_bytes(header[4..8].try_into().ok()?);
+    if len > MAX_RECORD {
+        return None;
+    }
+    let start = position + RECORD_HEADER;
+    let payload = bytes.get(start..start + len)?;
+    (crc32c::crc32c(payload) == crc).then_some((payload, start + len))
+}
+
+fn entry_type_code(entry_type: EntryType) -> u8 {
+    match entry_type {
+        EntryType::EntryNormal => 0,
+        EntryType::EntryConfChange => 1,
+        EntryType::EntryConfChangeV2 => 2,
+    }
+}
+
+fn entry_type_from(code: u8) -> Option<EntryType> {
+    match code {
+        0 => Some(EntryType::EntryNormal),
+        1 => Some(EntryType::EntryConfChange),
+        2 => Some(EntryType::EntryConfChangeV2),
+        _ => None,
+    }
+}
+
+/// `[index u64][term u64][type u8][data len u32][data][context len u32][context]`
+fn encode_entry(entry: &Entry) -> Vec<u8> {
+    let mut out = Vec::with_capacity(25 + entry.data.len() + entry.context.len());
+    out.extend_from_slice(&entry.index.to_le_bytes());
+    out.extend_from_slice(&entry.term.to_le_bytes());
+    out.push(entry_type_code(entry.get_entry_type()));
+    out.extend_from_slice(&(entry.data.len() as u32).to_le_bytes());
+    out.extend_from_slice(&entry.data);
+    out.extend_from_slice(&(entry.context.len() as u32).to_le_bytes());
+    out.extend_from_slice(&entry.context);
+    out
+}
+
+fn decode_entry(payload: &[u8]) -> Option<Entry> {
+    let mut cursor = payload;
+    let mut take = |n: usize| -> Option<&[u8]> {
+        let (head, tail) = (cursor.get(..n)?, cursor.get(n..)?);
+        cursor = tail;
+        Some(head)
+    };
+    let index = u64::from_le_bytes(take(8)?.try_into().ok()?);
+    let term = u64::from_le_bytes(take(8)?.try_into().ok()?);
+    let entry_type = entry_type_from(take(1)?[0])?;
+    let data_len = u32::from_le_bytes(take(4)?.try_into().ok()?) as usize;
+    let data = take(data_len)?.to_vec();
+    let context_len = u32::from_le_bytes(take(4)?.try_into().ok()?) as usize;
+    let context = take(context_len)?.to_vec();
+    let mut entry = Entry {
+        index,
+        term,
+        data: data.into(),
+        context: context.into(),
+        ..Default::default()
+    };
+    entry.set_entry_type(entry_type);
+    Some(entry)
+}
+
+/// Reads a file written by `write_atomically` and checks its CRC; None if it does not exist.
+fn read_checked(path: &Path) -> io::Result<Option<Vec<u8>>> {
+    let bytes = match fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    match next_record(&bytes, 0) {
+        Some((payload, end)) if end == bytes.len() => Ok(Some(payload.to_vec())),
+        _ => Err(invalid_data(format!("{} is corrupt", path.display()))),
+    }
+}
+
+fn write_snapshot(dir: &Path, snapshot: &Snapshot) -> io::Result<()> {
+    let meta = snapshot.get_metadata();
+    let header = SnapshotHeader {
+        index: meta.index,
+        term: meta.term,
+        conf: ConfRecord::from_conf(meta.get_conf_state()),
+    };
+    let header = serde_json::to_vec(&header).map_err(invalid_data)?;
+    let mut payload = Vec::with_capacity(4 + header.len() + snapshot.data.len());
+    payload.extend_from_slice(&(header.len() as u32).to_le_bytes());
+    payload.extend_from_slice(&header);
+    payload.extend_from_slice(&snapshot.data);
+    let mut bytes = Vec::with_capacity(payload.len() + RECORD_HEADER);
+    push_record(&mut bytes, &payload);
+    write_atomically(&dir.join(SNAPSHOT_FILE), &bytes)
+}
+
+fn read_snapshot(path: &Path) -> io::Result<Option<Snapshot>> {
+    let Some(payload) = read_checked(path)? else {
+        return Ok(None);
+    };
+    let corrupt = || invalid_data(format!("{} is corrupt", path.display()));
+    let header_len = u32::from_le_bytes(
+        payload
+            .get(..4)
+            .ok_or_else(corrupt)?
+            .try_into()
+            .map_err(|_| corrupt())?,
+    ) as usize;
+    let header_bytes = payload.get(4..4 + header_len).ok_or_else(corrupt)?;
+    let header: SnapshotHeader = serde_json::from_slice(header_bytes).map_err(invalid_data)?;
+    let mut snapshot = Snapshot {
+        data: payload[4 + header_len..].to_vec().into(),
+        ..Default::default()
+    };
+    let meta = snapshot.mut_metadata();
+    meta.index = header.index;
+    meta.term = header.term;
+    meta.set_conf_state(header.conf.to_conf());
+    Ok(Some(snapshot))
+}
+
+/// Replaces `path` with `bytes` so that a crash leaves either the old or the new file.
+fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut file = File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+    }
+    fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft::Storage;
+
+    fn entry(index: u64, term: u64, data: &[u8]) -> Entry {
+        Entry {
+            index,
+            term,
+            data: data.to_vec().into(),
+            ..Default::default()
+        }
+    }
+
+    fn voters(ids: &[u64]) -> ConfState {
+        ConfState {
+            voters: ids.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    fn hs(term: u64, vote: u64, commit: u64) -> HardState {
+        HardState {
+            term,
+            vote,
+            commit,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn survives_a_crash_with_the_same_state() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut storage = DiskStorage::open(dir.path(), voters(&[1])).unwrap();
+            storage
+                .append(&[entry(1, 1, b"a"), entry(2, 1, b"b"), entry(3, 1, b"c")])
+                .unwrap();
+            storage.set_hard_state(&hs(1, 1, 2)).unwrap();
+            // Dropped without any close: a crash after the last fsync.
+        }
+        let storage = DiskStorage::open(dir.path(), voters(&[9])).unwrap();
+        let state = storage.initial_state().unwrap();
+        assert_eq!(state.hard_state, hs(1, 1, 2));
+        assert_eq!(state.conf_state.voters, vec![1]);
+        assert_eq!(
+            (
+                storage.first_index().unwrap(),
+                storage.last_index().unwrap()
+            ),
+            (1, 3)
+        );
+        let entries = storage
+            .entries(1, 4, None, GetEntriesContext::empty(false))
+            .unwrap();
+        assert_eq!(
+            entries,
+            vec![entry(1, 1, b"a"), entry(2, 1, b"b"), entry(3, 1, b"c")]
+        );
+        assert_eq!(storage.term(2).unwrap(), 1);
+    }
+
+    #[test]
+    fn torn_tail_is_cut_off() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut storage = DiskStorage::open(dir.path(), voters(&[1])).unwrap();
+            storage
+                .append(&[entry(1, 1, b"a"), entry(2, 1, b"b")])
+                .unwrap();
+        }
+        let path = dir.path().join(LOG_FILE);
+        let whole = fs::read(&path).unwrap();
+        // A half-written third record.
+        let mut record = Vec::new();
+        push_record(&mut record, &encode_entry(&entry(3, 1, b"ccc")));
+        let mut torn = whole.clone();
+        torn.extend_from_slice(&record[..record.len() - 2]);
+        fs::write(&path, &torn).unwrap();
+        {
+            let mut storage = DiskStorage::open(dir.path(), voters(&[1])).unwrap();
+            assert_eq!(storage.last_index().unwrap(), 2);
+            assert_eq!(fs::read(&path).unwrap(), whole);
+            storage.append(&[entry(3, 1, b"d")]).unwrap();
+        }
+        // A flipped bit in the last record: cut there too.
+        let mut bytes = fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        fs::write(&path, &bytes).unwrap();
+        let storage = DiskStorage::open(dir.path(), voters(&[1])).unwrap();
+        assert_eq!(storage.last_index().unwrap(), 2);
+    }
+
+    #[test]
+    fn conflicting_append_truncates() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut storage = DiskStorage::open(dir.path(), voters(&[1])).unwrap();
+            storage
+                .append(&[entry(1, 1, b"a"), entry(2, 1, b"b"), entry(3, 1, b"c")])
+                .unwrap();
+            storage.append(&[entry(2, 2, b"x")]).unwrap();
+            assert_eq!(storage.last_index().unwrap(), 2);
+            assert!(storage.append(&[entry(5, 2, b"gap")]).is_err());
+        }
+        let storage = DiskStorage::open(dir.path(), voters(&[1])).unwrap();
+        let entries = storage
+            .entries(1, 3, None, GetEntriesContext::empty(false))
+            .unwrap();
+        assert_eq!(entries, vec![entry(1, 1, b"a"), entry(2, 2, b"x")]);
+    }
+
+    #[test]
+    fn compaction_keeps_the_snapshot_and_later_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut storage = DiskStorage::open(dir.path(), voters(&[1])).unwrap();
+            storage
+                .append(&[entry(1, 1, b"a"), entry(2, 1, b"b"), entry(3, 2, b"c")])
+                .unwrap();
+            storage.set_hard_state(&hs(2, 1, 3)).unwrap();
+            storage.compact(2, b"image".to_vec()).unwrap();
+            assert_eq!(storage.first_index().unwrap(), 3);
+            assert_eq!(storage.term(2).unwrap(), 1);
+            assert!(matches!(
+                storage.term(1),
+                Err(raft::Error::Store(StorageError::Compacted))
+            ));
+            storage.append(&[entry(4, 2, b"d")]).unwrap();
+        }
+        let storage = DiskStorage::open(dir.path(), voters(&[1])).unwrap();
+        assert_eq!(
+            (
+                storage.first_index().unwrap(),
+                storage.last_index().unwrap()
+            ),
+            (3, 4)
+        );
+        let snapshot = storage.snapshot(2, 0).unwrap();
+        assert_eq!(snapshot.get_metadata().index, 2);
+        assert_eq!(&snapshot.data[..], b"image");
+        assert_eq!(snapshot.get_metadata().get_conf_state().voters, vec![1]);
+        assert!(storage.snapshot(3, 0).is_err());
+        let entries = storage
+            .entries(3, 5, None, GetEntriesContext::empty(false))
+            .unwrap();
+        assert_eq!(entries, vec![entry(3, 2, b"c"), entry(4, 2, b"d")]);
+    }
+
+    #[test]
+    fn installing_a_snapshot_replaces_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut storage = DiskStorage::open(dir.path(), voters(&[1, 2])).unwrap();
+        storage.append(&[entry(1, 1, b"a")]).unwrap();
+        let mut snapshot = Snapshot {
+            data: b"img".to_vec().into(),
+            ..Default::default()
+        };
+        snapshot.mut_metadata().index = 10;
+        snapshot.mut_metadata().term = 3;
+        snapshot.mut_metadata().set_conf_state(voters(&[1, 2, 3]));
+        storage.apply_snapshot(&snapshot).unwrap();
+        assert_eq!(
+            (
+                storage.first_index().unwrap(),
+                storage.last_index().unwrap()
+            ),
+            (11, 10)
+        );
+        storage.append(&[entry(11, 3, b"n")]).unwrap();
+        drop(storage);
+        let storage = DiskStorage::open(dir.path(), voters(&[1])).unwrap();
+        assert_eq!(
+            storage.initial_state().unwrap().conf_state.voters,
+            vec![1, 2, 3]
+        );
+        assert_eq!(storage.initial_state().unwrap().hard_state.commit, 10);
+        assert_eq!(storage.last_index().unwrap(), 11);
+    }
+
+    #[test]
+    fn a_second_open_of_the_same_dir_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = DiskStorage::open(dir.path(), voters(&[1])).unwrap();
+        assert!(DiskStorage::open(dir.path(), voters(&[1])).is_err());
+        drop(storage);
+        assert!(DiskStorage::open(dir.path(), voters(&[1])).is_ok());
+    }
+
+    #[test]
+    fn max_size_limits_but_returns_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut storage = DiskStorage::open(dir.path(), voters(&[1])).unwrap();
+        storage
+            .append(&[entry(1, 1, &[0; 100]), entry(2, 1, &[0; 100])])
+            .unwrap();
+        let one = storage
+            .entries(1, 3, Some(10), GetEntriesContext::empty(false))
+            .unwrap();
+        assert_eq!(one.len(), 1);
+        let both = storage
+            .entries(1, 3, Some(1000), GetEntriesContext::empty(false))
+            .unwrap();
+        assert_eq!(both.len(), 2);
+    }
+}

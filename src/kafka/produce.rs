@@ -1,0 +1,367 @@
+//! Produce: resolve topics (auto-creating when allowed), append each
+//! partition's batches on the shard that owns it, answer once the data is
+//! durable (acks=1) or below the high watermark (acks=all); acks=0 gets no
+//! answer.
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_lite::FutureExt;
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{ProduceRequest, ProduceResponse, ResponseKind, TopicName};
+use kafka_protocol::protocol::StrBytes;
+use kafka_protocol::ResponseError;
+use uuid::Uuid;
+
+use super::{errors, topics, Reply};
+use crate::control::{topic_config, TopicInfo};
+use crate::partitions::Partition;
+use crate::server::shard::Shard;
+use chronik_shards::log::{AppendInfo, LogError};
+use chronik_shards::runtime::mesh::{LocalFuture, Reply as MeshReply};
+
+/// What the producer waits for.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Acks {
+    None,
+    Leader,
+    All,
+}
+
+/// One partition's part of the request, sent to its owner shard.
+struct AppendWork {
+    /// (topic position, partition position) in the request, for the answer.
+    slot: (usize, usize),
+    topic_id: Uuid,
+    partition: i32,
+    records: Bytes,
+}
+
+/// Answers from one owner shard, by (topic, partition) position in the request.
+type OwnerResults = Vec<((usize, usize), PartitionResult)>;
+
+/// An append done (or not yet possible: log not open) in the ordered part.
+type Appended = (
+    AppendWork,
+    Option<Rc<Partition>>,
+    Option<Result<AppendInfo, LogError>>,
+);
+
+/// One partition's answer (Send: it travels back from the owner shard).
+#[derive(Clone, Debug)]
+struct PartitionResult {
+    error_code: i16,
+    error_message: Option<String>,
+    base_offset: i64,
+    log_start_offset: i64,
+}
+
+impl PartitionResult {
+    fn error(code: ResponseError) -> Self {
+        Self::error_code(code.code(), None)
+    }
+
+    fn error_code(error_code: i16, error_message: Option<String>) -> Self {
+        PartitionResult {
+            error_code,
+            error_message,
+            base_offset: -1,
+            log_start_offset: -1,
+        }
+    }
+}
+
+pub async fn handle(shard: &Rc<Shard>, request: ProduceRequest, version: i16) -> Reply {
+    let acks = match request.acks {
+        0 => Some(Acks::None),
+        1 => Some(Acks::Leader),
+        -1 => Some(Acks::All),
+        _ => None,
+    };
+    let timeout = Duration::from_millis(u64::try_from(request.timeout_ms).unwrap_or(0));
+
+    // Resolve each topic of the request: by id from v13, by name before.
+    let mut image = shard.control.image();
+    if version < 13 && shard.control.defaults().auto_create_topics_enable {
+        let missing: Vec<String> = request
+            .topic_data
+            .iter()
+            .map(|t| t.name.0.to_string())
+            .filter(|name| !image.topics.contains_key(name))
+            .collect();
+        if !missing.is_empty() {
+            // Failures (bad names) surface below as unknown/invalid topics.
+            let _ = topics::auto_create(shard, dedup(missing)).await;
+            image = shard.control.image();
+        }
+    }
+
+    let mut results: Vec<Vec<Option<PartitionResult>>> =
+        Vec::with_capacity(request.topic_data.len());
+    let mut work: BTreeMap<usize, Vec<AppendWork>> = BTreeMap::new();
+    for (t, topic) in request.topic_data.iter().enumerate() {
+        let info: Result<&Arc<TopicInfo>, ResponseError> = if version >= 13 {
+            image
+                .topic_by_id(topic.topic_id)
+                .ok_or(ResponseError::UnknownTopicId)
+        } else {
+            let name = topic.name.0.as_str();
+            image
+                .topics
+                .get(name)
+                .ok_or_else(|| match crate::control::topic_name::validate(name) {
+                    Ok(()) => ResponseError::UnknownTopicOrPartition,
+                    Err(e) => e.code(),
+                })
+        };
+        let mut topic_results = Vec::with_capacity(topic.partition_data.len());
+        for (p, data) in topic.partition_data.iter().enumerate() {
+            let check = (|| {
+                let acks = acks.ok_or(ResponseError::InvalidRequiredAcks)?;
+                let info = info.as_ref().map_err(|e| *e)?;
+                let partition = info
+                    .partitions
+                    .iter()
+                    .find(|p| p.index == data.index)
+                    .ok_or(ResponseError::UnknownTopicOrPartition)?;
+                if partition.leader != shard.node_id {
+                    return Err(ResponseError::NotLeaderOrFollower);
+                }
+                if acks == Acks::All {
+                    let min_isr = topic_config::min_insync_replicas(info, shard.control.defaults());
+                    if (partition.isr.len() as i32) < min_isr {
+                        return Err(ResponseError::NotEnoughReplicas);
+                    }
+                }
+                let records = data.records.clone().ok_or(ResponseError::InvalidRecord)?;
+                Ok((info.id, records))
+            })();
+            match check {
+                Ok((topic_id, records)) => {
+                    topic_results.push(None);
+                    work.entry(shard.owner_of(topic_id, data.index))
+                        .or_default()
+                        .push(AppendWork {
+                            slot: (t, p),
+                            topic_id,
+                            partition: data.index,
+                            records,
+                        });
+                }
+                Err(code) => topic_results.push(Some(PartitionResult::error(code))),
+            }
+        }
+        results.push(topic_results);
+    }
+
+    // Queue the appends on their owners, in request order per owner.
+    let acks = acks.unwrap_or(Acks::Leader);
+    let mut replies: Vec<MeshReply<OwnerResults>> = Vec::new();
+    for (owner, parts) in work {
+        let sent = shard
+            .mesh
+            .send(owner, move |owner_shard: &Rc<Shard>| {
+                append_on_owner(owner_shard, parts, acks, timeout)
+            })
+            .await;
+        match sent {
+            Ok(reply) => replies.push(reply),
+            Err(e) => {
+                tracing::warn!("forwarding produce to shard {owner}: {e}");
+                return Reply::Close(format!("shard {owner} unavailable: {e}"));
+            }
+        }
+    }
+
+    let topic_data: Vec<(TopicName, Uuid, Vec<i32>)> = request
+        .topic_data
+        .into_iter()
+        .map(|t| {
+            (
+                t.name,
+                t.topic_id,
+                t.partition_data.iter().map(|p| p.index).collect(),
+            )
+        })
+        .collect();
+    let collect = async move {
+        for reply in replies {
+            match reply.await {
+                Ok(parts) => {
+                    for ((t, p), result) in parts {
+                        results[t][p] = Some(result);
+                    }
+                }
+                Err(e) => tracing::warn!("produce answer lost: {e}"),
+            }
+        }
+        build_response(topic_data, results)
+    };
+
+    if acks == Acks::None {
+        // No answer; but like Kafka, close the connection on an error so the
+        // producer notices (it cannot see error codes).
+        let response = collect.await;
+        let failed = response
+            .responses
+            .iter()
+            .flat_map(|t| t.partition_responses.iter())
+            .find(|p| p.error_code != 0);
+        return match failed {
+            Some(p) => Reply::Close(format!(
+                "acks=0 produce failed with error code {} (partition {})",
+                p.error_code, p.index
+            )),
+            None => Reply::Nothing,
+        };
+    }
+    Reply::Later(Box::pin(
+        async move { ResponseKind::Produce(collect.await) },
+    ))
+}
+
+fn dedup(mut names: Vec<String>) -> Vec<String> {
+    names.sort();
+    names.dedup();
+    names
+}
+
+fn build_response(
+    topic_data: Vec<(TopicName, Uuid, Vec<i32>)>,
+    results: Vec<Vec<Option<PartitionResult>>>,
+) -> ProduceResponse {
+    let mut response = ProduceResponse::default();
+    for ((name, topic_id, indexes), topic_results) in topic_data.into_iter().zip(results) {
+        let mut topic = TopicProduceResponse::default();
+        topic.name = name;
+        topic.topic_id = topic_id;
+        for (index, result) in indexes.into_iter().zip(topic_results) {
+            let result =
+                result.unwrap_or_else(|| PartitionResult::error(ResponseError::UnknownServerError));
+            let mut partition = PartitionProduceResponse::default();
+            partition.index = index;
+            partition.error_code = result.error_code;
+            partition.error_message = result.error_message.map(StrBytes::from_string);
+            partition.base_offset = result.base_offset;
+            partition.log_append_time_ms = -1;
+            partition.log_start_offset = result.log_start_offset;
+            topic.partition_responses.push(partition);
+        }
+        response.responses.push(topic);
+    }
+    response
+}
+
+/// Runs on the owner shard. Appends what it can right away (in order with
+/// earlier work from the same shard), then waits for what `acks` asks.
+fn append_on_owner(
+    shard: &Rc<Shard>,
+    parts: Vec<AppendWork>,
+    acks: Acks,
+    timeout: Duration,
+) -> LocalFuture<OwnerResults> {
+    // Ordered part: partitions whose log is open append now.
+    let mut appended: Vec<Appended> = Vec::with_capacity(parts.len());
+    for part in parts {
+        match shard.partitions.get(&(part.topic_id, part.partition)) {
+            Some(partition) => {
+                let result = partition.append(&part.records);
+                appended.push((part, Some(partition), Some(result)));
+            }
+            None => appended.push((part, None, None)),
+        }
+    }
+    let shard = shard.clone();
+    Box::pin(async move {
+        let mut out = Vec::with_capacity(appended.len());
+        for (part, partition, result) in appended {
+            // A log not open yet (the topic was just created): open it, then append.
+            let (partition, result) = match (partition, result) {
+                (Some(partition), Some(result)) => (partition, result),
+                _ => match open_partition(&shard, part.topic_id, part.partition).await {
+                    Ok(partition) => {
+                        let result = partition.append(&part.records);
+                        (partition, result)
+                    }
+                    Err(code) => {
+                        out.push((part.slot, PartitionResult::error(code)));
+                        continue;
+                    }
+                },
+            };
+            let info = match result {
+                Ok(info) => info,
+                Err(e) => {
+                    let code = errors::log_error_code(&e);
+                    out.push((
+                        part.slot,
+                        PartitionResult::error_code(code, Some(e.to_string())),
+                    ));
+                    continue;
+                }
+            };
+            let end = info.last_offset + 1;
+            let waited = match acks {
+                Acks::None => Ok(()),
+                Acks::Leader => with_timeout(timeout, partition.wait_durable(end)).await,
+                Acks::All => with_timeout(timeout, partition.wait_replicated(end)).await,
+            };
+            let result = match waited {
+                Ok(()) => PartitionResult {
+                    error_code: errors::NONE,
+                    error_message: None,
+                    base_offset: info.base_offset,
+                    log_start_offset: partition.log.log_start_offset(),
+                },
+                Err(code) => PartitionResult::error_code(code, None),
+            };
+            out.push((part.slot, result));
+        }
+        out
+    })
+}
+
+/// Waits for `wait`, mapping its failure and a timeout to Kafka error codes.
+async fn with_timeout(
+    timeout: Duration,
+    wait: impl std::future::Future<Output = Result<(), LogError>>,
+) -> Result<(), i16> {
+    async { wait.await.map_err(|e| errors::log_error_code(&e)) }
+        .or(async {
+            glommio::timer::sleep(timeout).await;
+            Err(ResponseError::RequestTimedOut.code())
+        })
+        .await
+}
+
+/// Opens a partition this shard owns but has not opened yet.
+async fn open_partition(
+    shard: &Rc<Shard>,
+    topic_id: Uuid,
+    index: i32,
+) -> Result<Rc<Partition>, ResponseError> {
+    let image = shard.control.image();
+    let topic = image
+        .topic_by_id(topic_id)
+        .ok_or(ResponseError::UnknownTopicOrPartition)?;
+    let info = topic
+        .partitions
+        .iter()
+        .find(|p| p.index == index)
+        .ok_or(ResponseError::UnknownTopicOrPartition)?;
+    let config = topic_config::log_config(topic, shard.control.defaults());
+    shard
+        .partitions
+        .get_or_open(topic, info, config)
+        .await
+        .map_err(|e| match e {
+            LogError::Closed => ResponseError::NotLeaderOrFollower,
+            other => {
+                tracing::warn!(topic = %topic.name, partition = index, "cannot open partition log: {other}");
+                ResponseError::KafkaStorageError
+            }
+        })
+}

@@ -1,0 +1,175 @@
+//! The partitions a shard owns: opening their logs as the metadata image
+//! assigns them, closing or deleting them as it takes them away, and finding
+//! them for requests.
+
+pub mod offset_watch;
+pub mod partition;
+pub mod sync;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::rc::Rc;
+
+use chronik_shards::log::{LogConfig, LogError, PartitionLog};
+use glommio::sync::Semaphore;
+use tracing::{info, warn};
+use uuid::Uuid;
+
+use crate::control::{PartitionInfo, TopicInfo};
+pub use partition::Partition;
+
+/// A partition is named by its topic's id (stable for the topic's life) and index.
+pub type PartitionKey = (Uuid, i32);
+
+struct Slot {
+    partition: RefCell<Option<Rc<Partition>>>,
+    /// Serializes opening and removing, so each happens once.
+    lock: Semaphore,
+}
+
+/// The partitions of one shard.
+pub struct PartitionRegistry {
+    data_dir: PathBuf,
+    slots: RefCell<HashMap<PartitionKey, Rc<Slot>>>,
+}
+
+impl PartitionRegistry {
+    pub fn new(data_dir: PathBuf) -> Self {
+        PartitionRegistry {
+            data_dir,
+            slots: RefCell::new(HashMap::new()),
+        }
+    }
+
+    /// `<data-dir>/<topic>-<partition>`, as Kafka lays it out.
+    pub fn dir_of(&self, topic: &str, index: i32) -> PathBuf {
+        self.data_dir.join(format!("{topic}-{index}"))
+    }
+
+    /// The partition if its log is open on this shard.
+    pub fn get(&self, key: &PartitionKey) -> Option<Rc<Partition>> {
+        let slots = self.slots.borrow();
+        let slot = slots.get(key)?;
+        let partition = slot.partition.borrow().clone();
+        partition
+    }
+
+    /// Every open partition.
+    pub fn all(&self) -> Vec<Rc<Partition>> {
+        self.slots
+            .borrow()
+            .values()
+            .filter_map(|slot| slot.partition.borrow().clone())
+            .collect()
+    }
+
+    /// Keys of every partition known here (open or opening).
+    pub fn keys(&self) -> Vec<PartitionKey> {
+        self.slots.borrow().keys().copied().collect()
+    }
+
+    fn slot(&self, key: PartitionKey) -> Rc<Slot> {
+        self.slots
+            .borrow_mut()
+            .entry(key)
+            .or_insert_with(|| {
+                Rc::new(Slot {
+                    partition: RefCell::new(None),
+                    lock: Semaphore::new(1),
+                })
+            })
+            .clone()
+    }
+
+    /// The open partition, opening (and recovering) its log first if needed.
+    pub async fn get_or_open(
+        &self,
+        topic: &TopicInfo,
+        partition: &PartitionInfo,
+        config: LogConfig,
+    ) -> Result<Rc<Partition>, LogError> {
+        let key = (topic.id, partition.index);
+        if let Some(open) = self.get(&key) {
+            return Ok(open);
+        }
+        let slot = self.slot(key);
+        let _permit = slot
+            .lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| LogError::Closed)?;
+        if let Some(open) = slot.partition.borrow().clone() {
+            return Ok(open);
+        }
+        let dir = self.dir_of(&topic.name, partition.index);
+        let log = PartitionLog::open(dir.clone(), config).await?;
+        let open = Rc::new(Partition::new(
+            topic.name.clone(),
+            partition.index,
+            partition.leader_epoch,
+            topic.configs.clone(),
+            log,
+        ));
+        info!(
+            topic = %topic.name,
+            partition = partition.index,
+            log_start = open.log.log_start_offset(),
+            log_end = open.log.log_end_offset(),
+            "opened partition log in {}",
+            dir.display()
+        );
+        // A removal that raced with this open took the slot out of the map:
+        // put it back only if it is still ours.
+        let still_registered = self
+            .slots
+            .borrow()
+            .get(&key)
+            .is_some_and(|s| Rc::ptr_eq(s, &slot));
+        if !still_registered {
+            let _ = open.log.close().await;
+            return Err(LogError::Closed);
+        }
+        *slot.partition.borrow_mut() = Some(open.clone());
+        Ok(open)
+    }
+
+    /// Takes the partition off this shard: deletes its log (topic deleted) or
+    /// only closes it (moved elsewhere, shutdown).
+    pub async fn remove(&self, key: &PartitionKey, delete: bool) {
+        let Some(slot) = self.slots.borrow_mut().remove(key) else {
+            return;
+        };
+        let _permit = slot.lock.acquire_permit(1).await;
+        let Some(partition) = slot.partition.borrow_mut().take() else {
+            return;
+        };
+        partition.close_waits();
+        let result = if delete {
+            partition.log.delete().await
+        } else {
+            partition.log.close().await
+        };
+        match result {
+            Ok(()) => info!(
+                topic = %partition.topic,
+                partition = partition.index,
+                "{} partition log",
+                if delete { "deleted" } else { "closed" }
+            ),
+            Err(e) => warn!(
+                topic = %partition.topic,
+                partition = partition.index,
+                "{} partition log failed: {e}",
+                if delete { "deleting" } else { "closing" }
+            ),
+        }
+    }
+
+    /// Closes every log (clean shutdown: flushed, indexes written).
+    pub async fn close_all(&self) {
+        for key in self.keys() {
+            self.remove(&key, false).await;
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! Keeps a shard's open logs in step with the metadata image: opens the
+//! partitions assigned to it, applies topic config changes, deletes the logs
+//! of deleted topics, closes partitions no longer placed here; and applies
+//! retention periodically.
+
+use std::collections::HashSet;
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures_lite::FutureExt;
+use tracing::{debug, warn};
+
+use crate::control::{topic_config, MetadataImage};
+use crate::server::shard::Shard;
+
+/// How often each shard checks its partitions against retention.ms/bytes.
+const RETENTION_CHECK_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Brings the shard's partitions in line with `image`.
+pub async fn apply_image(shard: &Rc<Shard>, image: &MetadataImage) {
+    let defaults = shard.control.defaults();
+    let mut wanted = HashSet::new();
+    let live_topics: HashSet<_> = image.topics.values().map(|t| t.id).collect();
+
+    // Removals first: a topic deleted and re-created under the same name
+    // reuses the directory name.
+    for key in shard.partitions.keys() {
+        let placed_here = image
+            .topic_by_id(key.0)
+            .and_then(|topic| topic.partitions.iter().find(|p| p.index == key.1))
+            .is_some_and(|p| {
+                p.replicas.contains(&shard.node_id) && shard.owner_of(key.0, key.1) == shard.id
+            });
+        if !placed_here {
+            let delete = !live_topics.contains(&key.0);
+            shard.partitions.remove(&key, delete).await;
+        }
+    }
+
+    for topic in image.topics.values() {
+        let config = topic_config::log_config(topic, defaults);
+        for info in &topic.partitions {
+            if !info.replicas.contains(&shard.node_id)
+                || shard.owner_of(topic.id, info.index) != shard.id
+            {
+                continue;
+            }
+            wanted.insert((topic.id, info.index));
+            match shard.partitions.get(&(topic.id, info.index)) {
+                Some(open) => {
+                    open.update_config(&topic.configs, config.clone());
+                    open.set_leader_epoch(info.leader_epoch);
+                }
+                None => {
+                    if let Err(e) = shard
+                        .partitions
+                        .get_or_open(topic, info, config.clone())
+                        .await
+                    {
+                        warn!(topic = %topic.name, partition = info.index, "cannot open partition log: {e}");
+                    }
+                }
+            }
+        }
+    }
+    debug!(
+        shard = shard.id,
+        version = image.version,
+        partitions = wanted.len(),
+        "applied metadata image"
+    );
+}
+
+/// Follows the control plane's images until shutdown.
+pub async fn follow_images(shard: Rc<Shard>) {
+    let mut subscription = shard.control.subscribe();
+    let shutdown = shard.shutdown.clone();
+    loop {
+        let next = async { subscription.next().await }
+            .or(async {
+                shutdown.wait().await;
+                None
+            })
+            .await;
+        match next {
+            Some(image) => apply_image(&shard, &image).await,
+            None => return,
+        }
+    }
+}
+
+/// Applies retention to every partition of the shard, periodically, until shutdown.
+pub async fn run_retention(shard: Rc<Shard>) {
+    let shutdown = shard.shutdown.clone();
+    loop {
+        let stop = async {
+            glommio::timer::sleep(RETENTION_CHECK_INTERVAL).await;
+            false
+        }
+        .or(async {
+            shutdown.wait().await;
+            true
+        })
+        .await;
+        if stop {
+            return;
+        }
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        for partition in shard.partitions.all() {
+            match partition.log.apply_retention(now_ms).await {
+                Ok(0) => {}
+                Ok(removed) => debug!(
+                    topic = %partition.topic,
+                    partition = partition.index,
+                    removed,
+                    "retention removed segments"
+                ),
+                Err(e) => {
+                    warn!(topic = %partition.topic, partition = partition.index, "retention failed: {e}")
+                }
+            }
+        }
+    }
+}

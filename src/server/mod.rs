@@ -1,0 +1,95 @@
+//! `chronik start`: the broker process. Starts the control plane, one pinned
+//! shard executor per core, and runs until SIGTERM/SIGINT.
+
+pub mod connection;
+pub mod shard;
+pub mod signals;
+
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+
+use chronik_shards::runtime::{self, ShardSpec, Shutdown};
+use tracing::{error, info};
+
+use crate::config::BrokerConfig;
+use crate::control::{self, BrokerDefaults, ControlConfig};
+use shard::ShardStart;
+
+/// io_uring buffer memory per shard: small, so many shards fit in the
+/// default 8 MiB memlock limit (raise LimitMEMLOCK to give them more).
+const SHARD_IO_MEMORY: usize = 2 << 20;
+/// Work items queued from one shard to another before the sender waits.
+const MESH_CHANNEL_CAPACITY: usize = 1024;
+
+/// Runs the broker until it is told to stop. Ok once everything acknowledged
+/// is flushed and the control plane stopped.
+pub fn run(config: BrokerConfig) -> Result<(), String> {
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| format!("cannot create data dir {}: {e}", config.data_dir.display()))?;
+    let shutdown = Shutdown::new();
+    signals::install(shutdown.clone())
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+
+    let control = control::start(ControlConfig {
+        node_id: config.node_id,
+        data_dir: config.data_dir.clone(),
+        kafka_endpoint: config.advertised.clone(),
+        rack: None,
+        rpc: config.rpc,
+        peers: config.peers.clone(),
+        control_core: config.control_core,
+        defaults: BrokerDefaults::default(),
+    })
+    .map_err(|e| format!("cannot start the control plane: {e}"))?;
+
+    let cpus: Vec<usize> = runtime::available_cpus()
+        .into_iter()
+        .take(config.cores)
+        .collect();
+    let shards = cpus.len();
+    info!(
+        node_id = config.node_id,
+        data_dir = %config.data_dir.display(),
+        advertised = %format!("{}:{}", config.advertised.0, config.advertised.1),
+        ?cpus,
+        "starting chronik"
+    );
+    let start = ShardStart {
+        shards,
+        listen: config.listen,
+        node_id: config.node_id,
+        data_dir: config.data_dir.clone(),
+        control: control.clone(),
+        shutdown: shutdown.clone(),
+        mesh: runtime::mesh::builder(shards, MESH_CHANNEL_CAPACITY),
+        drained: Arc::new(AtomicUsize::new(0)),
+    };
+    let spec = ShardSpec {
+        cpus,
+        io_memory: SHARD_IO_MEMORY,
+        name: "chronik-shard".into(),
+    };
+    let handles =
+        runtime::spawn_shards(&spec, move |id| shard::run(id, start.clone())).map_err(|e| {
+            shutdown.trigger();
+            e.to_string()
+        })?;
+
+    let mut result = Ok(());
+    for handle in handles {
+        let outcome = match handle.join() {
+            Ok(outcome) => outcome,
+            Err(e) => Err(format!("shard executor failed: {e}")),
+        };
+        if let Err(e) = outcome {
+            error!("{e}");
+            shutdown.trigger();
+            result = Err(e);
+        }
+    }
+    futures_lite::future::block_on(control.shutdown());
+    if result.is_ok() {
+        info!("chronik stopped cleanly");
+    }
+    result
+}

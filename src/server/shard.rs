@@ -1,0 +1,134 @@
+//! One shard: a pinned executor that accepts Kafka connections, owns a set of
+//! partitions, and runs work other shards forward to it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chronik_shards::runtime::mesh::JobMeshBuilder;
+use chronik_shards::runtime::{owner_shard, ShardMesh, Shutdown};
+use futures_lite::FutureExt;
+use glommio::net::TcpListener;
+use glommio::sync::Gate;
+use tracing::{error, info, warn};
+use uuid::Uuid;
+
+use crate::control::ControlHandle;
+use crate::partitions::{sync, PartitionRegistry};
+use crate::server::connection;
+
+/// A shard's state, shared by its tasks (never by other threads).
+pub struct Shard {
+    pub id: usize,
+    pub node_id: i32,
+    pub mesh: ShardMesh<Shard>,
+    pub control: ControlHandle,
+    pub partitions: PartitionRegistry,
+    pub shutdown: Shutdown,
+}
+
+impl Shard {
+    /// The shard that owns a partition (same answer on every shard).
+    pub fn owner_of(&self, topic_id: Uuid, partition: i32) -> usize {
+        owner_shard(topic_id.as_bytes(), partition, self.mesh.shards())
+    }
+}
+
+/// What a shard executor starts from (all `Send`, built on the main thread).
+#[derive(Clone)]
+pub struct ShardStart {
+    pub shards: usize,
+    pub listen: SocketAddr,
+    pub node_id: i32,
+    pub data_dir: PathBuf,
+    pub control: ControlHandle,
+    pub shutdown: Shutdown,
+    pub mesh: Option<JobMeshBuilder<Shard>>,
+    /// Shards done serving connections; logs close once all are.
+    pub drained: Arc<AtomicUsize>,
+}
+
+/// Runs shard `id` until shutdown: open its partitions, accept connections,
+/// then drain connections, wait for every other shard to drain too (they may
+/// still forward work here), and close its logs.
+pub async fn run(id: usize, start: ShardStart) -> Result<(), String> {
+    let mesh = match ShardMesh::join(start.mesh.clone(), id, start.shards).await {
+        Ok(mesh) => mesh,
+        Err(e) => {
+            start.shutdown.trigger();
+            start.drained.fetch_add(1, Ordering::SeqCst);
+            return Err(format!("shard {id}: {e}"));
+        }
+    };
+    let shard = Rc::new(Shard {
+        id,
+        node_id: start.node_id,
+        mesh,
+        control: start.control.clone(),
+        partitions: PartitionRegistry::new(start.data_dir.clone()),
+        shutdown: start.shutdown.clone(),
+    });
+    shard.mesh.serve(&shard);
+
+    let result = serve(&shard, &start).await;
+    if let Err(e) = &result {
+        error!(shard = id, "{e}");
+        start.shutdown.trigger();
+    }
+
+    start.drained.fetch_add(1, Ordering::SeqCst);
+    while start.drained.load(Ordering::SeqCst) < start.shards {
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+    shard.partitions.close_all().await;
+    shard.mesh.close();
+    result
+}
+
+async fn serve(shard: &Rc<Shard>, start: &ShardStart) -> Result<(), String> {
+    sync::apply_image(shard, &shard.control.image()).await;
+    let images = glommio::spawn_local(sync::follow_images(shard.clone()));
+    let retention = glommio::spawn_local(sync::run_retention(shard.clone()));
+
+    let listener = TcpListener::bind(start.listen)
+        .map_err(|e| format!("cannot listen on {}: {e}", start.listen))?;
+    if shard.id == 0 {
+        info!(
+            node_id = shard.node_id,
+            shards = start.shards,
+            "serving Kafka on {}",
+            start.listen
+        );
+    }
+    let connections = Gate::new();
+    let shutdown = shard.shutdown.clone();
+    loop {
+        let accepted = async { Some(listener.accept().await) }
+            .or(async {
+                shutdown.wait().await;
+                None
+            })
+            .await;
+        match accepted {
+            None => break,
+            Some(Ok(stream)) => {
+                if let Ok(task) = connections.spawn(connection::serve(shard.clone(), stream)) {
+                    task.detach();
+                }
+            }
+            Some(Err(e)) => {
+                // Out of file descriptors and the like: back off, keep serving.
+                warn!(shard = shard.id, "accept failed: {e}");
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    drop(listener);
+    let _ = connections.close().await;
+    images.await;
+    retention.await;
+    Ok(())
+}

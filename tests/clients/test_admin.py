@@ -1,0 +1,72 @@
+"""confluent-kafka AdminClient: create, describe, alter and delete topics (CreateTopics v4 and friends)."""
+
+import pytest
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import (AlterConfigOpType, ConfigEntry, ConfigResource, NewPartitions, NewTopic,
+                                   ResourceType)
+
+from clients import admin
+
+
+def _describe_config(client, topic) -> dict:
+    res = ConfigResource(ResourceType.TOPIC, topic)
+    return client.describe_configs([res])[res].result(30)
+
+
+def test_admin_client_topic_lifecycle(broker):
+    client = admin(broker.bootstrap)
+    fs = client.create_topics([NewTopic("admin-life", num_partitions=3, replication_factor=1,
+                                        config={"retention.ms": "3600000"})], request_timeout=30)
+    fs["admin-life"].result(30)
+
+    meta = client.list_topics(timeout=30)
+    assert "admin-life" in meta.topics
+    topic = meta.topics["admin-life"]
+    assert sorted(topic.partitions) == [0, 1, 2]
+    for p in topic.partitions.values():
+        assert p.leader == 1 and p.replicas == [1] and p.isrs == [1]
+
+    configs = _describe_config(client, "admin-life")
+    assert configs["retention.ms"].value == "3600000"
+    assert not configs["retention.ms"].is_default
+    assert configs["cleanup.policy"].value == "delete"
+
+    res = ConfigResource(ResourceType.TOPIC, "admin-life", incremental_configs=[
+        ConfigEntry("retention.ms", "7200000", incremental_operation=AlterConfigOpType.SET),
+        ConfigEntry("segment.bytes", "1048576", incremental_operation=AlterConfigOpType.SET)])
+    client.incremental_alter_configs([res])[res].result(30)
+    configs = _describe_config(client, "admin-life")
+    assert configs["retention.ms"].value == "7200000"
+    assert configs["segment.bytes"].value == "1048576"
+
+    client.create_partitions([NewPartitions("admin-life", 5)])["admin-life"].result(30)
+    assert sorted(client.list_topics(timeout=30).topics["admin-life"].partitions) == [0, 1, 2, 3, 4]
+
+    client.delete_topics(["admin-life"], operation_timeout=30)["admin-life"].result(30)
+    assert "admin-life" not in client.list_topics(timeout=30).topics
+
+
+def test_admin_client_reports_kafka_errors(broker):
+    client = admin(broker.bootstrap)
+    client.create_topics([NewTopic("dupe", 1, 1)])["dupe"].result(30)
+    with pytest.raises(KafkaException) as err:
+        client.create_topics([NewTopic("dupe", 1, 1)])["dupe"].result(30)
+    assert err.value.args[0].name() == "TOPIC_ALREADY_EXISTS"
+
+    with pytest.raises(KafkaException) as err:
+        client.create_topics([NewTopic("bad/name", 1, 1)])["bad/name"].result(30)
+    assert err.value.args[0].name() == "INVALID_TOPIC_EXCEPTION"
+
+    with pytest.raises(KafkaException) as err:
+        client.create_topics([NewTopic("too-many-replicas", 1, 3)])["too-many-replicas"].result(30)
+    assert err.value.args[0].name() == "INVALID_REPLICATION_FACTOR"
+
+    with pytest.raises(KafkaException) as err:
+        client.delete_topics(["never-existed"])["never-existed"].result(30)
+    assert err.value.args[0].name() == "UNKNOWN_TOPIC_OR_PART"
+
+
+def test_admin_validate_only_creates_nothing(broker):
+    client = admin(broker.bootstrap)
+    client.create_topics([NewTopic("dry-run", 2, 1)], validate_only=True)["dry-run"].result(30)
+    assert "dry-run" not in client.list_topics(timeout=30).topics
