@@ -63,9 +63,17 @@ impl EmbeddedCluster {
             match Self::start_n(options, options.brokers, separator, None) {
                 Ok(c) => return Ok(c),
                 Err(e) => {
+                    // The last line says why (e.g. the broker's own error).
+                    let text = e.to_string();
+                    let why = text
+                        .lines()
+                        .rev()
+                        .find(|l| !l.trim().is_empty())
+                        .unwrap_or_default();
                     let note = format!(
-                        "{} brokers did not form a cluster ({e}): running 1 broker instead",
-                        options.brokers
+                        "{} brokers did not form a cluster ({}): running 1 broker instead",
+                        options.brokers,
+                        why.trim()
                     );
                     return Self::start_n(options, 1, separator_none(), Some(note));
                 }
@@ -272,13 +280,37 @@ fn tail(path: &Path, lines: usize) -> String {
     if let Ok(mut f) = File::open(path) {
         let _ = f.read_to_string(&mut text);
     }
+    let text = strip_ansi(&text);
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Drops terminal colour sequences (`ESC [ ... letter`) from log text.
+fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn colour_codes_are_stripped_from_broker_logs() {
+        assert_eq!(strip_ansi("\u{1b}[31mERROR\u{1b}[0m boom"), "ERROR boom");
+    }
 
     #[test]
     fn peers_syntax_comes_from_the_help_text() {
