@@ -132,7 +132,8 @@ pub struct LoadArgs {
     /// disk floor is measured (default: the system temp dir; must not be tmpfs).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Samples for each floor measurement (0 skips the floor).
+    /// Floor samples (fsync and round trips each), spread over the measured
+    /// window while the load runs (0 skips the floor).
     #[arg(long, default_value_t = 2000)]
     pub floor_samples: usize,
     /// No progress line.

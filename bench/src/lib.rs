@@ -11,6 +11,7 @@ pub mod driver;
 pub mod e2e;
 pub mod embedded;
 pub mod floor;
+pub mod floor_sampler;
 pub mod interrupt;
 pub mod load;
 pub mod log_bench;

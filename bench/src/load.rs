@@ -15,13 +15,11 @@ use crate::client::{ClientError, ClusterMap, Connection};
 use crate::driver::Driver;
 use crate::e2e::{self, ConsumerPlan, ConsumerSet};
 use crate::embedded::{EmbeddedCluster, EmbeddedOptions};
-use crate::floor;
+use crate::floor_sampler::FloorSampler;
 use crate::interrupt;
 use crate::machine::Machine;
 use crate::pacing::{self, Schedule};
-use crate::report::{
-    self, ClusterInfo, Config, FloorInfo, Harness, RecordCounts, Report, VersionsInfo,
-};
+use crate::report::{self, ClusterInfo, Config, Harness, RecordCounts, Report, VersionsInfo};
 use crate::stats::Summary;
 
 /// Which benchmark.
@@ -188,7 +186,6 @@ fn run_on(
     let floor_dir: PathBuf = embedded
         .map(|c| c.data_dir().to_path_buf())
         .unwrap_or_else(|| parent.to_path_buf());
-    let floor = measure_floor(&floor_dir, args.floor_samples, args.quiet)?;
 
     let mut admin = connect_any(&bootstrap_list)?;
     let md = admin.metadata(Some(&[]))?;
@@ -251,6 +248,15 @@ fn run_on(
     // Produce mode sends the same encoded batch every time; e2e encodes each
     // batch at its send time so the consumer can tell how old it is.
     let fixed = batch::encode(batch_records, &value, |_| None)?;
+    let sampler = match args.floor_samples {
+        0 => None,
+        n => Some(FloorSampler::start(
+            floor_dir,
+            n,
+            measure_from,
+            schedule.end,
+        )?),
+    };
     let issued_batches = Arc::new(AtomicU64::new(0));
     let pacer = {
         let dispatcher = driver.dispatcher();
@@ -309,6 +315,10 @@ fn run_on(
     }
     driver.close();
     progress.done();
+    let floor = match sampler {
+        Some(s) => s.finish()?,
+        None => None,
+    };
 
     let mut consumed = None;
     let recorder = match consumers {
@@ -432,32 +442,6 @@ fn versions_info(admin: &Connection, produce: Option<i16>) -> VersionsInfo {
             .map(|(k, (lo, hi))| (k.clone(), [*lo, *hi]))
             .collect(),
     }
-}
-
-/// The machine's floor in this run, measured on `dir`'s disk (with
-/// `floor.rs`, the same code as `chronik bench log`).
-fn measure_floor(
-    dir: &Path,
-    samples: usize,
-    quiet: bool,
-) -> Result<Option<FloorInfo>, ClientError> {
-    if samples == 0 {
-        return Ok(None);
-    }
-    if !quiet {
-        eprintln!(
-            "measuring the floor: {samples} O_DIRECT 4 KiB write+fdatasync on {}, {samples} loopback round trips...",
-            dir.display()
-        );
-    }
-    let fsync = Summary::of(&floor::fdatasync_floor(dir, samples)?);
-    let rtt = Summary::of(&floor::loopback_rtt_floor(samples)?);
-    Ok(Some(FloorInfo {
-        dir: dir.display().to_string(),
-        fsync_4k: fsync,
-        loopback_rtt: rtt,
-        floor_p99_us: fsync.p99_us + rtt.p99_us,
-    }))
 }
 
 /// The progress line on stderr: once a second on a terminal, every five

@@ -325,7 +325,7 @@ fn the_json_report_keeps_its_keys() {
         "report keys changed (bump report::SCHEMA and update tests/golden/report_keys.txt)\nmissing: {missing:?}\nextra: {extra:?}"
     );
     let floor = report.floor.as_ref().expect("floor measured");
-    assert_eq!(floor.fsync_4k.count, 50);
+    assert!(floor.fsync_4k.count > 0);
     assert!(floor.floor_p99_us > 0.0);
     assert!(report.total.p99_over_floor.is_some());
     // And it reads back (floats may differ in the last bit).
