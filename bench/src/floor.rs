@@ -137,6 +137,31 @@ pub fn sequential_write_bandwidth(dir: &Path, bytes: u64) -> io::Result<f64> {
     Ok((chunks * CHUNK as u64) as f64 / t.elapsed().as_secs_f64())
 }
 
+/// Like `sequential_write_bandwidth`, with an fdatasync after every `sync_every` bytes: the raw cost of
+/// the durability a `flush=always` log pays per group commit.
+pub fn sequential_write_bandwidth_synced(
+    dir: &Path,
+    bytes: u64,
+    sync_every: u64,
+) -> io::Result<f64> {
+    const CHUNK: usize = 1 << 20;
+    let chunks = bytes.div_ceil(CHUNK as u64).max(1);
+    let per_sync = (sync_every / CHUNK as u64).max(1);
+    let scratch = ScratchFile::create(dir, "seq-sync", chunks * CHUNK as u64)?;
+    let mut buf = AlignedBuf::new(CHUNK)?;
+    buf.as_mut_slice().fill(0xa5);
+    let t = Instant::now();
+    for i in 0..chunks {
+        scratch
+            .file
+            .write_all_at(buf.as_slice(), i * CHUNK as u64)?;
+        if (i + 1) % per_sync == 0 || i + 1 == chunks {
+            fdatasync(&scratch.file)?;
+        }
+    }
+    Ok((chunks * CHUNK as u64) as f64 / t.elapsed().as_secs_f64())
+}
+
 /// TCP loopback round trip (ns) of a 100-byte message between two blocking threads.
 pub fn loopback_rtt_floor(samples: usize) -> io::Result<Histogram<u64>> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
@@ -180,6 +205,7 @@ mod tests {
         let h = fdatasync_floor(dir.path(), 5).unwrap();
         assert_eq!(h.len(), 5);
         assert!(sequential_write_bandwidth(dir.path(), 2 << 20).unwrap() > 0.0);
+        assert!(sequential_write_bandwidth_synced(dir.path(), 2 << 20, 1 << 20).unwrap() > 0.0);
         assert_eq!(loopback_rtt_floor(5).unwrap().len(), 5);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }

@@ -552,3 +552,324 @@ fn delete_removes_the_directory() {
         ));
     });
 }
+
+#[test]
+fn abandoned_waits_do_not_break_the_log() {
+    let dir = tmpdir();
+    let path = dir.path().join("t-0");
+    run(move || async move {
+        let log = PartitionLog::open(path.clone(), small_config())
+            .await
+            .unwrap();
+        for i in 0..50 {
+            log.append(&batch(1, i, 300, i as u8), 0).unwrap();
+            // Start waiting, poll once, then give up (a request timeout dropping the future).
+            let mut wait = Box::pin(log.wait_durable(log.log_end_offset()));
+            let _ = futures_lite::future::poll_once(&mut wait).await;
+            drop(wait);
+            if i % 10 == 9 {
+                let target = log.log_end_offset() - 1;
+                let mut t = Box::pin(log.truncate_to(target));
+                let _ = futures_lite::future::poll_once(&mut t).await;
+                drop(t);
+                // The abandoned truncation still completes; a second one waits for it.
+                log.truncate_to(target).await.unwrap();
+                assert_eq!(log.log_end_offset(), target);
+                log.wait_durable(target).await.unwrap();
+            }
+        }
+        let end = log.log_end_offset();
+        log.wait_durable(end).await.unwrap();
+        let got = read_all(&log, 0).await;
+        assert_eq!(got.len() as i64, end);
+        drop(log);
+        let log = PartitionLog::open(path, small_config()).await.unwrap();
+        assert_eq!(log.log_end_offset(), end);
+        assert_eq!(read_all(&log, 0).await.len() as i64, end);
+    });
+}
+
+fn with_offsets(mut b: Vec<u8>, base: i64, epoch: i32) -> Vec<u8> {
+    b[0..8].copy_from_slice(&base.to_be_bytes());
+    b[12..16].copy_from_slice(&epoch.to_be_bytes());
+    b
+}
+
+#[test]
+fn replica_appends_keep_leader_offsets_and_order() {
+    let dir = tmpdir();
+    let path = dir.path().join("t-0");
+    run(move || async move {
+        let log = PartitionLog::open(path.clone(), LogConfig::default())
+            .await
+            .unwrap();
+        let mut two = with_offsets(batch(2, 1, 10, 1), 0, 3);
+        two.extend(with_offsets(batch(3, 2, 10, 2), 2, 4));
+        let info = log.append_replica(&two).unwrap();
+        assert_eq!(
+            (info.base_offset, info.last_offset, info.record_count),
+            (0, 4, 5)
+        );
+        assert_eq!(log.last_leader_epoch(), 4);
+        // a gap, a repeat, and an older epoch are all refused, and nothing is appended
+        for bad in [
+            with_offsets(batch(1, 1, 10, 0), 6, 4),
+            with_offsets(batch(1, 1, 10, 0), 4, 4),
+            with_offsets(batch(1, 1, 10, 0), 5, 3),
+        ] {
+            assert!(matches!(
+                log.append_replica(&bad),
+                Err(LogError::InvalidBatch(_))
+            ));
+        }
+        let mut gap = with_offsets(batch(1, 1, 10, 0), 5, 4);
+        gap.extend(with_offsets(batch(1, 1, 10, 0), 7, 4));
+        assert!(log.append_replica(&gap).is_err());
+        assert_eq!(log.log_end_offset(), 5);
+        log.append_replica(&with_offsets(batch(1, 1, 10, 9), 5, 4))
+            .unwrap();
+        log.wait_durable(6).await.unwrap();
+        drop(log);
+        let log = PartitionLog::open(path, LogConfig::default())
+            .await
+            .unwrap();
+        let got = read_all(&log, 0).await;
+        assert_eq!(
+            got.iter().map(|b| base_of(b)).collect::<Vec<_>>(),
+            vec![0, 2, 5]
+        );
+        assert_eq!(
+            got[2].as_ref(),
+            with_offsets(batch(1, 1, 10, 9), 5, 4).as_slice()
+        );
+    });
+}
+
+#[test]
+fn unflushed_batches_are_served_from_the_tail() {
+    let dir = tmpdir();
+    let path = dir.path().join("t-0");
+    run(move || async move {
+        let cfg = LogConfig {
+            tail_cache_bytes: 0,
+            ..small_config()
+        };
+        let log = PartitionLog::open(path, cfg).await.unwrap();
+        for i in 0..30 {
+            log.append(&batch(1, i, 120, i as u8), 0).unwrap();
+        }
+        // nothing written yet (no wait), yet every batch reads back, across several rolled segments
+        let got = read_all(&log, 0).await;
+        assert_eq!(got.len(), 30);
+        assert_eq!(got[29][61], 29);
+        log.wait_durable(15).await.unwrap();
+        for i in 30..40 {
+            log.append(&batch(1, i, 120, i as u8), 0).unwrap();
+        }
+        // a read spanning disk and memory
+        let got = log.read(10, 1 << 20, i64::MAX).await.unwrap();
+        assert_eq!(
+            got.iter().map(|b| base_of(b)).collect::<Vec<_>>(),
+            (10..40).collect::<Vec<_>>()
+        );
+    });
+}
+
+#[test]
+fn recovery_stops_at_stale_or_out_of_order_batches() {
+    let dir = tmpdir();
+    let path = dir.path().join("t-0");
+    run(move || async move {
+        let log = PartitionLog::open(path.clone(), LogConfig::default())
+            .await
+            .unwrap();
+        for i in 0..3 {
+            log.append(&batch(1, i, 50, 1), 5).unwrap();
+        }
+        log.close().await.unwrap();
+        let seg = path.join("00000000000000000000.log");
+        let valid = std::fs::read(&seg).unwrap();
+        // A well-formed batch (CRC valid) with the wrong offset: stale bytes from an older write.
+        let mut data = valid.clone();
+        data.extend(with_offsets(batch(1, 9, 50, 2), 17, 5));
+        std::fs::write(&seg, &data).unwrap();
+        let log = PartitionLog::open(path.clone(), LogConfig::default())
+            .await
+            .unwrap();
+        assert_eq!(log.log_end_offset(), 3);
+        assert_eq!(std::fs::metadata(&seg).unwrap().len(), valid.len() as u64);
+        log.close().await.unwrap();
+        // Right offset, but an older leader epoch.
+        let mut data = valid.clone();
+        data.extend(with_offsets(batch(1, 9, 50, 2), 3, 4));
+        std::fs::write(&seg, &data).unwrap();
+        let log = PartitionLog::open(path.clone(), LogConfig::default())
+            .await
+            .unwrap();
+        assert_eq!(log.log_end_offset(), 3);
+        log.close().await.unwrap();
+        // Zeros (preallocated space) and garbage are not batches either.
+        let mut data = valid.clone();
+        data.extend(vec![0u8; 5000]);
+        data.extend(vec![0xffu8; 100]);
+        std::fs::write(&seg, &data).unwrap();
+        let log = PartitionLog::open(path, LogConfig::default())
+            .await
+            .unwrap();
+        assert_eq!(log.log_end_offset(), 3);
+        assert_eq!(read_all(&log, 0).await.len(), 3);
+    });
+}
+
+#[test]
+fn retention_by_time_falls_back_to_file_time_without_timestamps() {
+    let dir = tmpdir();
+    let path = dir.path().join("t-0");
+    run(move || async move {
+        let cfg = LogConfig {
+            retention_ms: Some(60_000),
+            ..small_config()
+        };
+        let log = PartitionLog::open(path.clone(), cfg).await.unwrap();
+        for _ in 0..20 {
+            log.append(&batch(1, -1, 300, 0), 0).unwrap();
+        }
+        log.wait_durable(20).await.unwrap();
+        let segments = segment_files(&path).len();
+        assert!(segments > 2);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        // files were written just now: nothing is a minute old yet
+        assert_eq!(log.apply_retention(now).await.unwrap(), 0);
+        // an hour later every sealed segment is; the active one stays
+        assert_eq!(
+            log.apply_retention(now + 3_600_000).await.unwrap(),
+            segments - 1
+        );
+        assert_eq!(segment_files(&path).len(), 1);
+    });
+}
+
+#[test]
+fn flush_policy_can_change_at_runtime() {
+    let dir = tmpdir();
+    let path = dir.path().join("t-0");
+    run(move || async move {
+        let log = PartitionLog::open(path.clone(), LogConfig::default())
+            .await
+            .unwrap();
+        log.append(&batch(1, 1, 10, 0), 0).unwrap();
+        assert_eq!(log.durable_end_offset(), 0);
+        log.update_config(LogConfig {
+            flush: FlushPolicy::Never,
+            ..LogConfig::default()
+        });
+        assert_eq!(log.durable_end_offset(), 1);
+        log.update_config(LogConfig::default());
+        log.append(&batch(1, 1, 10, 0), 0).unwrap();
+        log.wait_durable(2).await.unwrap();
+        assert_eq!(log.durable_end_offset(), 2);
+        drop(log);
+        let log = PartitionLog::open(path, LogConfig::default())
+            .await
+            .unwrap();
+        assert_eq!(log.log_end_offset(), 2);
+    });
+}
+
+#[test]
+fn a_wait_cut_short_by_truncation_fails_even_if_offsets_are_reused() {
+    let dir = tmpdir();
+    let path = dir.path().join("t-0");
+    run(move || async move {
+        let log = PartitionLog::open(path, LogConfig::default())
+            .await
+            .unwrap();
+        for i in 0..10 {
+            log.append(&batch(1, i, 20, 1), 1).unwrap();
+        }
+        let mut wait = Box::pin(log.wait_durable(10));
+        let _ = futures_lite::future::poll_once(&mut wait).await;
+        log.truncate_to(5).await.unwrap();
+        for i in 0..10 {
+            log.append(&batch(1, i, 20, 2), 2).unwrap();
+        }
+        log.wait_durable(15).await.unwrap();
+        // offsets 5..10 now hold other batches: the old wait must not report success
+        assert!(matches!(wait.await, Err(LogError::OffsetOutOfRange { .. })));
+        // a wait for offsets below the cut is unaffected
+        let mut below = Box::pin(log.wait_durable(5));
+        assert!(futures_lite::future::poll_once(&mut below)
+            .await
+            .unwrap()
+            .is_ok());
+    });
+}
+
+#[test]
+fn appends_racing_a_truncation_are_refused_or_kept_whole() {
+    let dir = tmpdir();
+    let path = dir.path().join("t-0");
+    run(move || async move {
+        let log = PartitionLog::open(path.clone(), small_config())
+            .await
+            .unwrap();
+        for i in 0..40 {
+            log.append(&batch(1, i, 100, 1), 1).unwrap();
+        }
+        log.wait_durable(40).await.unwrap();
+        // A reader running across the cut never sees an error other than a range one.
+        let l = log.clone();
+        let reader = glommio::spawn_local(async move {
+            let mut reads = 0;
+            for from in (0..12).cycle().take(600) {
+                match l.read(from, 300, i64::MAX).await {
+                    Ok(got) => {
+                        reads += 1;
+                        for b in got {
+                            assert!(b.len() == 161, "a whole batch");
+                        }
+                    }
+                    Err(LogError::OffsetOutOfRange { .. }) => {}
+                    Err(e) => panic!("read during truncation: {e}"),
+                }
+                glommio::executor().yield_now().await;
+            }
+            reads
+        });
+        glommio::executor().yield_now().await;
+        let l = log.clone();
+        let truncation = glommio::spawn_local(async move { l.truncate_to(10).await });
+        let mut landed = Vec::new();
+        for i in 0..200u8 {
+            match log.append(&batch(1, 0, 100, i), 1) {
+                Ok(info) => landed.push((info.base_offset, i)),
+                Err(LogError::Truncating) => {}
+                Err(e) => panic!("unexpected append error {e}"),
+            }
+            glommio::executor().yield_now().await;
+        }
+        truncation.await.unwrap();
+        assert!(reader.await > 0);
+        log.wait_durable(log.log_end_offset()).await.unwrap();
+        // Appends before the cut were cut with the rest; the ones after it follow it contiguously.
+        let end = log.log_end_offset();
+        let after: Vec<_> = match landed.iter().position(|&(o, _)| o == 10) {
+            Some(i) => landed[i..].to_vec(),
+            None => Vec::new(),
+        };
+        assert_eq!(end, 10 + after.len() as i64);
+        for (k, &(offset, fill)) in after.iter().enumerate() {
+            assert_eq!(offset, 10 + k as i64);
+            let got = log.read(offset, 1, i64::MAX).await.unwrap();
+            assert_eq!(base_of(&got[0]), offset);
+            assert_eq!(got[0][61], fill, "offset {offset}");
+        }
+        drop(log);
+        let log = PartitionLog::open(path, small_config()).await.unwrap();
+        assert_eq!(log.log_end_offset(), end);
+        assert_eq!(read_all(&log, 0).await.len() as i64, end);
+    });
+}

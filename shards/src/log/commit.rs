@@ -1,13 +1,83 @@
-//! Group commit: a flush writes every append buffered since the previous flush in one aligned O_DIRECT
-//! write per segment (rewriting the partial last block), then one fdatasync; every waiter whose offsets
-//! it covers is released by it. Also rolls segment files (sealing the previous one) and runs the
-//! background flusher of `flush.ms` / `flush=never`.
+//! Group commit: a flush writes every append buffered since the previous flush with aligned O_DIRECT
+//! writes (the partial last block rewritten with the new bytes; 1 MiB chunks submitted together), then
+//! one fdatasync; every waiter whose offsets it covers is released by it. Also rolls segment files
+//! (sealing the previous one) and runs the background flusher: `flush.ms` syncs, `flush=never` writes
+//! out, and under `flush=always` batches nobody waits for (acks=0) are still made durable.
 
 use std::rc::Rc;
 use std::time::Duration;
 
 use super::segment::{self, ActiveFile, Storage, BLOCK, PREALLOCATE_STEP};
 use super::{FlushPolicy, LogError, PartitionLog, PendingWrite};
+
+/// Size of one O_DIRECT write; a flush submits its chunks together.
+const WRITE_CHUNK: usize = 1 << 20;
+/// Chunk buffers kept for reuse per shard (already faulted in: fresh large buffers cost page faults).
+const WRITE_BUFFERS_KEPT: usize = 4;
+
+thread_local! {
+    /// Reusable chunk buffers, shared by every log of this shard, tagged with the executor that
+    /// allocated them (a buffer may belong to that executor's registered I/O memory).
+    static WRITE_BUFFERS: std::cell::RefCell<(usize, Vec<glommio::io::DmaBuffer>)> =
+        const { std::cell::RefCell::new((usize::MAX, Vec::new())) };
+}
+
+fn take_write_buffer() -> Option<glommio::io::DmaBuffer> {
+    let id = glommio::executor().id();
+    WRITE_BUFFERS.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        if pool.0 != id {
+            *pool = (id, Vec::new());
+        }
+        pool.1.pop()
+    })
+}
+
+fn return_write_buffer(buf: glommio::io::DmaBuffer) {
+    let id = glommio::executor().id();
+    WRITE_BUFFERS.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        if pool.0 != id {
+            *pool = (id, Vec::new());
+        }
+        if pool.1.len() < WRITE_BUFFERS_KEPT {
+            pool.1.push(buf);
+        }
+    });
+}
+
+/// Copies a sequence of byte slices, then zeros, into consecutive buffers.
+struct Filler<'a> {
+    sources: &'a [&'a [u8]],
+    index: usize,
+    offset: usize,
+}
+
+impl<'a> Filler<'a> {
+    fn new(sources: &'a [&'a [u8]]) -> Self {
+        Filler {
+            sources,
+            index: 0,
+            offset: 0,
+        }
+    }
+
+    fn fill(&mut self, dst: &mut [u8]) {
+        let mut at = 0;
+        while at < dst.len() && self.index < self.sources.len() {
+            let src = &self.sources[self.index][self.offset..];
+            let n = src.len().min(dst.len() - at);
+            dst[at..at + n].copy_from_slice(&src[..n]);
+            at += n;
+            self.offset += n;
+            if self.offset == self.sources[self.index].len() {
+                self.index += 1;
+                self.offset = 0;
+            }
+        }
+        dst[at..].fill(0);
+    }
+}
 
 /// How often `flush=never` writes buffered batches out.
 const NEVER_WRITE_INTERVAL: Duration = Duration::from_millis(50);
@@ -17,8 +87,22 @@ const IDLE_FLUSH_INTERVAL: Duration = Duration::from_millis(200);
 impl PartitionLog {
     /// Resolves once every offset below `end_offset` is durable under the flush policy. One write and
     /// fdatasync covers every append buffered so far; concurrent waiters share it.
+    ///
+    /// If a truncation cuts below `end_offset` while waiting, the offsets waited for are gone (and may
+    /// be reused by other batches): that is `LogError::OffsetOutOfRange`, never a success.
     pub async fn wait_durable(&self, end_offset: i64) -> Result<(), LogError> {
+        let generation = self.state.borrow().generation;
         loop {
+            {
+                let st = self.state.borrow();
+                if st.truncated_since(generation, end_offset) {
+                    return Err(LogError::OffsetOutOfRange {
+                        requested: end_offset,
+                        start: st.log_start,
+                        end: st.log_end,
+                    });
+                }
+            }
             if self.durable_end_offset() >= end_offset {
                 return Ok(());
             }
@@ -33,22 +117,44 @@ impl PartitionLog {
                 });
             }
             let sync = matches!(self.config.borrow().flush, FlushPolicy::Always);
-            self.flush(sync, end_offset).await?;
+            self.detached(move |log| async move { log.flush(sync, end_offset).await })
+                .await?;
         }
     }
 
     /// Writes (and with `sync`, fdatasyncs) everything appended so far, unless `target` is already
-    /// covered by the time the file lock is ours.
+    /// covered. Writing and syncing hold separate locks, so the next group's write overlaps this
+    /// group's fdatasync.
     pub(super) async fn flush(&self, sync: bool, target: i64) -> Result<(), LogError> {
-        let _permit = self.file_lock.acquire_permit(1).await?;
-        self.check_open()?;
-        self.flush_locked(sync, target).await
+        {
+            let _write = self.file_lock.acquire_permit(1).await?;
+            self.check_open()?;
+            let r = self.write_pending(target).await;
+            self.fail_on_error(r)?;
+        }
+        if sync {
+            let _sync = self.sync_lock.acquire_permit(1).await?;
+            self.check_open()?;
+            let r = self.sync_written(target).await;
+            self.fail_on_error(r)?;
+        }
+        Ok(())
     }
 
-    /// `flush` with the file lock held. A failed write or sync closes the log: what is on disk is then
-    /// unknown, and recovery on the next open decides.
+    /// `flush` for callers that hold both the file lock and the sync lock.
     pub(super) async fn flush_locked(&self, sync: bool, target: i64) -> Result<(), LogError> {
-        let r = self.flush_inner(sync, target).await;
+        let r = self.write_pending(target).await;
+        self.fail_on_error(r)?;
+        if sync {
+            let r = self.sync_written(target).await;
+            self.fail_on_error(r)?;
+        }
+        Ok(())
+    }
+
+    /// A failed write or sync closes the log: what is on disk is then unknown, and recovery on the
+    /// next open decides.
+    fn fail_on_error(&self, r: Result<(), LogError>) -> Result<(), LogError> {
         if let Err(e) = &r {
             tracing::error!(dir = ?self.dir, error = %e, "log flush failed; closing the log");
             self.closed.set(true);
@@ -56,18 +162,12 @@ impl PartitionLog {
         r
     }
 
-    async fn flush_inner(&self, sync: bool, target: i64) -> Result<(), LogError> {
-        {
-            let st = self.state.borrow();
-            let done = if sync { st.synced_end } else { st.written_end };
-            if done >= target {
-                return Ok(());
-            }
+    /// Writes every pending batch (file lock held).
+    async fn write_pending(&self, target: i64) -> Result<(), LogError> {
+        if self.state.borrow().written_end >= target {
+            return Ok(());
         }
-        let (writes, end) = {
-            let mut st = self.state.borrow_mut();
-            (std::mem::take(&mut st.pending), st.log_end)
-        };
+        let writes = std::mem::take(&mut self.state.borrow_mut().pending);
         let mut i = 0;
         while i < writes.len() {
             let base = writes[i].segment_base;
@@ -85,20 +185,30 @@ impl PartitionLog {
             let written_end = st.written_end;
             st.tail.evict(budget, written_end);
         }
-        if sync {
-            let file = {
-                let st = self.state.borrow();
-                match st.active().map(|s| &s.storage) {
-                    Some(Storage::Active(a)) => Some(a.file.clone()),
-                    _ => None,
-                }
-            };
-            if let Some(file) = file {
-                file.fdatasync().await?;
+        Ok(())
+    }
+
+    /// fdatasyncs the active file (sync lock held). Everything written before lives either in it or in
+    /// a sealed segment, which was synced when sealed.
+    async fn sync_written(&self, target: i64) -> Result<(), LogError> {
+        let (end, file) = {
+            let st = self.state.borrow();
+            if st.synced_end >= target || st.synced_end >= st.written_end {
+                return Ok(());
             }
-            let mut st = self.state.borrow_mut();
-            st.synced_end = st.synced_end.max(end.min(st.written_end));
+            // The newest segment with a file: a segment rolled at append time may not have one yet,
+            // and then the unsynced bytes are all in the one before it.
+            let file = st.segments.values().rev().find_map(|s| match &s.storage {
+                Storage::Active(a) => Some(a.file.clone()),
+                _ => None,
+            });
+            (st.written_end, file)
+        };
+        if let Some(file) = file {
+            file.fdatasync().await?;
         }
+        let mut st = self.state.borrow_mut();
+        st.synced_end = st.synced_end.max(end);
         Ok(())
     }
 
@@ -174,24 +284,80 @@ impl PartitionLog {
             preallocated_now = self.preallocation_target(aligned_end);
             file.pre_allocate(preallocated_now, false).await?;
         }
-        let len = (aligned_end - start) as usize;
-        let mut buf = file.alloc_dma_buffer(len);
-        let bytes = buf.as_bytes_mut();
-        let mut at = tail_block.len();
-        bytes[..at].copy_from_slice(&tail_block);
-        for w in writes {
-            bytes[at..at + w.data.len()].copy_from_slice(&w.data);
-            at += w.data.len();
+        // The bytes to write: the partial last block already on disk, then the new batches, then zero
+        // padding up to the block boundary. Written in chunks (reused, already-faulted buffers)
+        // submitted together.
+        let mut sources: Vec<&[u8]> = Vec::with_capacity(writes.len() + 1);
+        sources.push(&tail_block);
+        sources.extend(writes.iter().map(|w| w.data.as_ref()));
+        let total = (aligned_end - start) as usize;
+        let mut filler = Filler::new(&sources);
+        let mut chunks = Vec::new();
+        let mut at = 0usize;
+        let mut new_tail = Vec::new();
+        while at < total {
+            let len = WRITE_CHUNK.min(total - at);
+            let mut buf = if len == WRITE_CHUNK {
+                take_write_buffer().unwrap_or_else(|| file.alloc_dma_buffer(WRITE_CHUNK))
+            } else {
+                file.alloc_dma_buffer(len)
+            };
+            filler.fill(buf.as_bytes_mut());
+            if at + len == total {
+                let keep_from = (segment::align_down(end) - start) as usize - at;
+                let keep_to = (end - start) as usize - at;
+                new_tail = buf.as_bytes()[keep_from..keep_to].to_vec();
+            }
+            chunks.push((start + at as u64, Rc::new(buf), len));
+            at += len;
         }
-        bytes[at..].fill(0);
-        let keep_from = (segment::align_down(end) - start) as usize;
-        let new_tail = bytes[keep_from..at].to_vec();
-        let n = file.write_at(buf, start).await?;
-        if n != len {
-            return Err(LogError::Io(std::io::Error::new(
-                std::io::ErrorKind::WriteZero,
-                format!("short O_DIRECT write: {n} of {len} bytes"),
-            )));
+        // One chunk (the common small flush) is written inline; several are submitted together.
+        let results = if chunks.len() == 1 {
+            let mut out = Vec::with_capacity(1);
+            for (pos, buf, len) in chunks {
+                let r = file.write_rc_at(buf.clone(), pos).await;
+                out.push((r, buf, len));
+            }
+            out
+        } else {
+            let tasks: Vec<_> = chunks
+                .into_iter()
+                .map(|(pos, buf, len)| {
+                    let f = file.clone();
+                    glommio::spawn_local(async move {
+                        let r = f.write_rc_at(buf.clone(), pos).await;
+                        (r, buf, len)
+                    })
+                })
+                .collect();
+            let mut out = Vec::with_capacity(tasks.len());
+            for t in tasks {
+                out.push(t.await);
+            }
+            out
+        };
+        let mut failure = None;
+        for (r, buf, len) in results {
+            match r {
+                Ok(n) if n == len => {}
+                Ok(n) => {
+                    failure.get_or_insert(LogError::Io(std::io::Error::new(
+                        std::io::ErrorKind::WriteZero,
+                        format!("short O_DIRECT write: {n} of {len} bytes"),
+                    )));
+                }
+                Err(e) => {
+                    failure.get_or_insert(LogError::Io(e.into()));
+                }
+            }
+            if let Ok(buf) = Rc::try_unwrap(buf) {
+                if buf.len() == WRITE_CHUNK {
+                    return_write_buffer(buf);
+                }
+            }
+        }
+        if let Some(e) = failure {
+            return Err(e);
         }
         let mut st = self.state.borrow_mut();
         if let Some(seg) = st.segments.get_mut(&base) {

@@ -22,8 +22,14 @@ impl PartitionLog {
     /// Deletes whole sealed segments that are past retention.ms or beyond retention.bytes; advances
     /// log_start. Returns how many segments were deleted.
     pub async fn apply_retention(&self, now_ms: i64) -> Result<usize, LogError> {
+        self.detached(move |log| async move { log.apply_retention_now(now_ms).await })
+            .await
+    }
+
+    async fn apply_retention_now(&self, now_ms: i64) -> Result<usize, LogError> {
         self.check_open()?;
-        let _permit = self.file_lock.acquire_permit(1).await?;
+        let _write = self.file_lock.acquire_permit(1).await?;
+        let _sync = self.sync_lock.acquire_permit(1).await?;
         self.check_open()?;
         let cfg = self.config.borrow().clone();
         let victims = {
@@ -63,10 +69,9 @@ impl PartitionLog {
                 tracing::debug!(segment = ?seg.path, "deleting segment past retention");
                 std::fs::remove_file(&seg.path)?;
                 SegmentIndex::remove_files(&seg.path)?;
+                // One at a time, durably: a crash must leave a suffix of the segments, never a gap.
+                std::fs::File::open(&self.dir)?.sync_all()?;
             }
-        }
-        if !victims.is_empty() {
-            std::fs::File::open(&self.dir)?.sync_all()?;
         }
         Ok(victims.len())
     }

@@ -9,19 +9,34 @@ use super::recovery::{last_epoch_of, EpochProbe};
 use super::segment::{self, ActiveFile, Cursor, ScanStep, Storage};
 use super::{LogError, PartitionLog};
 
+/// Recent truncations remembered for waiters (see `LogState::truncated_since`).
+const TRUNCATIONS_KEPT: usize = 32;
+
 impl PartitionLog {
     /// Removes every batch at or above `offset` (rounded down to the start of the batch containing it);
     /// durable on return. An offset at or below log_start empties the log (log_end = log_start).
     pub async fn truncate_to(&self, offset: i64) -> Result<(), LogError> {
+        self.detached(move |log| async move { log.truncate_now(offset).await })
+            .await
+    }
+
+    async fn truncate_now(&self, offset: i64) -> Result<(), LogError> {
         self.check_open()?;
-        let _permit = self.file_lock.acquire_permit(1).await?;
+        let _write = self.file_lock.acquire_permit(1).await?;
+        let _sync = self.sync_lock.acquire_permit(1).await?;
         self.check_open()?;
         let end = self.state.borrow().log_end;
         if offset >= end {
             return Ok(());
         }
-        self.flush_locked(true, end).await?;
-        let r = self.truncate_locked(offset).await;
+        // From here until the cut is in place, appends are refused (their offsets would be about to
+        // vanish) and the state the cut is computed from cannot move.
+        self.state.borrow_mut().truncating = true;
+        let r = match self.flush_locked(true, end).await {
+            Ok(()) => self.truncate_locked(offset).await,
+            Err(e) => Err(e),
+        };
+        self.state.borrow_mut().truncating = false;
         if let Err(e) = &r {
             tracing::error!(dir = ?self.dir, error = %e, "truncation failed; closing the log");
             self.closed.set(true);
@@ -96,6 +111,8 @@ impl PartitionLog {
                 Err(e) => return Err(e.into()),
             }
             SegmentIndex::remove_files(&path)?;
+            // One at a time, durably: a crash must leave a prefix of the segments, never a gap.
+            std::fs::File::open(&self.dir)?.sync_all()?;
         }
 
         // Re-open the target segment for writing if it was sealed.
@@ -180,6 +197,11 @@ impl PartitionLog {
         st.last_epoch = last_epoch.unwrap_or(-1);
         st.tail.truncate(point);
         st.generation += 1;
+        let generation = st.generation;
+        st.truncations.push_back((generation, point));
+        if st.truncations.len() > TRUNCATIONS_KEPT {
+            st.truncations.pop_front();
+        }
         tracing::debug!(dir = ?self.dir, offset = point, "truncated log");
         Ok(())
     }
