@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
 # Latency-regression gate: a short `chronik bench produce` on an embedded
 # cluster, compared with the committed baseline on floor-normalized p99
-# (p99 / the fsync+RTT floor measured in the same run), per leader and total.
+# (p99 / the fsync+RTT floor sampled during the same run), per leader and total.
 #
-#   bench/gate.sh            run the gate (exit 1 on a regression past the tolerance)
-#   bench/gate.sh --refresh  re-measure on purpose and overwrite the baseline
-#   bench/gate.sh --noise N  N gate runs, each compared with the first (how the tolerance was chosen)
+#   bench/gate.sh              run the gate; a regression past the tolerance is
+#                              measured once more and fails only if it repeats
+#   bench/gate.sh --refresh [N] re-measure on purpose: N runs (default 5), the
+#                              median run by p99/floor becomes bench/baseline/gate.json
+#   bench/gate.sh --noise [N]  N runs (default 10), each compared with the first
+#                              (how the tolerance was chosen: bench/RESULTS.md)
 #
 # Environment:
-#   CHRONIK_BIN                 chronik executable (default: target/release/chronik, built if missing)
-#   CHRONIK_BENCH_TOLERANCE     allowed growth of p99/floor in percent (default below; see bench/RESULTS.md)
-#   CHRONIK_BENCH_BROKERS       embedded brokers (default 1 until cluster mode lands; the baseline
-#                               must be refreshed when this changes)
+#   CHRONIK_BIN               chronik executable (default: target/release/chronik, built if missing)
+#   CHRONIK_BENCH_TOLERANCE   allowed growth of p99/floor in percent (default 100, see bench/RESULTS.md)
+#   CHRONIK_BENCH_BROKERS     embedded brokers (default 1 until cluster mode lands; refresh the
+#                             baseline when this changes)
+#   CHRONIK_BENCH_NOISE_DIR   keep the --noise reports there
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,32 +27,55 @@ if [ ! -x "$BIN" ]; then
     cargo build --release --bin chronik
 fi
 
-# Keep these in step with the baseline: compare warns when acks or rate differ.
+# The gate's workload. Changing it means refreshing the baseline.
 run() {
     "$BIN" bench produce \
         --brokers "$BROKERS" --partitions 6 --acks all \
-        --record-size 1024 --rate 2000 --batch-records 10 \
+        --record-size 1024 --rate 1000 --batch-records 10 \
         --duration 10s --warmup 3s --floor-samples 1000 \
-        --quiet --json "$1"
+        --quiet --json "$1" >/dev/null
 }
-
-if [ "${1:-}" = "--refresh" ]; then
-    run "$BASELINE"
-    echo "baseline refreshed: $BASELINE (commit it with the reason)"
-    exit 0
-fi
 
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 
-if [ "${1:-}" = "--noise" ]; then
-    n=${2:-10}
+case "${1:-}" in
+--refresh)
+    n=${2:-5}
     for i in $(seq 1 "$n"); do
         run "$out/run$i.json"
-        "$BIN" bench compare "$out/run1.json" "$out/run$i.json" --max-regression 1000000 | grep -E '^(total|leader)' | sed "s/^/run $i: /"
     done
-    exit 0
-fi
-
-run "$out/current.json"
-"$BIN" bench compare "$BASELINE" "$out/current.json" --max-regression "$TOLERANCE"
+    median=$(python3 - "$out" "$n" <<'PY'
+import json, sys
+d, n = sys.argv[1], int(sys.argv[2])
+runs = sorted((json.load(open(f"{d}/run{i}.json"))["total"]["p99_over_floor"], i) for i in range(1, n + 1))
+print(f"{d}/run{runs[len(runs) // 2][1]}.json")
+PY
+)
+    cp "$median" "$BASELINE"
+    echo "baseline refreshed from the median of $n runs: $BASELINE (commit it with the reason)"
+    ;;
+--noise)
+    n=${2:-10}
+    dir=${CHRONIK_BENCH_NOISE_DIR:-$out}
+    mkdir -p "$dir"
+    for i in $(seq 1 "$n"); do
+        run "$dir/run$i.json"
+        "$BIN" bench compare "$dir/run1.json" "$dir/run$i.json" --max-regression 1000000 |
+            grep -E '^(total|leader)' | sed "s/^/run $i: /"
+    done
+    ;;
+"")
+    run "$out/current.json"
+    if "$BIN" bench compare "$BASELINE" "$out/current.json" --max-regression="$TOLERANCE"; then
+        exit 0
+    fi
+    echo "bench gate: past the tolerance; measuring once more to rule out a noisy run"
+    run "$out/again.json"
+    "$BIN" bench compare "$BASELINE" "$out/again.json" --max-regression="$TOLERANCE"
+    ;;
+*)
+    echo "usage: bench/gate.sh [--refresh [N] | --noise [N]]" >&2
+    exit 2
+    ;;
+esac
