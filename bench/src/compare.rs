@@ -11,8 +11,10 @@ use crate::report::{GroupReport, Report, SCHEMA};
 pub struct CompareArgs {
     /// The baseline report (JSON from --json).
     pub baseline: PathBuf,
-    /// The report to judge.
-    pub current: PathBuf,
+    /// The report to judge; given several runs, the median one (by total
+    /// p99 / floor) is judged, so one noisy run does not decide.
+    #[arg(required = true, num_args = 1..)]
+    pub current: Vec<PathBuf>,
     /// Fail (exit 1) when a p99 / floor ratio grew by more than this many percent.
     #[arg(long, default_value_t = 50.0)]
     pub max_regression: f64,
@@ -172,15 +174,37 @@ fn load(path: &PathBuf) -> Result<Report, String> {
     serde_json::from_value(value).map_err(|e| format!("{}: {e}", path.display()))
 }
 
+/// The median of several runs by total p99 / floor (absolute p99 when a
+/// run has no floor); the upper one of the two middle runs for an even count.
+pub fn median_run(mut runs: Vec<Report>) -> Option<Report> {
+    let key = |r: &Report| r.total.p99_over_floor.unwrap_or(r.total.latency.p99_us);
+    runs.sort_by(|a, b| key(a).total_cmp(&key(b)));
+    let middle = runs.len() / 2;
+    runs.into_iter().nth(middle)
+}
+
 /// Runs `compare`; exit code 0 ok, 1 regressed, 2 unreadable input.
 pub fn main(args: &CompareArgs) -> i32 {
-    let (base, current) = match (load(&args.baseline), load(&args.current)) {
-        (Ok(b), Ok(c)) => (b, c),
-        (Err(e), _) | (_, Err(e)) => {
+    let loaded = std::iter::once(&args.baseline)
+        .chain(&args.current)
+        .map(load)
+        .collect::<Result<Vec<Report>, String>>();
+    let mut reports = match loaded {
+        Ok(r) => r,
+        Err(e) => {
             eprintln!("chronik bench compare: {e}");
             return 2;
         }
     };
+    let base = reports.remove(0);
+    let runs = reports.len();
+    let Some(current) = median_run(reports) else {
+        eprintln!("chronik bench compare: no current report");
+        return 2;
+    };
+    if runs > 1 {
+        println!("judging the median of {runs} runs");
+    }
     let c = compare(&base, &current, args.max_regression);
     print!("{}", c.render(args.max_regression));
     if c.rows.is_empty() {
@@ -300,6 +324,20 @@ mod tests {
         assert!(!c.regressed());
         assert!(c.notes.iter().any(|n| n.contains("leader 3 is missing")));
         assert!(c.notes.iter().any(|n| n.contains("leader 2 is new")));
+    }
+
+    #[test]
+    fn several_runs_are_judged_by_their_median() {
+        let runs = vec![
+            report(9000.0, &[], 100.0),
+            report(1000.0, &[], 100.0),
+            report(1200.0, &[], 100.0),
+        ];
+        let m = median_run(runs).unwrap();
+        assert_eq!(m.total.latency.p99_us, 1200.0);
+        let even = vec![report(1.0, &[], 1.0), report(3.0, &[], 1.0)];
+        assert_eq!(median_run(even).unwrap().total.latency.p99_us, 3.0);
+        assert!(median_run(Vec::new()).is_none());
     }
 
     #[test]
