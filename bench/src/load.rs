@@ -299,6 +299,12 @@ fn run_on(
         driver.pump(Duration::from_millis(50));
         progress.tick(&driver, issued_batches.load(Ordering::SeqCst));
     }
+    // An interrupted run measured only until the pacer stopped.
+    let measured_until = if interrupt::interrupted() {
+        Instant::now().min(schedule.end)
+    } else {
+        schedule.end
+    };
     let (issued, lateness) = pacer
         .join()
         .map_err(|_| ClientError::Other("the pacer thread panicked".into()))?;
@@ -338,7 +344,9 @@ fn run_on(
         None => driver.recorder.clone(),
     };
 
-    let seconds = args.duration.as_secs_f64();
+    let seconds = measured_until
+        .saturating_duration_since(measure_from)
+        .as_secs_f64();
     let floor_us = floor.as_ref().map(|f| f.floor_p99_us);
     let (total, leaders, partitions) = report::groups(&recorder, seconds, floor_us);
     let refreshed = driver.cluster.clone();
