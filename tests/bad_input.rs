@@ -154,3 +154,30 @@ fn missing_partitions_are_unknown_topic_or_partition() {
     assert_eq!(fetched.error_code, 3);
     assert_still_serving(&mut broker, "t", 0);
 }
+
+#[test]
+fn nonsense_offsets_and_empty_records_get_error_codes() {
+    let mut broker = start_with_topic("t");
+    let mut client = broker.client();
+    for offset in [-1, -100, i64::MIN, i64::MAX] {
+        assert_eq!(
+            client.fetch("t", 0, offset, 1000).error_code,
+            1,
+            "fetch at {offset}"
+        );
+    }
+    for records in [
+        Bytes::new(),
+        Bytes::from_static(&[0u8; 7]),
+        Bytes::from(vec![0xffu8; 100]),
+    ] {
+        let results = client.produce("t", 1, &[(0, records.clone())]);
+        assert_ne!(
+            results[0].1,
+            0,
+            "produce of {} bytes of garbage",
+            records.len()
+        );
+    }
+    assert_still_serving(&mut broker, "t", 0);
+}

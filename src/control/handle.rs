@@ -12,13 +12,16 @@ use event_listener::Event;
 use uuid::Uuid;
 
 use super::error::ControlError;
+use super::forward::{ClientRequest, ClientResult};
 use super::image::{MetadataImage, TopicInfo};
-use super::node::{ControlNode, Request};
+use super::node::{ControlNode, Reply, Request};
 use super::topic_config::ConfigOp;
 use super::{BrokerDefaults, ControlConfig, NewTopic};
 
 /// How long `start` waits for the node to recover, elect a controller and register the broker.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// The same in cluster mode, where the other brokers may start later.
+const CLUSTER_START_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The latest applied image, shared between the control thread and every handle.
 pub struct Published {
@@ -27,6 +30,8 @@ pub struct Published {
     generation: AtomicU64,
     closed: AtomicBool,
     changed: Event,
+    /// Raft proposals this node made (only a controller proposes).
+    proposals: AtomicU64,
 }
 
 impl Published {
@@ -36,6 +41,7 @@ impl Published {
             generation: AtomicU64::new(0),
             closed: AtomicBool::new(false),
             changed: Event::new(),
+            proposals: AtomicU64::new(0),
         }
     }
 
@@ -47,6 +53,10 @@ impl Published {
         *self.image.lock().unwrap_or_else(|e| e.into_inner()) = image;
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.changed.notify(usize::MAX);
+    }
+
+    pub fn count_proposal(&self) {
+        self.proposals.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The control thread stopped: subscriptions end.
@@ -111,11 +121,23 @@ pub fn start(config: ControlConfig) -> Result<ControlHandle, ControlError> {
             config.node_id
         )));
     }
-    if config.peers.iter().any(|(id, _)| *id != config.node_id) {
+    let cluster = config.peers.iter().any(|(id, _)| *id != config.node_id);
+    if cluster && config.rpc.is_none() {
         return Err(ControlError::InvalidRequest(
-            "cluster mode (peers other than this node) is not implemented yet".into(),
+            "cluster mode (peers) needs this node's rpc address".into(),
         ));
     }
+    if cluster && !config.peers.iter().any(|(id, _)| *id == config.node_id) {
+        return Err(ControlError::InvalidRequest(format!(
+            "the peers must list this node ({}) too",
+            config.node_id
+        )));
+    }
+    let start_timeout = if cluster {
+        CLUSTER_START_TIMEOUT
+    } else {
+        START_TIMEOUT
+    };
     let incarnation = new_incarnation();
     let published = Arc::new(Published::new());
     let (requests, receiver) = crossbeam_channel::unbounded();
@@ -124,6 +146,7 @@ pub fn start(config: ControlConfig) -> Result<ControlHandle, ControlError> {
     let defaults = config.defaults.clone();
     let control_core = config.control_core;
     let thread_published = Arc::clone(&published);
+    let inbox = requests.clone();
     let thread = std::thread::Builder::new()
         .name("chronik-control".into())
         .spawn(move || {
@@ -134,6 +157,7 @@ pub fn start(config: ControlConfig) -> Result<ControlHandle, ControlError> {
                 config,
                 incarnation,
                 receiver,
+                inbox,
                 thread_published,
                 ready_tx.clone(),
             ) {
@@ -153,16 +177,22 @@ pub fn start(config: ControlConfig) -> Result<ControlHandle, ControlError> {
             thread: Mutex::new(Some(thread)),
         }),
     };
-    match ready_rx.recv_timeout(START_TIMEOUT) {
+    match ready_rx.recv_timeout(start_timeout) {
         Ok(Ok(())) => Ok(handle),
         Ok(Err(e)) => {
             tracing::error!("control plane failed to start: {e}");
             handle.join();
             Err(e)
         }
-        Err(_) => {
-            tracing::error!("control plane did not start within {START_TIMEOUT:?}");
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            tracing::error!("control plane did not start within {start_timeout:?}");
             Err(ControlError::Timeout)
+        }
+        Err(mpsc::RecvTimeoutError::Disconnected) => {
+            handle.join();
+            Err(ControlError::Internal(
+                "the control thread ended while starting".into(),
+            ))
         }
     }
 }
@@ -218,6 +248,12 @@ impl ControlHandle {
         self.image().controller_id
     }
 
+    /// How many Raft proposals this node has made since it started. Only the controller
+    /// proposes, so on a broker that never was the controller this stays 0.
+    pub fn proposals_made(&self) -> u64 {
+        self.inner.published.proposals.load(Ordering::Relaxed)
+    }
+
     pub fn node_id(&self) -> i32 {
         self.inner.node_id
     }
@@ -227,33 +263,31 @@ impl ControlHandle {
     }
 
     /// Creates topics (the one code path for CreateTopics and auto-creation): validated on the
-    /// controller as Kafka does, replicas assigned over live brokers, answered once applied.
-    /// One result per requested topic, in order.
+    /// controller as Kafka does (forwarded to it from any other broker), replicas assigned over
+    /// live brokers, answered once applied. One result per requested topic, in order.
     pub async fn create_topics(
         &self,
         topics: Vec<NewTopic>,
         validate_only: bool,
     ) -> Vec<Result<Arc<TopicInfo>, ControlError>> {
-        let count = topics.len();
-        let (reply, answer) = async_channel::bounded(1);
-        self.call(
-            Request::CreateTopics {
+        match self
+            .call(ClientRequest::CreateTopics {
                 topics,
                 validate_only,
-                reply,
-            },
-            answer,
-            count,
-        )
-        .await
+            })
+            .await
+        {
+            ClientResult::Topics(results) => results,
+            other => unexpected(other),
+        }
     }
 
     /// Deletes topics by name; one result (the deleted topic's id) per name, in order.
     pub async fn delete_topics(&self, names: Vec<String>) -> Vec<Result<Uuid, ControlError>> {
-        let count = names.len();
-        let (reply, answer) = async_channel::bounded(1);
-        self.call(Request::DeleteTopics { names, reply }, answer, count)
-            .await
+        match self.call(ClientRequest::DeleteTopics { names }).await {
+            ClientResult::Deleted(results) => results,
+            other => unexpected(other),
+        }
     }
 
     /// Grows topics to a new total partition count; one result per request, in order.
@@ -262,18 +296,16 @@ impl ControlHandle {
         requests: Vec<(String, i32)>,
         validate_only: bool,
     ) -> Vec<Result<(), ControlError>> {
-        let count = requests.len();
-        let (reply, answer) = async_channel::bounded(1);
-        self.call(
-            Request::CreatePartitions {
+        match self
+            .call(ClientRequest::CreatePartitions {
                 requests,
                 validate_only,
-                reply,
-            },
-            answer,
-            count,
-        )
-        .await
+            })
+            .await
+        {
+            ClientResult::Units(results) => results,
+            other => unexpected(other),
+        }
     }
 
     /// IncrementalAlterConfigs on one topic.
@@ -283,38 +315,58 @@ impl ControlHandle {
         ops: Vec<ConfigOp>,
         validate_only: bool,
     ) -> Result<(), ControlError> {
-        let (reply, answer) = async_channel::bounded(1);
-        if self
-            .inner
-            .requests
-            .send(Request::AlterTopicConfigs {
+        match self
+            .call(ClientRequest::AlterTopicConfigs {
                 topic,
                 ops,
                 validate_only,
-                reply,
             })
-            .is_err()
+            .await
         {
-            return Err(stopped());
+            ClientResult::Unit(result) => result,
+            other => unexpected::<()>(other).pop().unwrap_or(Err(stopped())),
         }
-        answer.recv().await.unwrap_or_else(|_| Err(stopped()))
     }
 
-    async fn call<T>(
+    /// The ISR of a partition this broker leads changes (a follower fell behind or caught up):
+    /// Kafka's AlterPartition, committed through the controller. `leader_epoch` is the epoch the
+    /// leader works in; a stale one is STALE_LEADER_EPOCH (FENCED_LEADER_EPOCH), and the ISR
+    /// may hold only live replicas and must hold the leader.
+    pub async fn alter_partition_isr(
         &self,
-        request: Request,
-        answer: async_channel::Receiver<Vec<Result<T, ControlError>>>,
-        count: usize,
-    ) -> Vec<Result<T, ControlError>> {
-        if count == 0 {
-            return Vec::new();
+        topic: String,
+        partition: i32,
+        leader_epoch: i32,
+        isr: Vec<i32>,
+    ) -> Result<(), ControlError> {
+        let request = ClientRequest::AlterPartitionIsr {
+            topic,
+            partition,
+            leader_epoch,
+            isr,
+        };
+        match self.call(request).await {
+            ClientResult::Unit(result) => result,
+            other => unexpected::<()>(other).pop().unwrap_or(Err(stopped())),
         }
+    }
+
+    async fn call(&self, request: ClientRequest) -> ClientResult {
+        let (kind, parts) = (request.kind(), request.parts());
+        if parts == 0 {
+            return ClientResult::from_outcomes(kind, Vec::new());
+        }
+        let (reply, answer) = async_channel::bounded(1);
+        let request = Request::Client {
+            request,
+            reply: Reply::Local(reply),
+        };
         if self.inner.requests.send(request).is_err() {
-            return (0..count).map(|_| Err(stopped())).collect();
+            return ClientResult::all_failed(kind, parts, stopped());
         }
         match answer.recv().await {
-            Ok(results) => results,
-            Err(_) => (0..count).map(|_| Err(stopped())).collect(),
+            Ok(result) => result,
+            Err(_) => ClientResult::all_failed(kind, parts, stopped()),
         }
     }
 
@@ -329,6 +381,13 @@ impl ControlHandle {
         {
             let _ = done.recv().await;
         }
+        self.join();
+    }
+
+    /// Tests: stops the control thread as a killed process would (no controlled shutdown).
+    #[cfg(test)]
+    pub fn crash(&self) {
+        let _ = self.inner.requests.send(Request::Crash);
         self.join();
     }
 
@@ -360,6 +419,14 @@ impl Drop for Inner {
             }
         }
     }
+}
+
+/// A peer answered with the wrong shape (it cannot happen between brokers of one version).
+fn unexpected<T>(result: ClientResult) -> Vec<Result<T, ControlError>> {
+    tracing::error!(?result, "answer of an unexpected kind");
+    vec![Err(ControlError::Internal(
+        "answer of an unexpected kind".into(),
+    ))]
 }
 
 fn stopped() -> ControlError {

@@ -9,12 +9,23 @@
 //! - `image`: the metadata image; `command`: what goes through Raft; `state_machine`: applying it.
 //! - `validate` and `assignment`: how a client request becomes a command on the controller.
 //! - `topic_name`, `topic_config`: Kafka's rules for names and topic configs.
-//! - `raft_storage`: the durable Raft log; `node`: the control thread running the RawNode.
+//! - `raft_storage`: the durable Raft log; `node`: the control thread running the RawNode and
+//!   the controller's duties (registration, session fencing, preferred leaders).
+//! - `transport`: TCP between control nodes; `forward`: the rpcs (heartbeats, requests
+//!   forwarded to the controller and its answers).
 //! - `handle`: `ControlHandle`, the API the shards and the Kafka front end call.
+//!
+//! Cluster mode: `peers` lists every voter (this node included) with its rpc address. The
+//! voter set is fixed at first start (no membership changes). Brokers heartbeat every second;
+//! one silent for 9 s (`broker.session.timeout.ms`) is fenced and its partitions get leaders
+//! from their ISR. ISR changes come from partition leaders through `alter_partition_isr`.
 
 pub mod assignment;
+#[cfg(test)]
+mod cluster_tests;
 pub mod command;
 pub mod error;
+pub mod forward;
 mod handle;
 pub mod image;
 mod node;
@@ -23,6 +34,7 @@ pub mod raft_storage;
 pub mod state_machine;
 pub mod topic_config;
 pub mod topic_name;
+mod transport;
 pub mod validate;
 
 use std::net::SocketAddr;
@@ -81,7 +93,7 @@ impl Default for BrokerDefaults {
 }
 
 /// One topic of a CreateTopics request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NewTopic {
     pub name: String,
     /// -1: the broker default.

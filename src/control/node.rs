@@ -1,10 +1,15 @@
 //! The control node: one thread (pinned to the control core when asked) that owns the raft-rs
-//! `RawNode`, ticks it, turns client requests into proposals on the controller, handles every
-//! `Ready` in raft-rs's order (persist entries and hard state, send messages, apply committed
-//! entries, advance), applies committed commands to the metadata image, publishes each image,
-//! and answers each proposer once its entry is applied.
+//! `RawNode`, ticks it, handles every `Ready` in raft-rs's order (persist entries and hard
+//! state, send messages, apply committed entries, advance), applies committed commands to the
+//! metadata image, publishes each image, and answers each proposer once its entry is applied.
+//!
+//! Client requests are planned and proposed only on the controller (the Raft leader); any
+//! other node forwards them to the controller over the transport. The controller also runs
+//! the cluster's duties from broker heartbeats: registration, fencing a broker whose session
+//! expired (which elects new leaders for its partitions), unfencing it when it is back, and
+//! restoring preferred leaders.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,13 +22,14 @@ use uuid::Uuid;
 
 use super::command::{Command, Envelope, ProposalId};
 use super::error::ControlError;
+use super::forward::{ClientRequest, ClientResult, Heartbeat, ResultKind, Rpc};
 use super::handle::Published;
-use super::image::{MetadataImage, TopicInfo};
+use super::image::MetadataImage;
 use super::raft_storage::DiskStorage;
 use super::state_machine::{self, Outcome};
-use super::topic_config::ConfigOp;
+use super::transport::Transport;
 use super::validate;
-use super::{ControlConfig, NewTopic};
+use super::ControlConfig;
 
 /// How often raft-rs is ticked.
 const TICK: Duration = Duration::from_millis(100);
@@ -33,53 +39,72 @@ const ELECTION_TICKS: usize = 10;
 const HEARTBEAT_TICKS: usize = 1;
 /// How long a client's proposal may take to commit before it is answered REQUEST_TIMED_OUT.
 const PROPOSAL_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long the node's own proposals (registration, cluster id) wait before they are retried.
+/// How long the node's own proposals wait before they may be retried.
 const INTERNAL_RETRY: Duration = Duration::from_secs(3);
 /// The image is snapshotted, and the Raft log compacted, every this many applied entries.
 pub const SNAPSHOT_EVERY: u64 = 1000;
+/// How often a broker heartbeats to the controller.
+const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+/// `broker.session.timeout.ms`: a broker silent for this long is fenced.
+const SESSION_TIMEOUT: Duration = Duration::from_secs(9);
+/// A fenced broker is unfenced once it heartbeats again within this.
+const FRESH_HEARTBEAT: Duration = Duration::from_secs(3);
+/// How often the controller looks for partitions whose preferred leader can lead again.
+const REBALANCE_INTERVAL: Duration = Duration::from_secs(1);
+/// Inputs handled between two looks at the clock and at raft-rs's `Ready`.
+const MAX_REQUESTS_PER_ROUND: usize = 256;
+/// How long a controlled shutdown waits for leadership to move away.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// A request to the control thread from a `ControlHandle`.
+/// Input to the control thread: from handles (client requests, shutdown) and from peers.
 pub enum Request {
-    CreateTopics {
-        topics: Vec<NewTopic>,
-        validate_only: bool,
-        reply: Sender<Vec<Result<Arc<TopicInfo>, ControlError>>>,
+    Client {
+        request: ClientRequest,
+        reply: Reply,
     },
-    DeleteTopics {
-        names: Vec<String>,
-        reply: Sender<Vec<Result<Uuid, ControlError>>>,
-    },
-    CreatePartitions {
-        requests: Vec<(String, i32)>,
-        validate_only: bool,
-        reply: Sender<Vec<Result<(), ControlError>>>,
-    },
-    AlterTopicConfigs {
-        topic: String,
-        ops: Vec<ConfigOp>,
-        validate_only: bool,
-        reply: Sender<Result<(), ControlError>>,
+    Raft(Box<Message>),
+    Rpc {
+        from: i32,
+        rpc: Box<Rpc>,
     },
     Shutdown {
         reply: Sender<()>,
     },
+    /// Tests: stop at once, as a killed process would (no controlled shutdown).
+    #[cfg(test)]
+    Crash,
 }
 
-/// Where the results of a request go once every part of it is decided.
-enum Reply {
-    Topics(Sender<Vec<Result<Arc<TopicInfo>, ControlError>>>),
-    Deleted(Sender<Vec<Result<Uuid, ControlError>>>),
-    Units(Sender<Vec<Result<(), ControlError>>>),
-    Unit(Sender<Result<(), ControlError>>),
-    /// The node's own proposal (registration, cluster id): nobody waits on it.
-    Internal(&'static str),
+/// Where a request's answer goes once every part of it is decided.
+pub enum Reply {
+    /// A local caller.
+    Local(Sender<ClientResult>),
+    /// A broker that forwarded the request to this controller.
+    Remote { to: i32, id: u64 },
+    /// The controller's own proposal, keyed so that it is not proposed twice at once.
+    Internal(String),
 }
 
 /// A request whose parts (one proposal each) are being decided.
 struct Batch {
     slots: Vec<Option<Result<Outcome, ControlError>>>,
+    kind: ResultKind,
     deadline: Instant,
     reply: Reply,
+}
+
+/// A request this node forwarded to the controller.
+struct Forwarded {
+    reply: Sender<ClientResult>,
+    kind: ResultKind,
+    parts: usize,
+    deadline: Instant,
+}
+
+/// What the controller knows of a broker's session.
+struct Session {
+    heartbeat: Heartbeat,
+    last_seen: Instant,
 }
 
 /// raft-rs ids must be non-zero; broker ids start at 0.
@@ -96,6 +121,7 @@ pub struct ControlNode {
     incarnation: u64,
     raw: RawNode<DiskStorage>,
     requests: Receiver<Request>,
+    transport: Option<Transport>,
     published: Arc<Published>,
     /// The applied image (its `controller_id` as last published).
     image: Arc<MetadataImage>,
@@ -105,9 +131,21 @@ pub struct ControlNode {
     /// Proposal sequence number -> (batch, slot).
     pending: HashMap<u64, (u64, usize)>,
     batches: HashMap<u64, Batch>,
+    /// Keys of the controller's own proposals in flight.
+    internal: HashSet<String>,
     /// Batches decided by entries applied in this `Ready`, answered once the image is published
     /// (a caller that sees its change committed must also see it in `image()`).
     decided: Vec<Batch>,
+    next_forward: u64,
+    forwarded: HashMap<u64, Forwarded>,
+    /// Controller only: broker sessions from heartbeats.
+    sessions: HashMap<i32, Session>,
+    /// When this node last became the controller (brokers get a full session from then).
+    controller_since: Option<Instant>,
+    last_heartbeat: Option<Instant>,
+    last_rebalance: Option<Instant>,
+    /// A controlled shutdown in progress: its reply and deadline.
+    shutting_down: Option<(Sender<()>, Instant)>,
     /// Signalled once this broker is registered and the cluster id is set.
     ready: Option<mpsc::Sender<Result<(), ControlError>>>,
 }
@@ -117,6 +155,7 @@ impl ControlNode {
         config: ControlConfig,
         incarnation: u64,
         requests: Receiver<Request>,
+        inbox: crossbeam_channel::Sender<Request>,
         published: Arc<Published>,
         ready: mpsc::Sender<Result<(), ControlError>>,
     ) -> Result<ControlNode, ControlError> {
@@ -130,12 +169,25 @@ impl ControlNode {
             .extend(config.peers.iter().map(|(id, _)| raft_id(*id)));
         voters.voters.sort_unstable();
         voters.voters.dedup();
+        let configured = voters.voters.clone();
         let storage = DiskStorage::open(&dir, voters).map_err(|e| {
             ControlError::Internal(format!(
                 "opening the raft storage in {}: {e}",
                 dir.display()
             ))
         })?;
+        let stored = &storage.conf_state().voters;
+        if *stored != configured {
+            // Membership changes are not supported: a node restarted with other peers (or
+            // none) could never reach a quorum of the stored voters.
+            let ids = |raft_ids: &[u64]| raft_ids.iter().map(|id| id - 1).collect::<Vec<_>>();
+            return Err(ControlError::InvalidRequest(format!(
+                "the metadata in {} belongs to a cluster of nodes {:?}, but this node was started with nodes {:?}; start it with the same peers",
+                dir.display(),
+                ids(stored),
+                ids(&configured)
+            )));
+        }
         let mut image = MetadataImage::default();
         let snapshot = storage.latest_snapshot();
         let applied = snapshot.get_metadata().index;
@@ -162,11 +214,26 @@ impl ControlNode {
             &super::raft_logger::logger(config.node_id),
         )
         .map_err(|e| ControlError::Internal(format!("starting raft: {e}")))?;
+        let transport = if config.peers.iter().any(|(id, _)| *id != config.node_id) {
+            let listen = config.rpc.ok_or_else(|| {
+                ControlError::InvalidRequest("cluster mode needs an rpc address".into())
+            })?;
+            Some(
+                Transport::start(config.node_id, listen, &config.peers, inbox).map_err(|e| {
+                    ControlError::Internal(format!(
+                        "starting the control transport on {listen}: {e}"
+                    ))
+                })?,
+            )
+        } else {
+            None
+        };
         Ok(ControlNode {
             config,
             incarnation,
             raw,
             requests,
+            transport,
             published,
             image: Arc::new(image),
             applied_since_snapshot: 0,
@@ -174,7 +241,15 @@ impl ControlNode {
             next_batch: 1,
             pending: HashMap::new(),
             batches: HashMap::new(),
+            internal: HashSet::new(),
             decided: Vec::new(),
+            next_forward: 1,
+            forwarded: HashMap::new(),
+            sessions: HashMap::new(),
+            controller_since: None,
+            last_heartbeat: None,
+            last_rebalance: None,
+            shutting_down: None,
             ready: Some(ready),
         })
     }
@@ -187,33 +262,32 @@ impl ControlNode {
         node_id_of(self.raw.raft.leader_id)
     }
 
-    /// Runs until a shutdown request or until every handle is gone.
+    /// Runs until shutdown or until every handle is gone.
     pub fn run(mut self) {
-        let sole_voter = self.raw.store().conf_state().voters == vec![raft_id(self.config.node_id)];
-        if sole_voter {
+        if self.transport.is_none() {
             // A single-voter group needs no election timeout: it is the majority.
             if let Err(e) = self.raw.campaign() {
                 tracing::error!("raft campaign failed: {e}");
             }
         }
         let mut next_tick = Instant::now() + TICK;
-        let mut shutdown_reply = None;
-        loop {
+        let mut shutdown_now = None;
+        'run: loop {
             let wait = next_tick.saturating_duration_since(Instant::now());
             match self.requests.recv_timeout(wait) {
                 Ok(request) => {
-                    if let Some(reply) = self.handle_request(request) {
-                        shutdown_reply = Some(reply);
-                        break;
-                    }
-                    while let Ok(request) = self.requests.try_recv() {
-                        if let Some(reply) = self.handle_request(request) {
-                            shutdown_reply = Some(reply);
-                            break;
+                    // Take what is queued, but a bounded amount, so that ticks stay on time.
+                    let mut request = Some(request);
+                    let mut handled = 0;
+                    while let Some(next) = request.take() {
+                        if let Some(reply) = self.handle_request(next) {
+                            shutdown_now = Some(reply);
+                            break 'run;
                         }
-                    }
-                    if shutdown_reply.is_some() {
-                        break;
+                        handled += 1;
+                        if handled < MAX_REQUESTS_PER_ROUND {
+                            request = self.requests.try_recv().ok();
+                        }
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {}
@@ -225,7 +299,7 @@ impl ControlNode {
                 if next_tick < Instant::now() {
                     next_tick = Instant::now() + TICK;
                 }
-                self.expire_batches();
+                self.expire();
             }
             if let Err(e) = self.on_ready() {
                 // The storage could not persist: this node must not take part any more.
@@ -233,28 +307,46 @@ impl ControlNode {
                 self.fail_ready(e);
                 break;
             }
-            self.propose_own_changes();
+            self.heartbeat();
+            self.controller_duties();
+            if let Err(e) = self.on_ready() {
+                tracing::error!("control node stops: {e}");
+                self.fail_ready(e);
+                break;
+            }
+            if self.shutdown_done() {
+                shutdown_now = self.shutting_down.take().map(|(reply, _)| reply);
+                break;
+            }
         }
-        self.stop(shutdown_reply);
+        self.stop(shutdown_now);
     }
 
     fn stop(mut self, shutdown_reply: Option<Sender<()>>) {
         for batch in std::mem::take(&mut self.decided) {
-            respond(batch);
+            self.answer(batch);
         }
+        let not_controller = ControlError::NotController {
+            controller_id: None,
+        };
         let batches: Vec<u64> = self.batches.keys().copied().collect();
         for id in batches {
             if let Some(mut batch) = self.batches.remove(&id) {
                 for slot in batch.slots.iter_mut().filter(|s| s.is_none()) {
-                    *slot = Some(Err(ControlError::NotController {
-                        controller_id: None,
-                    }));
+                    *slot = Some(Err(not_controller.clone()));
                 }
-                respond(batch);
+                self.answer(batch);
             }
+        }
+        for (_, forwarded) in self.forwarded.drain() {
+            let result =
+                ClientResult::all_failed(forwarded.kind, forwarded.parts, not_controller.clone());
+            let _ = forwarded.reply.try_send(result);
         }
         self.published.close();
         let node_id = self.config.node_id;
+        let shutdown_reply =
+            shutdown_reply.or_else(|| self.shutting_down.take().map(|(reply, _)| reply));
         drop(self);
         tracing::info!(node_id, "control node stopped");
         if let Some(reply) = shutdown_reply {
@@ -268,16 +360,106 @@ impl ControlNode {
         }
     }
 
-    /// Handles one request; returns the reply channel of a shutdown request.
+    /// Handles one input; returns the reply channel of a shutdown that should happen now.
     fn handle_request(&mut self, request: Request) -> Option<Sender<()>> {
         match request {
-            Request::CreateTopics {
-                topics,
-                validate_only,
-                reply,
-            } => {
+            Request::Client { request, reply } => self.handle_client(request, reply),
+            Request::Raft(message) => {
+                if let Err(e) = self.raw.step(*message) {
+                    tracing::debug!("raft message rejected: {e}");
+                }
+            }
+            Request::Rpc { from, rpc } => self.handle_rpc(from, *rpc),
+            #[cfg(test)]
+            Request::Crash => {
+                let (reply, _) = async_channel::bounded(1);
+                return Some(reply);
+            }
+            Request::Shutdown { reply } => {
+                let others_alive = self
+                    .image
+                    .live_brokers()
+                    .any(|b| b.id != self.config.node_id);
+                if self.transport.is_none() || !others_alive || self.shutting_down.is_some() {
+                    return Some(reply);
+                }
+                // Controlled shutdown: tell the controller (the next heartbeat carries it) and
+                // wait until our leaderships have moved.
+                tracing::info!(node_id = self.config.node_id, "controlled shutdown");
+                self.shutting_down = Some((reply, Instant::now() + SHUTDOWN_GRACE));
+                self.last_heartbeat = None;
+            }
+        }
+        None
+    }
+
+    fn handle_rpc(&mut self, from: i32, rpc: Rpc) {
+        match rpc {
+            Rpc::Heartbeat(heartbeat) => {
+                if self.is_controller() {
+                    self.record_heartbeat(heartbeat);
+                }
+            }
+            Rpc::Forward { id, request } => {
+                self.handle_client(request, Reply::Remote { to: from, id })
+            }
+            Rpc::Answer { id, result } => {
+                if let Some(forwarded) = self.forwarded.remove(&id) {
+                    let _ = forwarded.reply.try_send(result);
+                }
+            }
+        }
+    }
+
+    /// A client request: planned and proposed here if this node is the controller, else
+    /// forwarded to the controller (a forwarded request is never forwarded again).
+    fn handle_client(&mut self, request: ClientRequest, reply: Reply) {
+        let kind = request.kind();
+        if !self.is_controller() {
+            let controller = self.controller_id();
+            if let (Reply::Local(sender), Some(controller), Some(transport)) =
+                (&reply, controller, &self.transport)
+            {
+                let id = self.next_forward;
+                self.next_forward += 1;
+                transport.send_rpc(
+                    controller,
+                    &Rpc::Forward {
+                        id,
+                        request: request.clone(),
+                    },
+                );
+                tracing::debug!(id, controller, "request forwarded to the controller");
+                self.forwarded.insert(
+                    id,
+                    Forwarded {
+                        reply: sender.clone(),
+                        kind,
+                        parts: request.parts(),
+                        deadline: Instant::now() + PROPOSAL_TIMEOUT,
+                    },
+                );
+                return;
+            }
+            let error = ControlError::NotController {
+                controller_id: controller,
+            };
+            let parts = request.parts();
+            self.deliver(reply, ClientResult::all_failed(kind, parts, error));
+            return;
+        }
+        let validate_only = request.validate_only();
+        let plans = self.plan(request);
+        self.submit(plans, kind, validate_only, reply);
+    }
+
+    /// Turns a client request into one command (or error) per part, against the current image.
+    fn plan(&self, request: ClientRequest) -> Vec<Result<Command, ControlError>> {
+        let image = &self.image;
+        match request {
+            ClientRequest::CreateTopics { topics, .. } => {
                 let duplicates = validate::duplicate_names(&topics);
-                let plans = topics
+                topics
                     .iter()
                     .map(|topic| {
                         if duplicates.contains(&topic.name) {
@@ -286,46 +468,36 @@ impl ControlNode {
                                 topic.name
                             )));
                         }
-                        validate::create_topic(
-                            &self.image,
-                            topic,
-                            &self.config.defaults,
-                            Uuid::new_v4(),
-                        )
+                        validate::create_topic(image, topic, &self.config.defaults, Uuid::new_v4())
                     })
-                    .collect();
-                self.submit(plans, validate_only, Reply::Topics(reply));
+                    .collect()
             }
-            Request::DeleteTopics { names, reply } => {
-                let plans = names
-                    .iter()
-                    .map(|name| validate::delete_topic(&self.image, name))
-                    .collect();
-                self.submit(plans, false, Reply::Deleted(reply));
+            ClientRequest::DeleteTopics { names } => names
+                .iter()
+                .map(|name| validate::delete_topic(image, name))
+                .collect(),
+            ClientRequest::CreatePartitions { requests, .. } => requests
+                .iter()
+                .map(|(topic, total)| validate::create_partitions(image, topic, *total))
+                .collect(),
+            ClientRequest::AlterTopicConfigs { topic, ops, .. } => {
+                vec![validate::alter_topic_configs(image, &topic, ops)]
             }
-            Request::CreatePartitions {
-                requests,
-                validate_only,
-                reply,
-            } => {
-                let plans = requests
-                    .iter()
-                    .map(|(topic, total)| validate::create_partitions(&self.image, topic, *total))
-                    .collect();
-                self.submit(plans, validate_only, Reply::Units(reply));
-            }
-            Request::AlterTopicConfigs {
+            ClientRequest::AlterPartitionIsr {
                 topic,
-                ops,
-                validate_only,
-                reply,
+                partition,
+                leader_epoch,
+                isr,
             } => {
-                let plan = validate::alter_topic_configs(&self.image, &topic, ops);
-                self.submit(vec![plan], validate_only, Reply::Unit(reply));
+                vec![validate::alter_partition_isr(
+                    image,
+                    &topic,
+                    partition,
+                    leader_epoch,
+                    isr,
+                )]
             }
-            Request::Shutdown { reply } => return Some(reply),
         }
-        None
     }
 
     /// Proposes each planned command (or, for `validate_only`, works out what it would do) and
@@ -333,6 +505,7 @@ impl ControlNode {
     fn submit(
         &mut self,
         plans: Vec<Result<Command, ControlError>>,
+        kind: ResultKind,
         validate_only: bool,
         reply: Reply,
     ) {
@@ -342,19 +515,23 @@ impl ControlNode {
         };
         let batch_id = self.next_batch;
         self.next_batch += 1;
-        let timeout = match reply {
-            Reply::Internal(_) => INTERNAL_RETRY,
+        let timeout = match &reply {
+            Reply::Internal(key) => {
+                self.internal.insert(key.clone());
+                INTERNAL_RETRY
+            }
             _ => PROPOSAL_TIMEOUT,
         };
         let mut batch = Batch {
             slots: Vec::with_capacity(plans.len()),
+            kind,
             deadline: Instant::now() + timeout,
             reply,
         };
         for (slot, plan) in plans.into_iter().enumerate() {
             let decided = match plan {
+                _ if !controller => Some(Err(not_controller.clone())),
                 Err(error) => Some(Err(error)),
-                Ok(_) if !controller => Some(Err(not_controller.clone())),
                 Ok(command) if validate_only => {
                     Some(state_machine::apply(&self.image, self.image.version, &command).1)
                 }
@@ -369,9 +546,22 @@ impl ControlNode {
             batch.slots.push(decided);
         }
         if batch.slots.iter().all(Option::is_some) {
-            respond(batch);
+            self.answer(batch);
         } else {
             self.batches.insert(batch_id, batch);
+        }
+    }
+
+    /// Proposes one of the controller's own commands unless the same key is in flight.
+    fn propose_internal(&mut self, key: String, command: Command) {
+        if !self.internal.contains(&key) {
+            tracing::debug!(%key, "controller proposes");
+            self.submit(
+                vec![Ok(command)],
+                ResultKind::Unit,
+                false,
+                Reply::Internal(key),
+            );
         }
     }
 
@@ -389,6 +579,7 @@ impl ControlNode {
         let data = envelope.encode()?;
         match self.raw.propose(Vec::new(), data) {
             Ok(()) => {
+                self.published.count_proposal();
                 tracing::debug!(seq, command = ?envelope.command, "proposed");
                 Ok(seq)
             }
@@ -399,51 +590,240 @@ impl ControlNode {
         }
     }
 
-    /// The controller's own duties: the cluster id, and this broker's registration.
-    fn propose_own_changes(&mut self) {
-        if !self.is_controller() || self.ready.is_none() {
+    /// Answers a decided batch.
+    fn answer(&mut self, batch: Batch) {
+        let outcomes = batch
+            .slots
+            .into_iter()
+            .map(|slot| slot.unwrap_or(Err(ControlError::Timeout)))
+            .collect();
+        let result = ClientResult::from_outcomes(batch.kind, outcomes);
+        self.deliver(batch.reply, result);
+    }
+
+    fn deliver(&mut self, reply: Reply, result: ClientResult) {
+        match reply {
+            Reply::Local(sender) => {
+                let _ = sender.try_send(result);
+            }
+            Reply::Remote { to, id } => {
+                if let Some(transport) = &self.transport {
+                    transport.send_rpc(to, &Rpc::Answer { id, result });
+                }
+            }
+            Reply::Internal(key) => {
+                self.internal.remove(&key);
+                match result {
+                    // Leadership moved on while it was in flight; the next controller decides.
+                    ClientResult::Unit(Err(e @ ControlError::NotController { .. })) => {
+                        tracing::debug!(%key, "controller's own proposal dropped: {e}")
+                    }
+                    ClientResult::Unit(Err(e)) => {
+                        tracing::warn!(%key, "controller's own proposal failed: {e}")
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Sends this broker's heartbeat to the controller (or records it, on the controller).
+    fn heartbeat(&mut self) {
+        if self
+            .last_heartbeat
+            .is_some_and(|at| at.elapsed() < HEARTBEAT_INTERVAL)
+        {
             return;
         }
-        let in_flight = |name| {
-            self.batches
-                .values()
-                .any(|b| matches!(b.reply, Reply::Internal(n) if n == name))
+        let Some(controller) = self.controller_id() else {
+            return;
         };
-        if self.image.cluster_id.is_empty() && !in_flight("cluster id") {
+        let heartbeat = Heartbeat {
+            id: self.config.node_id,
+            incarnation: self.incarnation,
+            host: self.config.kafka_endpoint.0.clone(),
+            port: self.config.kafka_endpoint.1,
+            rack: self.config.rack.clone(),
+            rpc: self.config.rpc,
+            shutting_down: self.shutting_down.is_some(),
+        };
+        self.last_heartbeat = Some(Instant::now());
+        if self.is_controller() {
+            self.record_heartbeat(heartbeat);
+        } else if let Some(transport) = &self.transport {
+            transport.send_rpc(controller, &Rpc::Heartbeat(heartbeat));
+        }
+    }
+
+    fn record_heartbeat(&mut self, heartbeat: Heartbeat) {
+        let id = heartbeat.id;
+        self.sessions.insert(
+            id,
+            Session {
+                heartbeat,
+                last_seen: Instant::now(),
+            },
+        );
+    }
+
+    /// The controller's duties: the cluster id, registrations, fencing and unfencing, and
+    /// preferred leaders.
+    fn controller_duties(&mut self) {
+        if !self.is_controller() {
+            self.controller_since = None;
+            self.sessions.clear();
+            return;
+        }
+        let since = *self.controller_since.get_or_insert_with(Instant::now);
+        let image = Arc::clone(&self.image);
+        if image.cluster_id.is_empty() && !self.internal.contains("cluster-id") {
             let cluster_id = new_cluster_id();
             tracing::info!(%cluster_id, "initializing the cluster");
-            self.submit(
-                vec![Ok(Command::InitCluster { cluster_id })],
-                false,
-                Reply::Internal("cluster id"),
-            );
+            self.propose_internal("cluster-id".into(), Command::InitCluster { cluster_id });
         }
-        let registered = self
+        let mut commands = Vec::new();
+        for session in self.sessions.values() {
+            let hb = &session.heartbeat;
+            let fresh = session.last_seen.elapsed() < FRESH_HEARTBEAT;
+            match image.brokers.get(&hb.id) {
+                Some(broker) if broker.incarnation == hb.incarnation => {
+                    if broker.fenced && fresh && !hb.shutting_down {
+                        let command = Command::UnfenceBroker {
+                            id: hb.id,
+                            incarnation: hb.incarnation,
+                        };
+                        commands.push((format!("unfence-{}", hb.id), command));
+                    } else if !broker.fenced && hb.shutting_down {
+                        let command = Command::FenceBroker {
+                            id: hb.id,
+                            incarnation: hb.incarnation,
+                        };
+                        commands.push((format!("fence-{}", hb.id), command));
+                    }
+                }
+                _ if !hb.shutting_down => {
+                    let command = Command::RegisterBroker {
+                        id: hb.id,
+                        host: hb.host.clone(),
+                        port: hb.port,
+                        rack: hb.rack.clone(),
+                        rpc: hb.rpc,
+                        incarnation: hb.incarnation,
+                    };
+                    commands.push((format!("register-{}-{}", hb.id, hb.incarnation), command));
+                }
+                _ => {}
+            }
+        }
+        for broker in image.live_brokers() {
+            let last_seen = self
+                .sessions
+                .get(&broker.id)
+                .filter(|s| s.heartbeat.incarnation == broker.incarnation)
+                .map_or(since, |s| s.last_seen.max(since));
+            let key = format!("fence-{}", broker.id);
+            if last_seen.elapsed() > SESSION_TIMEOUT && !self.internal.contains(&key) {
+                tracing::warn!(broker = broker.id, "broker session expired; fencing it");
+                let command = Command::FenceBroker {
+                    id: broker.id,
+                    incarnation: broker.incarnation,
+                };
+                commands.push((key, command));
+            }
+        }
+        // Preferred leaders: a scan of every partition, so at most once per interval.
+        let rebalance_due = self
+            .last_rebalance
+            .is_none_or(|at| at.elapsed() >= REBALANCE_INTERVAL);
+        if rebalance_due {
+            self.last_rebalance = Some(Instant::now());
+        }
+        let leaving: HashSet<i32> = self
+            .sessions
+            .values()
+            .filter(|s| s.heartbeat.shutting_down)
+            .map(|s| s.heartbeat.id)
+            .collect();
+        for topic in image.topics.values().filter(|_| rebalance_due) {
+            for partition in &topic.partitions {
+                let Some(&preferred) = partition.replicas.first() else {
+                    continue;
+                };
+                if partition.leader != preferred
+                    && image.is_live(preferred)
+                    && !leaving.contains(&preferred)
+                    && partition.isr.contains(&preferred)
+                {
+                    let command = Command::ChangePartition {
+                        topic: topic.name.clone(),
+                        partition: partition.index,
+                        leader_epoch: partition.leader_epoch,
+                        leader: Some(preferred),
+                        isr: None,
+                    };
+                    commands.push((
+                        format!(
+                            "leader-{}-{}-{}",
+                            topic.name, partition.index, partition.leader_epoch
+                        ),
+                        command,
+                    ));
+                }
+            }
+        }
+        for (key, command) in commands {
+            self.propose_internal(key, command);
+        }
+    }
+
+    /// Whether a controlled shutdown may finish: our leaderships moved (we are fenced) and, if
+    /// we were the controller, leadership of the metadata group moved too; or time is up.
+    fn shutdown_done(&mut self) -> bool {
+        let Some((_, deadline)) = &self.shutting_down else {
+            return false;
+        };
+        if Instant::now() >= *deadline {
+            tracing::warn!("controlled shutdown timed out; stopping anyway");
+            return true;
+        }
+        if self.controller_id().is_none() {
+            // No controller (the others are gone too, or an election): nobody can move our
+            // leaderships now; the next controller treats us as a broker whose session ended.
+            tracing::info!("controlled shutdown: no controller to hand leadership to");
+            return true;
+        }
+        let fenced = self
             .image
             .brokers
             .get(&self.config.node_id)
-            .is_some_and(|b| b.incarnation == self.incarnation);
-        let in_flight = |name| {
-            self.batches
-                .values()
-                .any(|b| matches!(b.reply, Reply::Internal(n) if n == name))
-        };
-        if !registered && !in_flight("registration") {
-            let command = Command::RegisterBroker {
-                id: self.config.node_id,
-                host: self.config.kafka_endpoint.0.clone(),
-                port: self.config.kafka_endpoint.1,
-                rack: self.config.rack.clone(),
-                rpc: self.config.rpc,
-                incarnation: self.incarnation,
-            };
-            self.submit(vec![Ok(command)], false, Reply::Internal("registration"));
+            .is_none_or(|b| b.fenced);
+        if !fenced {
+            return false;
+        }
+        if !self.is_controller() {
+            return true;
+        }
+        let me = self.config.node_id;
+        let target = self
+            .image
+            .live_brokers()
+            .map(|b| b.id)
+            .find(|id| *id != me && self.config.peers.iter().any(|(p, _)| p == id));
+        match target {
+            Some(target) => {
+                if self.raw.raft.lead_transferee != Some(raft_id(target)) {
+                    tracing::info!(target, "handing the controller role over");
+                    self.raw.transfer_leader(raft_id(target));
+                }
+                false
+            }
+            None => true,
         }
     }
 
     /// Answers REQUEST_TIMED_OUT for parts that did not commit in time (they may still commit
-    /// later; a retry then finds the change made).
-    fn expire_batches(&mut self) {
+    /// later; a retry then finds the change made), and for forwarded requests left unanswered.
+    fn expire(&mut self) {
         let now = Instant::now();
         let expired: Vec<u64> = self
             .batches
@@ -457,10 +837,23 @@ impl ControlNode {
                 for slot in batch.slots.iter_mut().filter(|s| s.is_none()) {
                     *slot = Some(Err(ControlError::Timeout));
                 }
-                if let Reply::Internal(what) = batch.reply {
-                    tracing::warn!(what, "own proposal did not commit in time; retrying");
-                }
-                respond(batch);
+                self.answer(batch);
+            }
+        }
+        let expired: Vec<u64> = self
+            .forwarded
+            .iter()
+            .filter(|(_, f)| f.deadline <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired {
+            if let Some(forwarded) = self.forwarded.remove(&id) {
+                let result = ClientResult::all_failed(
+                    forwarded.kind,
+                    forwarded.parts,
+                    ControlError::Timeout,
+                );
+                let _ = forwarded.reply.try_send(result);
             }
         }
     }
@@ -514,7 +907,7 @@ impl ControlNode {
         self.apply(committed);
         self.raw.advance_apply();
         self.maybe_compact()?;
-        if leadership_changed || self.image.controller_id != self.controller_id() {
+        if leadership_changed && self.image.controller_id != self.controller_id() {
             tracing::info!(
                 controller = ?self.controller_id(),
                 term = self.raw.raft.term,
@@ -525,17 +918,25 @@ impl ControlNode {
         self.publish();
         // After publishing: callers (and `start`) must see their change in `image()`.
         for batch in std::mem::take(&mut self.decided) {
-            respond(batch);
+            self.answer(batch);
         }
         self.check_ready();
         Ok(())
     }
 
-    /// Sends raft messages to peers. Single-node groups have none; the TCP transport between
-    /// control cores is cluster mode's.
+    /// Sends raft messages to peers (a single-node group has none).
     fn send(&mut self, messages: Vec<Message>) {
-        for message in messages {
-            tracing::debug!(to = message.to, kind = ?message.get_msg_type(), "no transport to a peer; message dropped");
+        match &self.transport {
+            Some(transport) => {
+                for message in &messages {
+                    transport.send_raft(message);
+                }
+            }
+            None => {
+                for message in messages {
+                    tracing::debug!(to = message.to, kind = ?message.get_msg_type(), "no transport; message dropped");
+                }
+            }
         }
     }
 
@@ -582,7 +983,8 @@ impl ControlNode {
         self.image = image;
     }
 
-    /// Answers the proposer of an applied entry, if it is this node (this incarnation).
+    /// Decides the part of a batch an applied entry answers, if this node (this incarnation)
+    /// proposed it.
     fn resolve(&mut self, proposal: Option<ProposalId>, result: Result<Outcome, ControlError>) {
         let Some(proposal) = proposal else { return };
         if proposal.node != self.config.node_id || proposal.incarnation != self.incarnation {
@@ -644,51 +1046,6 @@ impl ControlNode {
         }
         if !Arc::ptr_eq(&self.published.image(), &self.image) {
             self.published.publish(Arc::clone(&self.image));
-        }
-    }
-}
-
-fn respond(batch: Batch) {
-    let results = batch
-        .slots
-        .into_iter()
-        .map(|slot| slot.unwrap_or(Err(ControlError::Timeout)));
-    let unexpected =
-        |outcome: Outcome| ControlError::Internal(format!("unexpected outcome {outcome:?}"));
-    match batch.reply {
-        Reply::Topics(reply) => {
-            let results = results
-                .map(|r| match r {
-                    Ok(Outcome::TopicCreated(topic)) => Ok(topic),
-                    Ok(other) => Err(unexpected(other)),
-                    Err(e) => Err(e),
-                })
-                .collect();
-            let _ = reply.try_send(results);
-        }
-        Reply::Deleted(reply) => {
-            let results = results
-                .map(|r| match r {
-                    Ok(Outcome::TopicDeleted(id)) => Ok(id),
-                    Ok(other) => Err(unexpected(other)),
-                    Err(e) => Err(e),
-                })
-                .collect();
-            let _ = reply.try_send(results);
-        }
-        Reply::Units(reply) => {
-            let _ = reply.try_send(results.map(|r| r.map(|_| ())).collect());
-        }
-        Reply::Unit(reply) => {
-            let result = results.map(|r| r.map(|_| ())).next().unwrap_or(Ok(()));
-            let _ = reply.try_send(result);
-        }
-        Reply::Internal(what) => {
-            for result in results {
-                if let Err(e) = result {
-                    tracing::warn!(what, "own proposal failed: {e}");
-                }
-            }
         }
     }
 }

@@ -1,5 +1,5 @@
-//! raft-rs logs through `slog`; this drain forwards its records to `tracing`, with the
-//! record's key-value pairs appended to the message.
+//! raft-rs logs through `slog`; this drain forwards its records to `tracing` (its info level
+//! as debug), with the record's key-value pairs appended to the message.
 
 use std::fmt::{self, Write as _};
 
@@ -31,8 +31,11 @@ impl Drain for TracingDrain {
                 tracing::error!(target: "chronik::raft", "{message}{}", pairs.0)
             }
             Level::Warning => tracing::warn!(target: "chronik::raft", "{message}{}", pairs.0),
-            Level::Info => tracing::info!(target: "chronik::raft", "{message}{}", pairs.0),
-            Level::Debug => tracing::debug!(target: "chronik::raft", "{message}{}", pairs.0),
+            // raft-rs logs every vote and term change at info; chronik reports controller
+            // changes itself, so these are detail.
+            Level::Info | Level::Debug => {
+                tracing::debug!(target: "chronik::raft", "{message}{}", pairs.0)
+            }
             Level::Trace => tracing::trace!(target: "chronik::raft", "{message}{}", pairs.0),
         }
         Ok(())

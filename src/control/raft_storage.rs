@@ -139,6 +139,13 @@ impl DiskStorage {
             _lock: lock,
         };
         storage.recover_log(&mut log)?;
+        // The snapshot is committed; nothing beyond the log can be.
+        let commit = storage
+            .hard_state
+            .commit
+            .max(storage.first() - 1)
+            .min(storage.last());
+        storage.hard_state.commit = commit;
         storage.write_state()?;
         tracing::debug!(
             dir = %dir.display(),
@@ -244,20 +251,23 @@ impl DiskStorage {
         Ok(())
     }
 
-    /// Persists a new hard state (term, vote, commit).
+    /// Takes a new hard state. Term and vote are durable on return (a vote must never be
+    /// forgotten); the commit index alone is written with the next durable change or
+    /// compaction: Raft treats it as volatile and relearns it from the leader.
     pub fn set_hard_state(&mut self, hard_state: &HardState) -> io::Result<()> {
-        if *hard_state != self.hard_state {
-            self.hard_state = hard_state.clone();
+        let durable_change =
+            hard_state.term != self.hard_state.term || hard_state.vote != self.hard_state.vote;
+        self.hard_state = hard_state.clone();
+        if durable_change {
             self.write_state()?;
         }
         Ok(())
     }
 
-    /// Persists a new commit index.
+    /// Takes a new commit index (see `set_hard_state`).
     pub fn set_commit(&mut self, commit: u64) -> io::Result<()> {
-        let mut hard_state = self.hard_state.clone();
-        hard_state.commit = commit;
-        self.set_hard_state(&hard_state)
+        self.hard_state.commit = commit;
+        Ok(())
     }
 
     pub fn hard_state(&self) -> &HardState {
@@ -312,6 +322,8 @@ impl DiskStorage {
         write_snapshot(&self.dir, &snapshot)?;
         self.snapshot = snapshot;
         self.entries.drain(..covered);
+        self.hard_state.commit = self.hard_state.commit.max(applied);
+        self.write_state()?;
         self.rewrite_log()?;
         tracing::debug!(index = applied, term, "raft log compacted into a snapshot");
         Ok(())
@@ -646,6 +658,23 @@ mod tests {
             vec![entry(1, 1, b"a"), entry(2, 1, b"b"), entry(3, 1, b"c")]
         );
         assert_eq!(storage.term(2).unwrap(), 1);
+    }
+
+    #[test]
+    fn commit_index_is_recovered_within_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut storage = DiskStorage::open(dir.path(), voters(&[1])).unwrap();
+            storage
+                .append(&[entry(1, 1, b"a"), entry(2, 1, b"b")])
+                .unwrap();
+            storage.set_hard_state(&hs(1, 1, 1)).unwrap();
+            storage.set_commit(2).unwrap();
+            assert_eq!(storage.hard_state().commit, 2);
+        }
+        // The commit index alone is not written synchronously: it comes back as last written.
+        let storage = DiskStorage::open(dir.path(), voters(&[1])).unwrap();
+        assert_eq!(storage.initial_state().unwrap().hard_state, hs(1, 1, 1));
     }
 
     #[test]

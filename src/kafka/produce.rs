@@ -137,12 +137,12 @@ pub async fn handle(shard: &Rc<Shard>, request: ProduceRequest, version: i16) ->
                     }
                 }
                 let records = data.records.clone().ok_or(ResponseError::InvalidRecord)?;
-                Ok((info.id, records))
+                Ok((info.id, info.name.as_str(), records))
             })();
             match check {
-                Ok((topic_id, records)) => {
+                Ok((topic_id, name, records)) => {
                     topic_results.push(None);
-                    work.entry(shard.owner_of(topic_id, data.index))
+                    work.entry(shard.owner_of(name, data.index))
                         .or_default()
                         .push(AppendWork {
                             slot: (t, p),

@@ -14,6 +14,8 @@ use super::offset_watch::OffsetWatch;
 pub struct Partition {
     pub topic: String,
     pub index: i32,
+    /// (topic id, index): the registry key.
+    pub key: super::PartitionKey,
     pub log: Rc<PartitionLog>,
     /// Offsets below it are readable by consumers and acknowledged to acks=all.
     /// With one replica it follows the log's durable end; replication will make
@@ -29,6 +31,7 @@ pub struct Partition {
 impl Partition {
     pub fn new(
         topic: String,
+        topic_id: uuid::Uuid,
         index: i32,
         leader_epoch: i32,
         topic_configs: BTreeMap<String, String>,
@@ -38,6 +41,7 @@ impl Partition {
         Partition {
             topic,
             index,
+            key: (topic_id, index),
             log,
             high_watermark,
             leader_epoch: Cell::new(leader_epoch),

@@ -42,6 +42,10 @@ pub fn run(config: BrokerConfig) -> Result<(), String> {
     })
     .map_err(|e| format!("cannot start the control plane: {e}"))?;
 
+    // Before any shard opens a log: directories of deleted topics must not be
+    // mistaken for a new topic's.
+    crate::partitions::orphans::set_aside(&config.data_dir, &control.image());
+
     let cpus: Vec<usize> = runtime::available_cpus()
         .into_iter()
         .take(config.cores)
@@ -82,7 +86,10 @@ pub fn run(config: BrokerConfig) -> Result<(), String> {
             Err(e) => Err(format!("shard executor failed: {e}")),
         };
         if let Err(e) = outcome {
-            error!("{e}");
+            // Each failure is logged once here; the last one is also returned.
+            if result.is_err() {
+                error!("{e}");
+            }
             shutdown.trigger();
             result = Err(e);
         }

@@ -1,6 +1,6 @@
 """Durability across SIGKILL and SIGTERM: everything acknowledged is read back after a restart."""
 
-from clients import consume_partitions, create_topic, produce_all
+from clients import admin, consume_partitions, create_topic, produce_all
 from records import make_records
 
 
@@ -33,5 +33,5 @@ def test_sigterm_exits_zero_and_restart_serves_everything(make_broker):
     broker.start()
     consume_partitions(broker.bootstrap, "graceful", range(2), len(records))
     # Topic metadata survived too.
-    from clients import admin
-    assert sorted(admin(broker.bootstrap).list_topics(timeout=30).topics["graceful"].partitions) == [0, 1]
+    client = admin(broker.bootstrap)
+    assert sorted(client.list_topics(timeout=30).topics["graceful"].partitions) == [0, 1]
