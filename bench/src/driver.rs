@@ -308,17 +308,28 @@ impl Driver {
                 stats::record(&mut self.encode, encode, 1);
                 self.succeed(broker, &job, None);
             }
-            Outcome::Lost { broker, job, error } => {
+            Outcome::Lost {
+                broker,
+                mut job,
+                error,
+            } => {
                 let retry = self.may_retry(&job);
                 tracing::debug!(broker, %error, retry, "produce request lost");
                 let name = if self.closing {
-                    "NoAnswerByEndOfRun"
-                } else if broker < 0 {
-                    "NoRoute"
+                    Some("NoAnswerByEndOfRun")
+                } else if broker >= 0 {
+                    Some("ConnectionLost")
+                } else if !job.waited_for_leader {
+                    // A batch waiting for a new leader bounces here on
+                    // every Metadata refresh; it counts once.
+                    job.waited_for_leader = true;
+                    Some("NoLeaderKnown")
                 } else {
-                    "ConnectionLost"
+                    None
                 };
-                self.count_error(None, name.to_string(), retry);
+                if let Some(name) = name {
+                    self.count_error(None, name.to_string(), retry);
+                }
                 if retry {
                     self.retry.push(job);
                 } else {

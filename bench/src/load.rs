@@ -287,6 +287,7 @@ fn run_on(
                             records,
                             record_count: batch_records,
                             attempts: 0,
+                            waited_for_leader: false,
                         });
                         issued_batches.fetch_add(1, Ordering::SeqCst);
                     },

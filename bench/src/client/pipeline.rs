@@ -31,6 +31,8 @@ pub struct ProduceJob {
     pub record_count: u32,
     /// Sends so far (a retry after NOT_LEADER_OR_FOLLOWER adds one).
     pub attempts: u32,
+    /// Whether it already waited for a partition without a known leader.
+    pub waited_for_leader: bool,
 }
 
 /// What happened to a job.
