@@ -175,6 +175,22 @@ fn topic_created_through_a_non_controller_is_identical_everywhere() {
         vec![2, 2, 2]
     );
 
+    // A partition leader shrinks its ISR through a broker that is not the controller.
+    let p0 = created.partitions[0].clone();
+    let leader_node = nodes.iter().find(|n| n.node_id() == p0.leader).unwrap();
+    block_on(leader_node.alter_partition_isr("six".into(), 0, p0.leader_epoch, vec![p0.leader]))
+        .unwrap();
+    let stale = block_on(leader_node.alter_partition_isr(
+        "six".into(),
+        0,
+        p0.leader_epoch + 1,
+        vec![p0.leader],
+    ));
+    assert_eq!(stale.unwrap_err().code().code(), 74);
+    wait_for(&nodes, Duration::from_secs(2), |image| {
+        image.topics["six"].partitions[0].isr == vec![p0.leader]
+    });
+
     // Only the controller proposed anything (registrations included).
     for node in &nodes {
         assert_eq!(
@@ -283,6 +299,37 @@ fn controlled_shutdown_of_the_controller_moves_everything_and_restart_keeps_meta
 }
 
 #[test]
+fn racing_auto_creates_on_every_broker_create_the_topic_once() {
+    let cluster = Cluster::new(3);
+    let nodes = cluster.start_all();
+    wait_for(&nodes, Duration::from_secs(10), |image| {
+        image.live_brokers().count() == 3
+    });
+    let threads: Vec<_> = nodes
+        .iter()
+        .flat_map(|n| [n.clone(), n.clone()])
+        .map(|n| {
+            std::thread::spawn(move || {
+                block_on(n.create_topics(vec![NewTopic::with_defaults("auto")], false))
+            })
+        })
+        .collect();
+    let results: Vec<_> = threads
+        .into_iter()
+        .map(|t| t.join().unwrap().remove(0))
+        .collect();
+    let created: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    assert_eq!(created.len(), 1, "{results:?}");
+    assert!(results
+        .iter()
+        .filter_map(|r| r.as_ref().err())
+        .all(|e| e.code().code() == 36));
+    let images = converged(&nodes);
+    assert_eq!(images[0].topics["auto"].id, created[0].id);
+    shutdown_all(nodes);
+}
+
+#[test]
 fn five_nodes_spread_leaders_evenly() {
     let cluster = Cluster::new(5);
     let nodes = cluster.start_all();
@@ -342,7 +389,42 @@ fn a_killed_broker_is_fenced_after_its_session_and_its_partitions_move() {
     wait_for(&nodes, Duration::from_secs(5), |image| {
         image.live_brokers().count() == 3
     });
-    converged(&nodes);
+    let image = converged(&nodes).remove(0);
+
+    // Once the leaders report it in sync again (replication's AlterPartition), the controller
+    // gives it back the partitions it is the preferred leader of.
+    for partition in &image.topics["t"].partitions {
+        if partition.replicas[0] == victim {
+            assert!(!partition.isr.contains(&victim));
+            let leader = nodes
+                .iter()
+                .find(|n| n.node_id() == partition.leader)
+                .unwrap();
+            let mut isr = partition.isr.clone();
+            isr.push(victim);
+            block_on(leader.alter_partition_isr(
+                "t".into(),
+                partition.index,
+                partition.leader_epoch,
+                isr,
+            ))
+            .unwrap();
+        }
+    }
+    wait_for(&nodes, Duration::from_secs(5), |image| {
+        image.topics["t"]
+            .partitions
+            .iter()
+            .all(|p| p.leader == p.replicas[0])
+    });
+    let restored = converged(&nodes).remove(0);
+    assert_eq!(
+        leaders_per_broker(&restored.topics["t"])
+            .values()
+            .copied()
+            .collect::<Vec<_>>(),
+        vec![2, 2, 2]
+    );
     shutdown_all(nodes);
 }
 
@@ -386,6 +468,20 @@ fn a_lagging_broker_catches_up_from_a_snapshot() {
     // The returning broker installed the leader's snapshot (its log alone could not catch up).
     assert_eq!(compacted(), 3);
     shutdown_all(nodes);
+}
+
+#[test]
+fn a_node_restarted_with_other_peers_is_refused() {
+    let cluster = Cluster::new(1);
+    let mut config = cluster.configs[0].clone();
+    config.peers.clear();
+    block_on(start(config.clone()).unwrap().shutdown());
+    config.peers = vec![(1, config.rpc.unwrap()), (2, free_port())];
+    let error = start(config).err().unwrap();
+    assert!(
+        matches!(error, ControlError::InvalidRequest(ref m) if m.contains("same peers")),
+        "{error:?}"
+    );
 }
 
 #[test]

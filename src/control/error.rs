@@ -22,6 +22,12 @@ pub enum ControlError {
     InvalidConfig(String),
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    /// A partition change based on a leader epoch that is no longer current.
+    #[error("stale leader epoch: {0}")]
+    StaleLeaderEpoch(String),
+    /// A proposed ISR names a replica that cannot be in sync (fenced, or not a replica).
+    #[error("ineligible replica: {0}")]
+    IneligibleReplica(String),
     #[error("not the controller (controller: {controller_id:?})")]
     NotController { controller_id: Option<i32> },
     #[error("timed out waiting for the change to commit")]
@@ -42,6 +48,8 @@ impl ControlError {
             ControlError::InvalidReplicaAssignment(_) => ResponseError::InvalidReplicaAssignment,
             ControlError::InvalidConfig(_) => ResponseError::InvalidConfig,
             ControlError::InvalidRequest(_) => ResponseError::InvalidRequest,
+            ControlError::StaleLeaderEpoch(_) => ResponseError::FencedLeaderEpoch,
+            ControlError::IneligibleReplica(_) => ResponseError::IneligibleReplica,
             ControlError::NotController { .. } => ResponseError::NotController,
             ControlError::Timeout => ResponseError::RequestTimedOut,
             ControlError::Internal(_) => ResponseError::UnknownServerError,
@@ -93,6 +101,11 @@ mod tests {
         );
         assert_eq!(ControlError::InvalidRequest("x".into()).code().code(), 42);
         assert_eq!(ControlError::Timeout.code().code(), 7);
+        assert_eq!(ControlError::StaleLeaderEpoch("x".into()).code().code(), 74);
+        assert_eq!(
+            ControlError::IneligibleReplica("x".into()).code().code(),
+            107
+        );
         assert_eq!(ControlError::Internal("x".into()).code().code(), -1);
         assert!(ControlError::UnknownTopic("t".into())
             .message()

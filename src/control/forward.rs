@@ -63,6 +63,13 @@ pub enum ClientRequest {
         ops: Vec<ConfigOp>,
         validate_only: bool,
     },
+    /// A partition leader's ISR change (Kafka's AlterPartition), based on its leader epoch.
+    AlterPartitionIsr {
+        topic: String,
+        partition: i32,
+        leader_epoch: i32,
+        isr: Vec<i32>,
+    },
 }
 
 /// The answer to a `ClientRequest`, one result per part in request order.
@@ -89,7 +96,9 @@ impl ClientRequest {
             ClientRequest::CreateTopics { .. } => ResultKind::Topics,
             ClientRequest::DeleteTopics { .. } => ResultKind::Deleted,
             ClientRequest::CreatePartitions { .. } => ResultKind::Units,
-            ClientRequest::AlterTopicConfigs { .. } => ResultKind::Unit,
+            ClientRequest::AlterTopicConfigs { .. } | ClientRequest::AlterPartitionIsr { .. } => {
+                ResultKind::Unit
+            }
         }
     }
 
@@ -98,7 +107,7 @@ impl ClientRequest {
             ClientRequest::CreateTopics { validate_only, .. }
             | ClientRequest::CreatePartitions { validate_only, .. }
             | ClientRequest::AlterTopicConfigs { validate_only, .. } => *validate_only,
-            ClientRequest::DeleteTopics { .. } => false,
+            ClientRequest::DeleteTopics { .. } | ClientRequest::AlterPartitionIsr { .. } => false,
         }
     }
 
@@ -108,7 +117,7 @@ impl ClientRequest {
             ClientRequest::CreateTopics { topics, .. } => topics.len(),
             ClientRequest::DeleteTopics { names } => names.len(),
             ClientRequest::CreatePartitions { requests, .. } => requests.len(),
-            ClientRequest::AlterTopicConfigs { .. } => 1,
+            ClientRequest::AlterTopicConfigs { .. } | ClientRequest::AlterPartitionIsr { .. } => 1,
         }
     }
 }

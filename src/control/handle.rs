@@ -322,6 +322,29 @@ impl ControlHandle {
         }
     }
 
+    /// The ISR of a partition this broker leads changes (a follower fell behind or caught up):
+    /// Kafka's AlterPartition, committed through the controller. `leader_epoch` is the epoch the
+    /// leader works in; a stale one is STALE_LEADER_EPOCH (FENCED_LEADER_EPOCH), and the ISR
+    /// may hold only live replicas and must hold the leader.
+    pub async fn alter_partition_isr(
+        &self,
+        topic: String,
+        partition: i32,
+        leader_epoch: i32,
+        isr: Vec<i32>,
+    ) -> Result<(), ControlError> {
+        let request = ClientRequest::AlterPartitionIsr {
+            topic,
+            partition,
+            leader_epoch,
+            isr,
+        };
+        match self.call(request).await {
+            ClientResult::Unit(result) => result,
+            other => unexpected::<()>(other).pop().unwrap_or(Err(stopped())),
+        }
+    }
+
     async fn call(&self, request: ClientRequest) -> ClientResult {
         let (kind, parts) = (request.kind(), request.parts());
         if parts == 0 {

@@ -9,8 +9,16 @@
 //! - `image`: the metadata image; `command`: what goes through Raft; `state_machine`: applying it.
 //! - `validate` and `assignment`: how a client request becomes a command on the controller.
 //! - `topic_name`, `topic_config`: Kafka's rules for names and topic configs.
-//! - `raft_storage`: the durable Raft log; `node`: the control thread running the RawNode.
+//! - `raft_storage`: the durable Raft log; `node`: the control thread running the RawNode and
+//!   the controller's duties (registration, session fencing, preferred leaders).
+//! - `transport`: TCP between control nodes; `forward`: the rpcs (heartbeats, requests
+//!   forwarded to the controller and its answers).
 //! - `handle`: `ControlHandle`, the API the shards and the Kafka front end call.
+//!
+//! Cluster mode: `peers` lists every voter (this node included) with its rpc address. The
+//! voter set is fixed at first start (no membership changes). Brokers heartbeat every second;
+//! one silent for 9 s (`broker.session.timeout.ms`) is fenced and its partitions get leaders
+//! from their ISR. ISR changes come from partition leaders through `alter_partition_isr`.
 
 pub mod assignment;
 #[cfg(test)]

@@ -51,6 +51,8 @@ const SESSION_TIMEOUT: Duration = Duration::from_secs(9);
 const FRESH_HEARTBEAT: Duration = Duration::from_secs(3);
 /// How often the controller looks for partitions whose preferred leader can lead again.
 const REBALANCE_INTERVAL: Duration = Duration::from_secs(1);
+/// Inputs handled between two looks at the clock and at raft-rs's `Ready`.
+const MAX_REQUESTS_PER_ROUND: usize = 256;
 /// How long a controlled shutdown waits for leadership to move away.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -167,12 +169,25 @@ impl ControlNode {
             .extend(config.peers.iter().map(|(id, _)| raft_id(*id)));
         voters.voters.sort_unstable();
         voters.voters.dedup();
+        let configured = voters.voters.clone();
         let storage = DiskStorage::open(&dir, voters).map_err(|e| {
             ControlError::Internal(format!(
                 "opening the raft storage in {}: {e}",
                 dir.display()
             ))
         })?;
+        let stored = &storage.conf_state().voters;
+        if *stored != configured {
+            // Membership changes are not supported: a node restarted with other peers (or
+            // none) could never reach a quorum of the stored voters.
+            let ids = |raft_ids: &[u64]| raft_ids.iter().map(|id| id - 1).collect::<Vec<_>>();
+            return Err(ControlError::InvalidRequest(format!(
+                "the metadata in {} belongs to a cluster of nodes {:?}, but this node was started with nodes {:?}; start it with the same peers",
+                dir.display(),
+                ids(stored),
+                ids(&configured)
+            )));
+        }
         let mut image = MetadataImage::default();
         let snapshot = storage.latest_snapshot();
         let applied = snapshot.get_metadata().index;
@@ -261,13 +276,18 @@ impl ControlNode {
             let wait = next_tick.saturating_duration_since(Instant::now());
             match self.requests.recv_timeout(wait) {
                 Ok(request) => {
+                    // Take what is queued, but a bounded amount, so that ticks stay on time.
                     let mut request = Some(request);
+                    let mut handled = 0;
                     while let Some(next) = request.take() {
                         if let Some(reply) = self.handle_request(next) {
                             shutdown_now = Some(reply);
                             break 'run;
                         }
-                        request = self.requests.try_recv().ok();
+                        handled += 1;
+                        if handled < MAX_REQUESTS_PER_ROUND {
+                            request = self.requests.try_recv().ok();
+                        }
                     }
                 }
                 Err(RecvTimeoutError::Timeout) => {}
@@ -462,6 +482,20 @@ impl ControlNode {
                 .collect(),
             ClientRequest::AlterTopicConfigs { topic, ops, .. } => {
                 vec![validate::alter_topic_configs(image, &topic, ops)]
+            }
+            ClientRequest::AlterPartitionIsr {
+                topic,
+                partition,
+                leader_epoch,
+                isr,
+            } => {
+                vec![validate::alter_partition_isr(
+                    image,
+                    &topic,
+                    partition,
+                    leader_epoch,
+                    isr,
+                )]
             }
         }
     }
@@ -704,6 +738,12 @@ impl ControlNode {
         if rebalance_due {
             self.last_rebalance = Some(Instant::now());
         }
+        let leaving: HashSet<i32> = self
+            .sessions
+            .values()
+            .filter(|s| s.heartbeat.shutting_down)
+            .map(|s| s.heartbeat.id)
+            .collect();
         for topic in image.topics.values().filter(|_| rebalance_due) {
             for partition in &topic.partitions {
                 let Some(&preferred) = partition.replicas.first() else {
@@ -711,6 +751,7 @@ impl ControlNode {
                 };
                 if partition.leader != preferred
                     && image.is_live(preferred)
+                    && !leaving.contains(&preferred)
                     && partition.isr.contains(&preferred)
                 {
                     let command = Command::ChangePartition {

@@ -344,7 +344,7 @@ fn change_partition(
         })?;
     let mut partition = current.partitions[position].clone();
     if partition.leader_epoch != leader_epoch {
-        return Err(ControlError::InvalidRequest(format!(
+        return Err(ControlError::StaleLeaderEpoch(format!(
             "partition {topic}-{index}: change based on leader epoch {leader_epoch}, current {}",
             partition.leader_epoch
         )));

@@ -291,3 +291,141 @@ fn connect(address: SocketAddr) -> io::Result<TcpStream> {
     stream.set_write_timeout(Some(IO_TIMEOUT))?;
     Ok(stream)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::forward::Heartbeat;
+
+    fn frame(kind: u8, from: i32, payload: &[u8]) -> Vec<u8> {
+        let mut frame = ((5 + payload.len()) as u32).to_le_bytes().to_vec();
+        frame.push(kind);
+        frame.extend_from_slice(&from.to_le_bytes());
+        frame.extend_from_slice(payload);
+        frame
+    }
+
+    fn heartbeat_frame(from: i32) -> Vec<u8> {
+        let rpc = Rpc::Heartbeat(Heartbeat {
+            id: from,
+            incarnation: 1,
+            host: "h".into(),
+            port: 1,
+            rack: None,
+            rpc: None,
+            shutting_down: false,
+        });
+        frame(KIND_RPC, from, &serde_json::to_vec(&rpc).unwrap())
+    }
+
+    fn expect_heartbeat(inbox: &Receiver<Request>, from: i32) {
+        match inbox.recv_timeout(Duration::from_secs(5)).unwrap() {
+            Request::Rpc { from: sender, rpc } => {
+                assert_eq!(sender, from);
+                assert!(matches!(*rpc, Rpc::Heartbeat(ref hb) if hb.id == from));
+            }
+            _ => panic!("expected a heartbeat"),
+        }
+    }
+
+    /// The peer closed the connection (read returns 0 or an error).
+    fn closed(stream: &mut TcpStream) -> bool {
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut byte = [0u8; 1];
+        matches!(stream.read(&mut byte), Ok(0) | Err(_))
+    }
+
+    #[test]
+    fn delivers_frames_and_survives_bad_ones() {
+        let address = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let (inbox_tx, inbox) = crossbeam_channel::unbounded();
+        let transport = Transport::start(1, address, &[(1, address)], inbox_tx).unwrap();
+        let connect = || {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                match TcpStream::connect(address) {
+                    Ok(stream) => return stream,
+                    Err(e) if Instant::now() < deadline => {
+                        let _ = e;
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        };
+
+        // Undecodable payloads are skipped; the connection keeps working.
+        let mut stream = connect();
+        stream.write_all(&frame(KIND_RPC, 2, b"{not json")).unwrap();
+        stream.write_all(&frame(KIND_RAFT, 2, &[0xff; 7])).unwrap();
+        stream.write_all(&heartbeat_frame(2)).unwrap();
+        expect_heartbeat(&inbox, 2);
+
+        // An unknown kind, a frame too short or too long: the connection is closed.
+        for bad in [
+            frame(9, 2, b"x"),
+            3u32.to_le_bytes().to_vec(),
+            ((MAX_FRAME + 1) as u32).to_le_bytes().to_vec(),
+        ] {
+            let mut stream = connect();
+            stream.write_all(&bad).unwrap();
+            assert!(closed(&mut stream));
+        }
+
+        // A frame cut short by the peer closing: nothing is delivered.
+        let mut stream = connect();
+        let whole = heartbeat_frame(3);
+        stream.write_all(&whole[..whole.len() - 3]).unwrap();
+        drop(stream);
+
+        // Others are still served.
+        let mut stream = connect();
+        stream.write_all(&heartbeat_frame(4)).unwrap();
+        expect_heartbeat(&inbox, 4);
+        assert!(inbox.try_recv().is_err());
+        drop(transport);
+    }
+
+    #[test]
+    fn sends_to_peers_and_drops_frames_for_unknown_ones() {
+        let a = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let b = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let peers = [(1, a), (2, b)];
+        let (a_tx, _a_inbox) = crossbeam_channel::unbounded();
+        let (b_tx, b_inbox) = crossbeam_channel::unbounded();
+        let node_a = Transport::start(1, a, &peers, a_tx).unwrap();
+        let _node_b = Transport::start(2, b, &peers, b_tx).unwrap();
+        node_a.send_rpc(
+            7,
+            &Rpc::Answer {
+                id: 1,
+                result: super::super::forward::ClientResult::Unit(Ok(())),
+            },
+        );
+        // Raft ids are node ids + 1: this goes to node 2.
+        let message = Message {
+            to: 3,
+            from: 2,
+            term: 5,
+            ..Default::default()
+        };
+        node_a.send_raft(&message);
+        match b_inbox.recv_timeout(Duration::from_secs(5)).unwrap() {
+            Request::Raft(received) => {
+                assert_eq!((received.to, received.from, received.term), (3, 2, 5))
+            }
+            _ => panic!("expected a raft message"),
+        }
+    }
+}

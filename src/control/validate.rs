@@ -161,6 +161,54 @@ pub fn alter_topic_configs(
     })
 }
 
+/// Plans an ISR change asked for by a partition's leader (Kafka's AlterPartition).
+pub fn alter_partition_isr(
+    image: &MetadataImage,
+    topic: &str,
+    partition: i32,
+    leader_epoch: i32,
+    isr: Vec<i32>,
+) -> Result<Command, ControlError> {
+    let current = image.partition(topic, partition).ok_or_else(|| {
+        ControlError::UnknownTopic(format!("partition {topic}-{partition} does not exist"))
+    })?;
+    if current.leader_epoch != leader_epoch {
+        return Err(ControlError::StaleLeaderEpoch(format!(
+            "partition {topic}-{partition} is in leader epoch {}, not {leader_epoch}",
+            current.leader_epoch
+        )));
+    }
+    if !isr.contains(&current.leader) {
+        return Err(ControlError::InvalidRequest(format!(
+            "the ISR of {topic}-{partition} must contain its leader {}",
+            current.leader
+        )));
+    }
+    let mut sorted = isr.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    if sorted.len() != isr.len() {
+        return Err(ControlError::InvalidRequest(format!(
+            "the ISR {isr:?} lists a broker twice"
+        )));
+    }
+    if let Some(bad) = isr
+        .iter()
+        .find(|b| !current.replicas.contains(b) || !image.is_live(**b))
+    {
+        return Err(ControlError::IneligibleReplica(format!(
+            "broker {bad} cannot be in the ISR of {topic}-{partition}: not a live replica"
+        )));
+    }
+    Ok(Command::ChangePartition {
+        topic: topic.to_string(),
+        partition,
+        leader_epoch,
+        leader: None,
+        isr: Some(isr),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -303,6 +351,63 @@ mod tests {
             40
         );
         assert_eq!(code(alter_topic_configs(&image, "zz", vec![])), 3);
+    }
+
+    #[test]
+    fn isr_changes() {
+        let d = BrokerDefaults::default();
+        let mut image = image(3);
+        let command = create_topic(&image, &new_topic("t", 1, 3), &d, Uuid::from_u128(1)).unwrap();
+        let (next, r) = state_machine::apply(&image, 10, &command);
+        r.unwrap();
+        image = next;
+        let leader = image.topics["t"].partitions[0].leader;
+        let follower = image.topics["t"].partitions[0].replicas[1];
+        let shrink = alter_partition_isr(&image, "t", 0, 0, vec![leader]).unwrap();
+        let (shrunk, r) = state_machine::apply(&image, 11, &shrink);
+        r.unwrap();
+        assert_eq!(shrunk.topics["t"].partitions[0].isr, vec![leader]);
+        assert_eq!(shrunk.topics["t"].partitions[0].leader_epoch, 0);
+        assert!(alter_partition_isr(&shrunk, "t", 0, 0, vec![leader, follower]).is_ok());
+        assert_eq!(
+            code(alter_partition_isr(&image, "t", 0, 1, vec![leader])),
+            74
+        );
+        assert_eq!(
+            code(alter_partition_isr(&image, "t", 0, 0, vec![follower])),
+            42
+        );
+        assert_eq!(
+            code(alter_partition_isr(&image, "t", 0, 0, vec![leader, 9])),
+            107
+        );
+        assert_eq!(
+            code(alter_partition_isr(&image, "t", 0, 0, vec![leader, leader])),
+            42
+        );
+        assert_eq!(
+            code(alter_partition_isr(&image, "t", 1, 0, vec![leader])),
+            3
+        );
+        let (fenced, r) = state_machine::apply(
+            &shrunk,
+            12,
+            &Command::FenceBroker {
+                id: follower,
+                incarnation: 1,
+            },
+        );
+        r.unwrap();
+        assert_eq!(
+            code(alter_partition_isr(
+                &fenced,
+                "t",
+                0,
+                0,
+                vec![leader, follower]
+            )),
+            107
+        );
     }
 
     #[test]
