@@ -778,3 +778,98 @@ fn flush_policy_can_change_at_runtime() {
         assert_eq!(log.log_end_offset(), 2);
     });
 }
+
+#[test]
+fn a_wait_cut_short_by_truncation_fails_even_if_offsets_are_reused() {
+    let dir = tmpdir();
+    let path = dir.path().join("t-0");
+    run(move || async move {
+        let log = PartitionLog::open(path, LogConfig::default())
+            .await
+            .unwrap();
+        for i in 0..10 {
+            log.append(&batch(1, i, 20, 1), 1).unwrap();
+        }
+        let mut wait = Box::pin(log.wait_durable(10));
+        let _ = futures_lite::future::poll_once(&mut wait).await;
+        log.truncate_to(5).await.unwrap();
+        for i in 0..10 {
+            log.append(&batch(1, i, 20, 2), 2).unwrap();
+        }
+        log.wait_durable(15).await.unwrap();
+        // offsets 5..10 now hold other batches: the old wait must not report success
+        assert!(matches!(wait.await, Err(LogError::OffsetOutOfRange { .. })));
+        // a wait for offsets below the cut is unaffected
+        let mut below = Box::pin(log.wait_durable(5));
+        assert!(futures_lite::future::poll_once(&mut below)
+            .await
+            .unwrap()
+            .is_ok());
+    });
+}
+
+#[test]
+fn appends_racing_a_truncation_are_refused_or_kept_whole() {
+    let dir = tmpdir();
+    let path = dir.path().join("t-0");
+    run(move || async move {
+        let log = PartitionLog::open(path.clone(), small_config())
+            .await
+            .unwrap();
+        for i in 0..40 {
+            log.append(&batch(1, i, 100, 1), 1).unwrap();
+        }
+        log.wait_durable(40).await.unwrap();
+        // A reader running across the cut never sees an error other than a range one.
+        let l = log.clone();
+        let reader = glommio::spawn_local(async move {
+            let mut reads = 0;
+            for from in (0..12).cycle().take(600) {
+                match l.read(from, 300, i64::MAX).await {
+                    Ok(got) => {
+                        reads += 1;
+                        for b in got {
+                            assert!(b.len() == 161, "a whole batch");
+                        }
+                    }
+                    Err(LogError::OffsetOutOfRange { .. }) => {}
+                    Err(e) => panic!("read during truncation: {e}"),
+                }
+                glommio::executor().yield_now().await;
+            }
+            reads
+        });
+        glommio::executor().yield_now().await;
+        let l = log.clone();
+        let truncation = glommio::spawn_local(async move { l.truncate_to(10).await });
+        let mut landed = Vec::new();
+        for i in 0..200u8 {
+            match log.append(&batch(1, 0, 100, i), 1) {
+                Ok(info) => landed.push((info.base_offset, i)),
+                Err(LogError::Truncating) => {}
+                Err(e) => panic!("unexpected append error {e}"),
+            }
+            glommio::executor().yield_now().await;
+        }
+        truncation.await.unwrap();
+        assert!(reader.await > 0);
+        log.wait_durable(log.log_end_offset()).await.unwrap();
+        // Appends before the cut were cut with the rest; the ones after it follow it contiguously.
+        let end = log.log_end_offset();
+        let after: Vec<_> = match landed.iter().position(|&(o, _)| o == 10) {
+            Some(i) => landed[i..].to_vec(),
+            None => Vec::new(),
+        };
+        assert_eq!(end, 10 + after.len() as i64);
+        for (k, &(offset, fill)) in after.iter().enumerate() {
+            assert_eq!(offset, 10 + k as i64);
+            let got = log.read(offset, 1, i64::MAX).await.unwrap();
+            assert_eq!(base_of(&got[0]), offset);
+            assert_eq!(got[0][61], fill, "offset {offset}");
+        }
+        drop(log);
+        let log = PartitionLog::open(path, small_config()).await.unwrap();
+        assert_eq!(log.log_end_offset(), end);
+        assert_eq!(read_all(&log, 0).await.len() as i64, end);
+    });
+}

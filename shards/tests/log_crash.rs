@@ -87,7 +87,14 @@ fn crash_child_entry() {
                         let batch = expected_batch(base);
                         let gen = generation.get();
                         // epoch 0 is patched in; the expected bytes carry it already
-                        let info = log.append(&batch, 0).unwrap();
+                        let info = match log.append(&batch, 0) {
+                            Ok(info) => info,
+                            Err(LogError::Truncating) => {
+                                glommio::timer::sleep(Duration::from_micros(200)).await;
+                                continue;
+                            }
+                            Err(e) => panic!("append: {e}"),
+                        };
                         assert_eq!(info.base_offset, base);
                         match log.wait_durable(info.last_offset + 1).await {
                             Ok(()) => {}
@@ -119,7 +126,7 @@ fn crash_child_entry() {
                             }
                             log.truncate_to(point).await.unwrap();
                             let mut out = std::io::stdout().lock();
-                            writeln!(out, "TRUNCATED {}", log.log_end_offset()).unwrap();
+                            writeln!(out, "TRUNCATED {point}").unwrap();
                             out.flush().unwrap();
                         }
                     }
@@ -212,6 +219,14 @@ fn run_child_and_kill(dir: &Path, rng: &mut Rng) -> Vec<Event> {
     reader.join().unwrap()
 }
 
+/// A truncation at `point` cuts at the start of the batch holding it; batches have at most 4 records,
+/// so everything ending below `point - 3` stays and nothing from `point` on does.
+fn cut(durable: &mut Vec<(i64, i64)>, floor_end: &mut i64, point: i64) {
+    let lowest = point - 3;
+    durable.retain(|&(_, last)| last < lowest);
+    *floor_end = (*floor_end).min(lowest);
+}
+
 /// Folds one child's reports into what must be in the log now: the batches it reported durable and
 /// did not truncate later, and the lowest log end the log may have. A truncation still running at the
 /// kill may or may not have happened: batches it would remove are dropped from the requirements.
@@ -225,18 +240,14 @@ fn required_after(events: &[Event], floor_end: &mut i64) -> Vec<(i64, i64)> {
                 *floor_end = (*floor_end).max(last + 1);
             }
             Event::Truncating(point) => in_flight = Some(point),
-            Event::Truncated(end) => {
-                durable.retain(|&(_, last)| last < end);
-                *floor_end = (*floor_end).min(end);
+            Event::Truncated(point) => {
+                cut(&mut durable, floor_end, point);
                 in_flight = None;
             }
         }
     }
     if let Some(point) = in_flight {
-        // It cuts at the start of the batch holding `point`; batches have at most 4 records.
-        let lowest = point - 3;
-        durable.retain(|&(_, last)| last < lowest);
-        *floor_end = (*floor_end).min(lowest);
+        cut(&mut durable, floor_end, point);
     }
     durable
 }

@@ -87,8 +87,22 @@ const IDLE_FLUSH_INTERVAL: Duration = Duration::from_millis(200);
 impl PartitionLog {
     /// Resolves once every offset below `end_offset` is durable under the flush policy. One write and
     /// fdatasync covers every append buffered so far; concurrent waiters share it.
+    ///
+    /// If a truncation cuts below `end_offset` while waiting, the offsets waited for are gone (and may
+    /// be reused by other batches): that is `LogError::OffsetOutOfRange`, never a success.
     pub async fn wait_durable(&self, end_offset: i64) -> Result<(), LogError> {
+        let generation = self.state.borrow().generation;
         loop {
+            {
+                let st = self.state.borrow();
+                if st.truncated_since(generation, end_offset) {
+                    return Err(LogError::OffsetOutOfRange {
+                        requested: end_offset,
+                        start: st.log_start,
+                        end: st.log_end,
+                    });
+                }
+            }
             if self.durable_end_offset() >= end_offset {
                 return Ok(());
             }

@@ -101,8 +101,12 @@ struct LogState {
     last_epoch: i32,
     pending: Vec<PendingWrite>,
     tail: TailCache,
-    /// Bumped by truncation, so a read that awaited disk I/O can tell its view went stale.
+    /// Bumped by truncation, so a read or a wait that awaited I/O can tell its view went stale.
     generation: u64,
+    /// (generation after, cut offset) of recent truncations, oldest first.
+    truncations: std::collections::VecDeque<(u64, i64)>,
+    /// A truncation is cutting the log: appends are refused until it is done.
+    truncating: bool,
 }
 
 fn now_ms() -> i64 {
@@ -113,6 +117,21 @@ fn now_ms() -> i64 {
 }
 
 impl LogState {
+    /// Whether a truncation since `generation` cut below `end_offset` (conservatively yes when that
+    /// history is no longer kept).
+    fn truncated_since(&self, generation: u64, end_offset: i64) -> bool {
+        if generation == self.generation {
+            return false;
+        }
+        match self.truncations.front() {
+            Some(&(oldest, _)) if oldest <= generation + 1 => self
+                .truncations
+                .iter()
+                .any(|&(g, point)| g > generation && point < end_offset),
+            _ => true,
+        }
+    }
+
     /// The newest segment (possibly rolled at append time and not yet given a file).
     fn newest(&self) -> Option<&Segment> {
         self.segments.values().next_back()
@@ -188,6 +207,8 @@ impl PartitionLog {
                 pending: Vec::new(),
                 tail: TailCache::default(),
                 generation: 0,
+                truncations: std::collections::VecDeque::new(),
+                truncating: false,
             }),
             file_lock: glommio::sync::Semaphore::new(1),
             sync_lock: glommio::sync::Semaphore::new(1),
@@ -229,6 +250,9 @@ impl PartitionLog {
         }
         let mut buf = BytesMut::from(records);
         let mut st = self.state.borrow_mut();
+        if st.truncating {
+            return Err(LogError::Truncating);
+        }
         if leader_epoch < st.last_epoch {
             return Err(LogError::FencedLeaderEpoch {
                 epoch: leader_epoch,
@@ -256,6 +280,9 @@ impl PartitionLog {
         let cfg = self.config.borrow().clone();
         let parsed = batch::split_batches(batches, cfg.max_batch_bytes)?;
         let mut st = self.state.borrow_mut();
+        if st.truncating {
+            return Err(LogError::Truncating);
+        }
         let mut next = st.log_end;
         let mut epoch = st.last_epoch;
         for (h, _) in &parsed {
