@@ -8,9 +8,6 @@ mod config;
 mod control;
 mod kafka;
 mod partitions;
-// The replication state machines are built and tested ahead of the produce
-// path that will drive them (see src/replication/mod.rs).
-#[allow(dead_code)]
 mod replication;
 mod server;
 

@@ -307,7 +307,14 @@ fn append_on_owner(
             let waited = match acks {
                 Acks::None => Ok(()),
                 Acks::Leader => with_timeout(timeout, partition.wait_durable(end)).await,
-                Acks::All => with_timeout(timeout, partition.wait_replicated(end)).await,
+                Acks::All => {
+                    async { partition.wait_replicated(end, timeout).await }
+                        .or(async {
+                            glommio::timer::sleep(timeout).await;
+                            Err(ResponseError::RequestTimedOut.code())
+                        })
+                        .await
+                }
             };
             let result = match waited {
                 Ok(()) => PartitionResult {

@@ -10,8 +10,8 @@
 //!   durable end included; it never moves backwards on the leader;
 //! - waiters complete in offset order once the high watermark reaches their end offset;
 //! - an ISR smaller than `min.insync.replicas` fails every waiter with
-//!   NOT_ENOUGH_REPLICAS_AFTER_APPEND (and new appends with NOT_ENOUGH_REPLICAS, see
-//!   [`AckTracker::check_append`]);
+//!   NOT_ENOUGH_REPLICAS_AFTER_APPEND (produce refuses to append with NOT_ENOUGH_REPLICAS
+//!   before that, from the metadata's ISR);
 //! - a waiter past its deadline fails with REQUEST_TIMED_OUT, so no wait hangs.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -19,12 +19,12 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 /// Why an acks=all request did not succeed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AckFailure {
-    /// The ISR is below `min.insync.replicas` before anything was appended.
-    NotEnoughReplicas,
     /// The ISR fell below `min.insync.replicas` while the request waited.
     NotEnoughReplicasAfterAppend,
     /// The request timeout passed first.
     TimedOut,
+    /// This broker stopped leading the partition while the request waited.
+    NotLeader,
 }
 
 impl AckFailure {
@@ -32,11 +32,11 @@ impl AckFailure {
     pub fn code(self) -> i16 {
         use kafka_protocol::ResponseError;
         match self {
-            AckFailure::NotEnoughReplicas => ResponseError::NotEnoughReplicas.code(),
             AckFailure::NotEnoughReplicasAfterAppend => {
                 ResponseError::NotEnoughReplicasAfterAppend.code()
             }
             AckFailure::TimedOut => ResponseError::RequestTimedOut.code(),
+            AckFailure::NotLeader => ResponseError::NotLeaderOrFollower.code(),
         }
     }
 }
@@ -89,27 +89,16 @@ impl<W> AckTracker<W> {
         self.high_watermark
     }
 
-    pub fn isr(&self) -> impl Iterator<Item = i32> + '_ {
-        self.isr.iter().copied()
-    }
-
     /// What `replica` acknowledged last, if anything.
+    #[cfg(test)]
     pub fn acked(&self, replica: i32) -> Option<i64> {
         self.acked.get(&replica).copied()
     }
 
     /// Waiting requests.
+    #[cfg(test)]
     pub fn waiting(&self) -> usize {
         self.waiters.len()
-    }
-
-    /// Before an acks=all append: NOT_ENOUGH_REPLICAS when the ISR is below the minimum.
-    pub fn check_append(&self) -> Result<(), AckFailure> {
-        if self.isr.len() < self.min_insync {
-            Err(AckFailure::NotEnoughReplicas)
-        } else {
-            Ok(())
-        }
     }
 
     /// A request waits for the high watermark to reach `end_offset` (one past its last offset).
@@ -188,8 +177,7 @@ impl<W> AckTracker<W> {
         out
     }
 
-    /// Ends every wait with `failure` (the partition is no longer led here: pass
-    /// NotEnoughReplicasAfterAppend or a caller-chosen code).
+    /// Ends every wait with `failure` (the partition is no longer led here, or it closes).
     pub fn fail_all(&mut self, failure: AckFailure) -> Vec<Completion<W>> {
         self.waiters
             .drain(..)
@@ -311,13 +299,12 @@ mod tests {
                 result: Err(AckFailure::NotEnoughReplicasAfterAppend)
             }]
         );
-        assert_eq!(t.check_append(), Err(AckFailure::NotEnoughReplicas));
         assert_eq!(
             t.wait(9, 1000, 3).map(|c| c.result),
             Some(Err(AckFailure::NotEnoughReplicasAfterAppend))
         );
         t.set_isr(&[1, 2]);
-        assert_eq!(t.check_append(), Ok(()));
+        assert_eq!(t.wait(9, 1000, 4), None);
     }
 
     #[test]
@@ -355,7 +342,6 @@ mod tests {
             t.set_min_insync(3).pop().map(|c| c.result),
             Some(Err(AckFailure::NotEnoughReplicasAfterAppend))
         );
-        assert_eq!(AckFailure::NotEnoughReplicas.code(), 19);
         assert_eq!(AckFailure::NotEnoughReplicasAfterAppend.code(), 20);
         assert_eq!(AckFailure::TimedOut.code(), 7);
     }

@@ -1,32 +1,20 @@
-//! Leader epochs of one partition replica: which epoch starts at which offset, the answer to
-//! OffsetForLeaderEpoch, and the follower's truncation rule after a leader change (KIP-101/279).
-//!
-//! Pure: the cache is kept in step with the log by its owner (`assign` on append, `truncate_*`
-//! when the log is cut) and saved in Kafka's `leader-epoch-checkpoint` text format.
+//! Leader epochs: the follower's truncation rule after a leader change (KIP-101/279), and the
+//! OffsetForLeaderEpoch semantics it relies on.
 
 /// No epoch / no offset, as OffsetForLeaderEpoch says it.
 pub const UNDEFINED_EPOCH: i32 = -1;
 pub const UNDEFINED_OFFSET: i64 = -1;
 
-/// Checkpoint format version (first line of the file).
-const CHECKPOINT_VERSION: u32 = 0;
-
-/// (epoch, start offset) entries, both strictly increasing.
+/// Kafka's leader epoch cache, (epoch, start offset) entries, both strictly increasing: the
+/// reference model the tests check the truncation rule (and `epoch_lookup`, which answers the
+/// same questions from the log itself) against.
+#[cfg(test)]
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct EpochCache {
     entries: Vec<(i32, i64)>,
 }
 
-/// Why a checkpoint could not be read.
-#[derive(Debug, PartialEq, Eq)]
-pub struct CheckpointError(pub String);
-
-impl std::fmt::Display for CheckpointError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "bad leader epoch checkpoint: {}", self.0)
-    }
-}
-
+#[cfg(test)]
 impl EpochCache {
     pub fn entries(&self) -> &[(i32, i64)] {
         &self.entries
@@ -86,76 +74,29 @@ impl EpochCache {
             (self.entries[higher - 1].0, next_start)
         }
     }
-
-    /// Kafka's `leader-epoch-checkpoint`: version, entry count, then "epoch offset" lines.
-    pub fn to_checkpoint(&self) -> String {
-        let mut out = format!("{CHECKPOINT_VERSION}\n{}\n", self.entries.len());
-        for (epoch, offset) in &self.entries {
-            out.push_str(&format!("{epoch} {offset}\n"));
-        }
-        out
-    }
-
-    pub fn from_checkpoint(text: &str) -> Result<EpochCache, CheckpointError> {
-        let mut lines = text.lines();
-        let mut next = |what: &str| {
-            lines
-                .next()
-                .ok_or_else(|| CheckpointError(format!("missing {what}")))
-        };
-        let version: u32 = next("version")?
-            .trim()
-            .parse()
-            .map_err(|_| CheckpointError("version is not a number".into()))?;
-        if version != CHECKPOINT_VERSION {
-            return Err(CheckpointError(format!("unknown version {version}")));
-        }
-        let count: usize = next("count")?
-            .trim()
-            .parse()
-            .map_err(|_| CheckpointError("count is not a number".into()))?;
-        let mut cache = EpochCache::default();
-        for _ in 0..count {
-            let line = next("entry")?;
-            let mut parts = line.split_whitespace();
-            let (Some(epoch), Some(offset), None) = (parts.next(), parts.next(), parts.next())
-            else {
-                return Err(CheckpointError(format!("bad entry {line:?}")));
-            };
-            let epoch: i32 = epoch
-                .parse()
-                .map_err(|_| CheckpointError(format!("bad epoch in {line:?}")))?;
-            let offset: i64 = offset
-                .parse()
-                .map_err(|_| CheckpointError(format!("bad offset in {line:?}")))?;
-            if cache
-                .entries
-                .last()
-                .is_some_and(|&(e, o)| epoch <= e || offset < o)
-            {
-                return Err(CheckpointError(format!("entry {line:?} out of order")));
-            }
-            cache.entries.push((epoch, offset));
-        }
-        Ok(cache)
-    }
 }
 
 /// Where a follower cuts its log after asking the new leader about its newest epoch.
 ///
-/// `leader_answer` is the leader's `end_offset_for(my latest epoch)`. The follower keeps only
-/// what the leader also has: up to the leader's end of that epoch, and where the leader answered
-/// with an older epoch, no further than where that epoch ends here either. The result never
-/// exceeds `my_end`; an undefined answer (the leader has nothing of it) keeps nothing.
-pub fn truncation_offset(leader_answer: (i32, i64), mine: &EpochCache, my_end: i64) -> i64 {
+/// `leader_answer` is the leader's end offset for `my_latest_epoch`; `mine_for_answered` is this
+/// replica's own end offset for the epoch the leader answered with (the same lookup on its own
+/// log). The follower keeps only what the leader also has: up to the leader's end of that epoch,
+/// and where the leader answered with an older epoch, no further than where that epoch ends here
+/// either. Never beyond `my_end`; an undefined answer (the leader has nothing) keeps nothing.
+pub fn truncation_offset(
+    leader_answer: (i32, i64),
+    my_latest_epoch: i32,
+    my_end: i64,
+    mine_for_answered: (i32, i64),
+) -> i64 {
     let (epoch, leader_end) = leader_answer;
     if epoch == UNDEFINED_EPOCH || leader_end == UNDEFINED_OFFSET {
         return 0;
     }
-    let bound = if mine.latest_epoch() == Some(epoch) {
+    let bound = if my_latest_epoch == epoch {
         leader_end
     } else {
-        let (my_epoch, my_epoch_end) = mine.end_offset_for(epoch, my_end);
+        let (my_epoch, my_epoch_end) = mine_for_answered;
         if my_epoch == UNDEFINED_EPOCH {
             0
         } else {
@@ -168,6 +109,15 @@ pub fn truncation_offset(leader_answer: (i32, i64), mine: &EpochCache, my_end: i
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn truncate(answer: (i32, i64), mine: &EpochCache, my_end: i64) -> i64 {
+        truncation_offset(
+            answer,
+            mine.latest_epoch().unwrap_or(UNDEFINED_EPOCH),
+            my_end,
+            mine.end_offset_for(answer.0, my_end),
+        )
+    }
 
     fn cache(entries: &[(i32, i64)]) -> EpochCache {
         let mut c = EpochCache::default();
@@ -221,36 +171,13 @@ mod tests {
     }
 
     #[test]
-    fn checkpoint_round_trip_and_rejects_garbage() {
-        let c = cache(&[(0, 0), (2, 17), (5, 900)]);
-        let text = c.to_checkpoint();
-        assert_eq!(text, "0\n3\n0 0\n2 17\n5 900\n");
-        assert_eq!(EpochCache::from_checkpoint(&text), Ok(c));
-        assert_eq!(
-            EpochCache::from_checkpoint("0\n0\n"),
-            Ok(EpochCache::default())
-        );
-        for bad in [
-            "",
-            "1\n0\n",
-            "0\n2\n1 0\n",
-            "0\n1\nx 0\n",
-            "0\n1\n1 0 3\n",
-            "0\n2\n2 5\n1 9\n",
-            "0\nlots\n",
-        ] {
-            assert!(EpochCache::from_checkpoint(bad).is_err(), "{bad:?}");
-        }
-    }
-
-    #[test]
     fn follower_truncates_what_the_new_leader_never_had() {
         // Old leader wrote epoch 1 up to 15; the new leader only got up to 12, then led epoch 2.
         let old = cache(&[(0, 0), (1, 5)]);
         let new_leader = cache(&[(0, 0), (1, 5), (2, 12)]);
         let answer = new_leader.end_offset_for(old.latest_epoch().unwrap(), 30);
         assert_eq!(answer, (1, 12));
-        assert_eq!(truncation_offset(answer, &old, 15), 12);
+        assert_eq!(truncate(answer, &old, 15), 12);
     }
 
     #[test]
@@ -258,7 +185,7 @@ mod tests {
         let follower = cache(&[(0, 0), (1, 5)]);
         let leader = cache(&[(0, 0), (1, 5), (2, 12)]);
         let answer = leader.end_offset_for(1, 30);
-        assert_eq!(truncation_offset(answer, &follower, 9), 9);
+        assert_eq!(truncate(answer, &follower, 9), 9);
     }
 
     #[test]
@@ -270,14 +197,14 @@ mod tests {
         let answer = leader.end_offset_for(2, 50);
         assert_eq!(answer, (1, 20));
         // Epoch 1 ended at 18 here: everything from 18 on diverges.
-        assert_eq!(truncation_offset(answer, &follower, 30), 18);
+        assert_eq!(truncate(answer, &follower, 30), 18);
     }
 
     #[test]
     fn empty_leader_means_keep_nothing() {
         let follower = cache(&[(0, 0)]);
         let answer = EpochCache::default().end_offset_for(0, 0);
-        assert_eq!(truncation_offset(answer, &follower, 10), 0);
-        assert_eq!(truncation_offset((0, 10), &EpochCache::default(), 0), 0);
+        assert_eq!(truncate(answer, &follower, 10), 0);
+        assert_eq!(truncate((0, 10), &EpochCache::default(), 0), 0);
     }
 }

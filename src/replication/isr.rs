@@ -100,8 +100,13 @@ impl IsrTracker {
     }
 
     /// The ISR change to propose now, if any: removals of laggards first, else additions of
-    /// followers caught up to `high_watermark`.
-    pub fn poll(&mut self, high_watermark: i64, now_ms: u64) -> Option<IsrChange> {
+    /// followers caught up to `high_watermark` that `eligible` says may join (live brokers).
+    pub fn poll(
+        &mut self,
+        high_watermark: i64,
+        now_ms: u64,
+        eligible: impl Fn(i32) -> bool,
+    ) -> Option<IsrChange> {
         if self.in_flight {
             return None;
         }
@@ -125,6 +130,7 @@ impl IsrTracker {
         } else {
             for (r, s) in &self.followers {
                 if !self.isr.contains(r)
+                    && eligible(*r)
                     && s.acked >= high_watermark
                     && now_ms.saturating_sub(s.caught_up_ms) <= self.lag_max_ms
                 {
@@ -151,16 +157,16 @@ mod tests {
     fn a_silent_follower_is_removed_after_the_lag_time() {
         let mut t = IsrTracker::new(1, &[1, 2, 3], &[1, 2, 3], 1000, 0);
         t.on_ack(2, 10, 10, 500);
-        assert_eq!(t.poll(10, 1000), None);
+        assert_eq!(t.poll(10, 1000, |_| true), None);
         t.on_ack(2, 10, 10, 1000);
         assert_eq!(
-            t.poll(10, 1001),
+            t.poll(10, 1001, |_| true),
             Some(IsrChange { isr: vec![1, 2] }),
             "3 never acknowledged"
         );
-        assert_eq!(t.poll(10, 1002), None, "one change in flight");
+        assert_eq!(t.poll(10, 1002, |_| true), None, "one change in flight");
         t.set_isr(&[1, 2]);
-        assert_eq!(t.poll(10, 1500), None);
+        assert_eq!(t.poll(10, 1500, |_| true), None);
     }
 
     #[test]
@@ -172,7 +178,7 @@ mod tests {
             let acked = end;
             end += 100;
             t.on_ack(2, acked, end, step * 100);
-            assert_eq!(t.poll(acked, step * 100), None, "step {step}");
+            assert_eq!(t.poll(acked, step * 100, |_| true), None, "step {step}");
         }
     }
 
@@ -186,7 +192,10 @@ mod tests {
             end += 1000;
             t.on_ack(2, 100 + step as i64, end, step * 100);
         }
-        assert_eq!(t.poll(100, 2900), Some(IsrChange { isr: vec![1] }));
+        assert_eq!(
+            t.poll(100, 2900, |_| true),
+            Some(IsrChange { isr: vec![1] })
+        );
     }
 
     #[test]
@@ -194,22 +203,30 @@ mod tests {
         let mut t = IsrTracker::new(1, &[1, 2], &[1, 2], 1000, 0);
         t.on_ack(2, 50, 50, 10);
         t.on_idle(50, 5000);
-        assert_eq!(t.poll(50, 5500), None);
+        assert_eq!(t.poll(50, 5500, |_| true), None);
         t.on_idle(60, 9000);
-        assert_eq!(t.poll(50, 9000), Some(IsrChange { isr: vec![1] }));
+        assert_eq!(t.poll(50, 9000, |_| true), Some(IsrChange { isr: vec![1] }));
     }
 
     #[test]
     fn a_caught_up_follower_is_added_back() {
         let mut t = IsrTracker::new(1, &[1, 2, 3], &[1, 2], 1000, 0);
         t.on_ack(3, 40, 100, 100);
-        assert_eq!(t.poll(80, 100), None, "below the high watermark");
+        assert_eq!(t.poll(80, 100, |_| true), None, "below the high watermark");
+        t.on_ack(3, 100, 100, 150);
+        assert_eq!(t.poll(100, 150, |r| r != 3), None, "not eligible (fenced)");
         t.on_ack(3, 100, 100, 200);
-        assert_eq!(t.poll(100, 200), Some(IsrChange { isr: vec![1, 2, 3] }));
+        assert_eq!(
+            t.poll(100, 200, |_| true),
+            Some(IsrChange { isr: vec![1, 2, 3] })
+        );
         t.proposal_failed();
-        assert_eq!(t.poll(100, 210), Some(IsrChange { isr: vec![1, 2, 3] }));
+        assert_eq!(
+            t.poll(100, 210, |_| true),
+            Some(IsrChange { isr: vec![1, 2, 3] })
+        );
         t.set_isr(&[1, 2, 3]);
-        assert_eq!(t.poll(100, 300), None);
+        assert_eq!(t.poll(100, 300, |_| true), None);
     }
 
     #[test]
@@ -217,6 +234,6 @@ mod tests {
         let mut t = IsrTracker::new(1, &[1, 2], &[1, 2], 1000, 0);
         t.on_ack(9, 100, 100, 10);
         t.on_ack(2, 100, 100, 10);
-        assert_eq!(t.poll(100, 20), None);
+        assert_eq!(t.poll(100, 20, |_| true), None);
     }
 }

@@ -1,34 +1,55 @@
 //! The replication wire between a leader's shard and a follower broker.
 //!
-//! Framing (all integers big-endian):
+//! The leader's shard opens a TCP connection to the follower's Kafka listener and sends a Hello
+//! shaped like a Kafka request frame with a private api key ([`HELLO_API_KEY`]), which the
+//! listener uses to hand the connection to replication. From then on (integers big-endian):
 //!
 //! ```text
-//! frame   = length:u32 kind:u8 body          (length counts kind and body)
-//! Push    (1) = topic_id:16 partition:i32 leader_epoch:i32 high_watermark:i64
-//!               records_len:u32 records     (stored RecordBatches, byte for byte)
-//! Ack     (2) = topic_id:16 partition:i32 leader_epoch:i32 durable_end:i64 error:i16
-//! EpochQuery  (3) = topic_id:16 partition:i32 leader_epoch:i32 requested_epoch:i32
-//! EpochAnswer (4) = topic_id:16 partition:i32 error:i16 epoch:i32 end_offset:i64
+//! frame    = length:u32 kind:u8 body          (length counts kind and body)
+//! Push     (1) = part leader_epoch:i32 high_watermark:i64 base_offset:i64
+//!                records_len:u32 records      (stored RecordBatches, byte for byte)
+//! Ack      (2) = part leader_epoch:i32 status:i16 log_end:i64 durable_end:i64 last_epoch:i32
+//! EpochEnd (3) = part leader_epoch:i32 epoch:i32 end_offset:i64
+//! part         = topic_id:16 partition:i32
 //! ```
 //!
-//! A Push is written as two buffers, the fixed header and the records as the log stored them,
-//! so the batch bytes are never copied or re-encoded on the leader; the decoder hands the
-//! records out as a slice of the read buffer. `leader_epoch` on Push fences a stale leader: a
-//! follower that knows a newer epoch answers with FENCED_LEADER_EPOCH.
+//! Leader to follower: Push (batches starting at `base_offset`, which must be the follower's log
+//! end; no records is a probe that only asks for an Ack) and EpochEnd (OffsetForLeaderEpoch's
+//! answer for the follower's last epoch, after an Ack with [`ACK_CHECK_EPOCH`]). Follower to
+//! leader: Ack, for each Push and EpochEnd. A Push is written as its fixed header followed by the
+//! records as the log stored them, so batch bytes are never copied or re-encoded on the leader;
+//! the decoder hands them out as a slice of the read buffer. `leader_epoch` fences stale leaders.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use uuid::Uuid;
 
-/// Frames above this are refused (a batch is at most `message.max.bytes`, well below).
+/// Frames above this are refused (a push carries at most a read's worth of batches).
 pub const MAX_FRAME_BYTES: usize = 64 << 20;
+
+/// The api key of the Hello frame (not a Kafka api key).
+pub const HELLO_API_KEY: i16 = 0x7250;
+
+/// Ack statuses.
+pub const ACK_OK: i16 = 0;
+/// The push did not start at the follower's log end (`log_end` says where it is).
+pub const ACK_OUT_OF_ORDER: i16 = 1;
+/// The follower knows a newer leader epoch: the sender is a stale leader.
+pub const ACK_FENCED: i16 = 2;
+/// The follower has not seen this leader epoch in its metadata yet, or does not host the
+/// partition: try again shortly.
+pub const ACK_RETRY: i16 = 3;
+/// First push of a new leader epoch: the follower needs the leader's end of its last epoch
+/// (`last_epoch`) before it appends anything.
+pub const ACK_CHECK_EPOCH: i16 = 4;
+/// The follower's log failed.
+pub const ACK_STORAGE_ERROR: i16 = 5;
 
 const KIND_PUSH: u8 = 1;
 const KIND_ACK: u8 = 2;
-const KIND_EPOCH_QUERY: u8 = 3;
-const KIND_EPOCH_ANSWER: u8 = 4;
+const KIND_EPOCH_END: u8 = 3;
 
 /// A partition on the wire.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct WirePartition {
     pub topic_id: Uuid,
     pub partition: i32,
@@ -36,29 +57,24 @@ pub struct WirePartition {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Frame {
-    /// Leader to follower: batches to append, starting at the follower's log end.
     Push {
         part: WirePartition,
         leader_epoch: i32,
         high_watermark: i64,
+        base_offset: i64,
         records: Bytes,
     },
-    /// Follower to leader: every offset below `durable_end` is durable here.
     Ack {
         part: WirePartition,
         leader_epoch: i32,
+        status: i16,
+        log_end: i64,
         durable_end: i64,
-        error: i16,
+        last_epoch: i32,
     },
-    /// Follower to leader: where did `requested_epoch` end on your log?
-    EpochQuery {
+    EpochEnd {
         part: WirePartition,
         leader_epoch: i32,
-        requested_epoch: i32,
-    },
-    EpochAnswer {
-        part: WirePartition,
-        error: i16,
         epoch: i32,
         end_offset: i64,
     },
@@ -82,7 +98,29 @@ impl std::fmt::Display for WireError {
 }
 
 const PART_BYTES: usize = 16 + 4;
-const PUSH_HEADER_BYTES: usize = 4 + 1 + PART_BYTES + 4 + 8 + 4;
+const PUSH_FIXED: usize = PART_BYTES + 4 + 8 + 8 + 4;
+const ACK_BODY: usize = PART_BYTES + 4 + 2 + 8 + 8 + 4;
+const EPOCH_END_BODY: usize = PART_BYTES + 4 + 4 + 8;
+
+/// The Hello a leader's shard sends first: a Kafka-shaped frame (length, api key) naming the
+/// leader broker.
+pub fn hello(leader: i32) -> Bytes {
+    let mut out = BytesMut::with_capacity(10);
+    out.put_i32(6);
+    out.put_i16(HELLO_API_KEY);
+    out.put_i32(leader);
+    out.freeze()
+}
+
+/// Whether the first bytes of a connection are a replication Hello.
+pub fn is_hello(first: &[u8]) -> bool {
+    first.len() >= 6
+        && first[..4] == 6i32.to_be_bytes()
+        && first[4..6] == HELLO_API_KEY.to_be_bytes()
+}
+
+/// Length of the Hello frame.
+pub const HELLO_BYTES: usize = 10;
 
 fn put_part(out: &mut BytesMut, part: &WirePartition) {
     out.put_slice(part.topic_id.as_bytes());
@@ -98,23 +136,25 @@ fn get_part(body: &mut Bytes) -> WirePartition {
     }
 }
 
-/// The header of a Push; write it, then `records`, as one vectored write.
+/// The header of a Push; write it, then the records, as one vectored write.
 pub fn push_header(
     part: &WirePartition,
     leader_epoch: i32,
     high_watermark: i64,
+    base_offset: i64,
     records_len: usize,
 ) -> Result<Bytes, WireError> {
-    let length = PUSH_HEADER_BYTES - 4 + records_len;
+    let length = 1 + PUSH_FIXED + records_len;
     if length > MAX_FRAME_BYTES {
         return Err(WireError::TooLarge(length));
     }
-    let mut out = BytesMut::with_capacity(PUSH_HEADER_BYTES);
+    let mut out = BytesMut::with_capacity(5 + PUSH_FIXED);
     out.put_u32(length as u32);
     out.put_u8(KIND_PUSH);
     put_part(&mut out, part);
     out.put_i32(leader_epoch);
     out.put_i64(high_watermark);
+    out.put_i64(base_offset);
     out.put_u32(records_len as u32);
     Ok(out.freeze())
 }
@@ -127,51 +167,45 @@ pub fn encode(frame: &Frame) -> Result<Bytes, WireError> {
             part,
             leader_epoch,
             high_watermark,
+            base_offset,
             records,
         } => {
             out.extend_from_slice(&push_header(
                 part,
                 *leader_epoch,
                 *high_watermark,
+                *base_offset,
                 records.len(),
             )?);
             out.extend_from_slice(records);
-            return Ok(out.freeze());
         }
         Frame::Ack {
             part,
             leader_epoch,
+            status,
+            log_end,
             durable_end,
-            error,
+            last_epoch,
         } => {
-            out.put_u32((1 + PART_BYTES + 4 + 8 + 2) as u32);
+            out.put_u32((1 + ACK_BODY) as u32);
             out.put_u8(KIND_ACK);
             put_part(&mut out, part);
             out.put_i32(*leader_epoch);
+            out.put_i16(*status);
+            out.put_i64(*log_end);
             out.put_i64(*durable_end);
-            out.put_i16(*error);
+            out.put_i32(*last_epoch);
         }
-        Frame::EpochQuery {
+        Frame::EpochEnd {
             part,
             leader_epoch,
-            requested_epoch,
-        } => {
-            out.put_u32((1 + PART_BYTES + 4 + 4) as u32);
-            out.put_u8(KIND_EPOCH_QUERY);
-            put_part(&mut out, part);
-            out.put_i32(*leader_epoch);
-            out.put_i32(*requested_epoch);
-        }
-        Frame::EpochAnswer {
-            part,
-            error,
             epoch,
             end_offset,
         } => {
-            out.put_u32((1 + PART_BYTES + 2 + 4 + 8) as u32);
-            out.put_u8(KIND_EPOCH_ANSWER);
+            out.put_u32((1 + EPOCH_END_BODY) as u32);
+            out.put_u8(KIND_EPOCH_END);
             put_part(&mut out, part);
-            out.put_i16(*error);
+            out.put_i32(*leader_epoch);
             out.put_i32(*epoch);
             out.put_i64(*end_offset);
         }
@@ -208,43 +242,39 @@ pub fn decode(buf: &mut BytesMut) -> Result<Option<Frame>, WireError> {
     };
     let frame = match kind {
         KIND_PUSH => {
-            if body.len() < PART_BYTES + 4 + 8 + 4 {
+            if body.len() < PUSH_FIXED {
                 return Err(WireError::Malformed("short push"));
             }
             let part = get_part(&mut body);
             let leader_epoch = body.get_i32();
             let high_watermark = body.get_i64();
+            let base_offset = body.get_i64();
             let records_len = body.get_u32() as usize;
             need(&body, records_len)?;
             Frame::Push {
                 part,
                 leader_epoch,
                 high_watermark,
+                base_offset,
                 records: body,
             }
         }
         KIND_ACK => {
-            need(&body, PART_BYTES + 4 + 8 + 2)?;
+            need(&body, ACK_BODY)?;
             Frame::Ack {
                 part: get_part(&mut body),
                 leader_epoch: body.get_i32(),
+                status: body.get_i16(),
+                log_end: body.get_i64(),
                 durable_end: body.get_i64(),
-                error: body.get_i16(),
+                last_epoch: body.get_i32(),
             }
         }
-        KIND_EPOCH_QUERY => {
-            need(&body, PART_BYTES + 4 + 4)?;
-            Frame::EpochQuery {
+        KIND_EPOCH_END => {
+            need(&body, EPOCH_END_BODY)?;
+            Frame::EpochEnd {
                 part: get_part(&mut body),
                 leader_epoch: body.get_i32(),
-                requested_epoch: body.get_i32(),
-            }
-        }
-        KIND_EPOCH_ANSWER => {
-            need(&body, PART_BYTES + 2 + 4 + 8)?;
-            Frame::EpochAnswer {
-                part: get_part(&mut body),
-                error: body.get_i16(),
                 epoch: body.get_i32(),
                 end_offset: body.get_i64(),
             }
@@ -271,28 +301,27 @@ mod tests {
                 part: part(),
                 leader_epoch: 3,
                 high_watermark: 99,
+                base_offset: 120,
                 records: Bytes::from_static(b"batch bytes as stored"),
             },
             Frame::Push {
                 part: part(),
                 leader_epoch: 0,
                 high_watermark: 0,
+                base_offset: -1,
                 records: Bytes::new(),
             },
             Frame::Ack {
                 part: part(),
                 leader_epoch: 3,
-                durable_end: 1 << 40,
-                error: 0,
+                status: ACK_CHECK_EPOCH,
+                log_end: 1 << 40,
+                durable_end: 1 << 39,
+                last_epoch: 2,
             },
-            Frame::EpochQuery {
+            Frame::EpochEnd {
                 part: part(),
                 leader_epoch: 4,
-                requested_epoch: 2,
-            },
-            Frame::EpochAnswer {
-                part: part(),
-                error: 74,
                 epoch: -1,
                 end_offset: -1,
             },
@@ -320,7 +349,7 @@ mod tests {
     #[test]
     fn push_header_then_records_is_a_push() {
         let records = Bytes::from_static(b"0123456789");
-        let header = push_header(&part(), 1, 5, records.len()).unwrap();
+        let header = push_header(&part(), 1, 5, 40, records.len()).unwrap();
         let mut buf = BytesMut::new();
         buf.extend_from_slice(&header);
         buf.extend_from_slice(&records);
@@ -331,9 +360,20 @@ mod tests {
                 part: part(),
                 leader_epoch: 1,
                 high_watermark: 5,
+                base_offset: 40,
                 records
             }
         );
+    }
+
+    #[test]
+    fn hello_is_recognised_and_kafka_frames_are_not() {
+        let h = hello(3);
+        assert_eq!(h.len(), HELLO_BYTES);
+        assert!(is_hello(&h));
+        assert!(!is_hello(&h[..5]));
+        // ApiVersions v3 request header: length, api key 18.
+        assert!(!is_hello(&[0, 0, 0, 6, 0, 18, 0, 3]));
     }
 
     #[test]
@@ -344,6 +384,7 @@ mod tests {
             (vec![0, 0, 0, 1, 9], "unknown kind"),
             (vec![0, 0, 0, 3, KIND_ACK, 0, 0], "short ack"),
             (vec![0, 0, 0, 2, KIND_PUSH, 0], "short push"),
+            (vec![0, 0, 0, 2, KIND_EPOCH_END, 0], "short epoch end"),
         ];
         for (bytes, what) in cases {
             let mut buf = BytesMut::from(&bytes[..]);
@@ -351,11 +392,11 @@ mod tests {
         }
         // A push whose records length disagrees with the frame length.
         let mut bad = BytesMut::new();
-        bad.extend_from_slice(&push_header(&part(), 1, 5, 10).unwrap());
+        bad.extend_from_slice(&push_header(&part(), 1, 5, 0, 10).unwrap());
         bad.extend_from_slice(b"short");
         let len = (bad.len() - 4) as u32;
         bad[..4].copy_from_slice(&len.to_be_bytes());
         assert!(decode(&mut bad).is_err());
-        assert!(push_header(&part(), 1, 5, MAX_FRAME_BYTES).is_err());
+        assert!(push_header(&part(), 1, 5, 0, MAX_FRAME_BYTES).is_err());
     }
 }
