@@ -99,6 +99,22 @@ impl IsrTracker {
         }
     }
 
+    /// ISR members (the leader included) caught up within the lag time as of `now_ms`.
+    pub fn in_sync_count(&self, now_ms: u64) -> usize {
+        let mut members = self.isr.clone();
+        members.insert(self.leader);
+        members
+            .iter()
+            .filter(|r| {
+                **r == self.leader
+                    || self
+                        .followers
+                        .get(r)
+                        .is_some_and(|s| now_ms.saturating_sub(s.caught_up_ms) <= self.lag_max_ms)
+            })
+            .count()
+    }
+
     /// The ISR change to propose now, if any: removals of laggards first, else additions of
     /// followers caught up to `high_watermark` that `eligible` says may join (live brokers).
     pub fn poll(
@@ -159,6 +175,8 @@ mod tests {
         t.on_ack(2, 10, 10, 500);
         assert_eq!(t.poll(10, 1000, |_| true), None);
         t.on_ack(2, 10, 10, 1000);
+        assert_eq!(t.in_sync_count(1000), 3);
+        assert_eq!(t.in_sync_count(1001), 2);
         assert_eq!(
             t.poll(10, 1001, |_| true),
             Some(IsrChange { isr: vec![1, 2] }),

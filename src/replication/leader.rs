@@ -76,6 +76,7 @@ pub struct LeaderState {
     /// Advanced on every append, so push tasks wake for new data.
     pub appended: OffsetWatch,
     stopped: Cell<bool>,
+    min_insync: Cell<usize>,
 }
 
 impl LeaderState {
@@ -127,6 +128,7 @@ impl LeaderState {
             followers,
             appended: OffsetWatch::new(partition.log.log_end_offset()),
             stopped: Cell::new(false),
+            min_insync: Cell::new(usize::try_from(min_insync).unwrap_or(0)),
         });
         info!(
             topic = %partition.topic,
@@ -186,11 +188,20 @@ impl LeaderState {
     pub fn update(&self, isr: &[i32], min_insync: i32, lag_max_ms: u64) -> i64 {
         let mut done = self.tracker.borrow_mut().set_isr(isr);
         done.extend(self.tracker.borrow_mut().set_min_insync(min_insync));
+        self.min_insync
+            .set(usize::try_from(min_insync).unwrap_or(0));
         complete(done);
         let mut tracker = self.isr.borrow_mut();
         tracker.set_isr(isr);
         tracker.set_lag_max_ms(lag_max_ms);
         self.high_watermark()
+    }
+
+    /// Whether enough ISR members are caught up for an acks=all append (min.insync.replicas),
+    /// judged by lag before the controller has removed the laggards.
+    pub fn enough_in_sync(&self) -> bool {
+        let min = self.min_insync.get();
+        self.isr.borrow().in_sync_count(now_ms()) >= min
     }
 
     /// acks=all: resolves once the high watermark reaches `end_offset`, or with why not.
@@ -454,19 +465,24 @@ async fn housekeeping(shard: Rc<Shard>, partition: Rc<Partition>, leader: Rc<Lea
             isr = ?change.isr,
             "proposing an ISR change"
         );
-        let result = shard
-            .control
-            .alter_partition_isr(
-                leader.topic.clone(),
-                partition.index,
-                leader.epoch,
-                change.isr,
-            )
-            .await;
-        if let Err(e) = result {
-            warn!(topic = %leader.topic, partition = partition.index, "ISR change refused: {e}");
-            leader.isr.borrow_mut().proposal_failed();
-            glommio::timer::sleep(HOUSEKEEPING * 5).await;
-        }
+        // In its own task: without a controller the proposal waits, timeouts must not.
+        let (shard, partition, leader) = (shard.clone(), partition.clone(), leader.clone());
+        glommio::spawn_local(async move {
+            let result = shard
+                .control
+                .alter_partition_isr(
+                    leader.topic.clone(),
+                    partition.index,
+                    leader.epoch,
+                    change.isr,
+                )
+                .await;
+            if let Err(e) = result {
+                debug!(topic = %leader.topic, partition = partition.index, "ISR change refused: {e}");
+                glommio::timer::sleep(HOUSEKEEPING * 5).await;
+                leader.isr.borrow_mut().proposal_failed();
+            }
+        })
+        .detach();
     }
 }
