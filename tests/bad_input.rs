@@ -181,3 +181,19 @@ fn nonsense_offsets_and_empty_records_get_error_codes() {
     }
     assert_still_serving(&mut broker, "t", 0);
 }
+
+#[test]
+fn a_second_broker_on_the_same_port_refuses_to_start() {
+    let broker = start_with_topic("t");
+    let dir = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_chronik"))
+        .arg("start")
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--listen")
+        .arg(broker.addr.to_string())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("cannot listen"));
+}

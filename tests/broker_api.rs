@@ -551,3 +551,44 @@ fn leader_epochs_in_fetch_and_list_offsets_are_checked() {
         );
     }
 }
+
+#[test]
+fn fetch_min_bytes_waits_for_enough_data() {
+    let broker = Broker::start();
+    let mut client = broker.client();
+    client.create_topic("minbytes", 1);
+    client.produce("minbytes", 1, &[(0, batch(&[b"small"], 0))]);
+    // Not enough data before max_wait: what there is comes back at the deadline.
+    let request = fetch_request(&[("minbytes", 0, 0, 1 << 20)], 300, 10_000, 1 << 20);
+    let response: FetchResponse = client.call(ApiKey::Fetch, 12, &request);
+    let records = decode_records(response.responses[0].partitions[0].records.clone().unwrap());
+    assert_eq!(records.len(), 1);
+    // Enough data arriving while it waits completes it.
+    let request = fetch_request(&[("minbytes", 0, 0, 1 << 20)], 20_000, 5_000, 1 << 20);
+    let frame = client.encode(ApiKey::Fetch, 12, &request);
+    client.stream.write_all(&frame).unwrap();
+    let mut producer = broker.client();
+    let value = vec![b'v'; 1000];
+    for _ in 0..6 {
+        producer.produce("minbytes", 1, &[(0, batch(&[&value], 0))]);
+    }
+    let (_, response): (i32, FetchResponse) = client.read_response(ApiKey::Fetch, 12);
+    let data = response.responses[0].partitions[0].records.clone().unwrap();
+    assert!(data.len() >= 5_000, "{} bytes", data.len());
+}
+
+#[test]
+fn produce_with_a_zero_timeout_is_still_acknowledged() {
+    let broker = Broker::start();
+    let mut client = broker.client();
+    client.create_topic("no-timeout", 1);
+    for acks in [1i16, -1] {
+        let mut request = produce_request("no-timeout", acks, &[(0, batch(&[b"x"], 0))]);
+        request.timeout_ms = 0;
+        let response: ProduceResponse = client.call(ApiKey::Produce, 9, &request);
+        assert_eq!(
+            response.responses[0].partition_responses[0].error_code, 0,
+            "acks={acks}"
+        );
+    }
+}

@@ -873,3 +873,66 @@ fn appends_racing_a_truncation_are_refused_or_kept_whole() {
         assert_eq!(read_all(&log, 0).await.len() as i64, end);
     });
 }
+
+#[test]
+fn leader_epoch_history_survives_reopen_and_damage() {
+    let dir = tmpdir();
+    let path = dir.path().join("t-0");
+    run(move || async move {
+        let log = PartitionLog::open(path.clone(), small_config())
+            .await
+            .unwrap();
+        assert_eq!(log.end_offset_for_epoch(0), (-1, -1));
+        for (epoch, n) in [(1, 10), (2, 15), (5, 10)] {
+            for _ in 0..n {
+                log.append(&batch(2, 1, 150, 0), epoch).unwrap();
+            }
+        }
+        log.wait_durable(70).await.unwrap();
+        let expect = [
+            (0, (0, 0)),
+            (1, (1, 20)),
+            (2, (2, 50)),
+            (3, (2, 50)),
+            (4, (2, 50)),
+            (5, (5, 70)),
+            (6, (-1, -1)),
+        ];
+        for (asked, answer) in expect {
+            assert_eq!(log.end_offset_for_epoch(asked), answer, "epoch {asked}");
+        }
+        drop(log);
+        let log = PartitionLog::open(path.clone(), small_config())
+            .await
+            .unwrap();
+        for (asked, answer) in expect {
+            assert_eq!(
+                log.end_offset_for_epoch(asked),
+                answer,
+                "epoch {asked} after reopen"
+            );
+        }
+        log.close().await.unwrap();
+        std::fs::write(path.join("leader-epoch-checkpoint"), b"damaged").unwrap();
+        let log = PartitionLog::open(path.clone(), small_config())
+            .await
+            .unwrap();
+        for (asked, answer) in expect {
+            assert_eq!(
+                log.end_offset_for_epoch(asked),
+                answer,
+                "epoch {asked} after rebuild"
+            );
+        }
+        // truncation forgets the epochs it removes, durably
+        log.truncate_to(30).await.unwrap();
+        // epoch 5 is gone: newer than any known epoch is undefined (Kafka's rule)
+        assert_eq!(log.end_offset_for_epoch(5), (-1, -1));
+        assert_eq!(log.end_offset_for_epoch(2), (2, 30));
+        drop(log);
+        let log = PartitionLog::open(path, small_config()).await.unwrap();
+        assert_eq!(log.end_offset_for_epoch(5), (-1, -1));
+        assert_eq!(log.end_offset_for_epoch(2), (2, 30));
+        assert_eq!(log.end_offset_for_epoch(1), (1, 20));
+    });
+}

@@ -20,7 +20,7 @@ use chronik_shards::log::{LogConfig, LogError, PartitionLog};
 const CHILD_ENV: &str = "CHRONIK_CRASH_CHILD";
 const APPENDERS: usize = 4;
 /// A truncation after this many durable reports.
-const TRUNCATE_EVERY: u64 = 53;
+const TRUNCATE_EVERY: u64 = 23;
 
 fn config() -> LogConfig {
     LogConfig {
@@ -43,6 +43,16 @@ fn expected_batch(base: i64) -> Vec<u8> {
     b[0..8].copy_from_slice(&base.to_be_bytes());
     b[12..16].copy_from_slice(&0i32.to_be_bytes());
     b
+}
+
+/// Whether `got` is the batch written at `base` (the leader epoch field aside: it varies).
+fn is_expected(got: &[u8], base: i64) -> bool {
+    let want = expected_batch(base);
+    got.len() == want.len() && got[..12] == want[..12] && got[16..] == want[16..]
+}
+
+fn epoch_of(batch: &[u8]) -> i32 {
+    i32::from_be_bytes(batch[12..16].try_into().unwrap())
 }
 
 fn next_offset_after(batch: &[u8]) -> i64 {
@@ -75,19 +85,21 @@ fn crash_child_entry() {
                 .unwrap();
             // Bumped when a truncation starts: a batch appended before it is not reported.
             let generation = Rc::new(Cell::new(0u64));
+            // Each child is a new leader: a new epoch, bumped again after each truncation.
+            let epoch = Rc::new(Cell::new(log.last_leader_epoch().max(0) + 1));
             let reports = Rc::new(Cell::new(0u64));
             let mut tasks = Vec::new();
             for _ in 0..APPENDERS {
                 let log = log.clone();
                 let generation = generation.clone();
                 let reports = reports.clone();
+                let epoch = epoch.clone();
                 tasks.push(glommio::spawn_local(async move {
                     loop {
                         let base = log.log_end_offset();
                         let batch = expected_batch(base);
                         let gen = generation.get();
-                        // epoch 0 is patched in; the expected bytes carry it already
-                        let info = match log.append(&batch, 0) {
+                        let info = match log.append(&batch, epoch.get()) {
                             Ok(info) => info,
                             Err(LogError::Truncating) => {
                                 glommio::timer::sleep(Duration::from_micros(200)).await;
@@ -116,7 +128,7 @@ fn crash_child_entry() {
                         reports.set(n);
                         if n % TRUNCATE_EVERY == 0 {
                             let back =
-                                1 + (base.unsigned_abs().wrapping_mul(2654435761) % 150) as i64;
+                                1 + (base.unsigned_abs().wrapping_mul(2654435761) % 80) as i64;
                             let point = (log.log_end_offset() - back).max(log.log_start_offset());
                             generation.set(generation.get() + 1);
                             {
@@ -125,6 +137,7 @@ fn crash_child_entry() {
                                 out.flush().unwrap();
                             }
                             log.truncate_to(point).await.unwrap();
+                            epoch.set(epoch.get() + 1);
                             let mut out = std::io::stdout().lock();
                             writeln!(out, "TRUNCATED {point}").unwrap();
                             out.flush().unwrap();
@@ -265,30 +278,49 @@ fn verify(dir: &Path, reported: Vec<(i64, i64)>, check_from: i64) -> i64 {
                     "durable batch {base}..={last} lost: log end is {end}"
                 );
                 let got = log.read(base, 1, i64::MAX).await.unwrap();
-                assert_eq!(
-                    got[0].as_ref(),
-                    expected_batch(base).as_slice(),
-                    "batch {base} damaged"
-                );
+                assert!(is_expected(&got[0], base), "batch {base} damaged");
                 assert_eq!(next_offset_after(&got[0]), last + 1);
             }
             // Everything from check_from to the end: contiguous, whole, exactly what was written.
             let mut cur = check_from.max(log.log_start_offset());
+            let mut epoch_starts: Vec<(i32, i64)> = Vec::new();
             while cur < end {
                 let got = log.read(cur, 256 << 10, i64::MAX).await.unwrap();
                 assert!(!got.is_empty());
                 for b in got {
                     let base = i64::from_be_bytes(b[0..8].try_into().unwrap());
                     assert!(base <= cur && cur < next_offset_after(&b) || base == cur);
-                    assert_eq!(
-                        b.as_ref(),
-                        expected_batch(base).as_slice(),
+                    assert!(
+                        is_expected(&b, base),
                         "batch at {base} is not what was written"
                     );
+                    let epoch = epoch_of(&b);
+                    match epoch_starts.last() {
+                        Some(&(e, _)) if e == epoch => {}
+                        Some(&(e, _)) => {
+                            assert!(epoch > e, "epoch {epoch} after {e} at {base}");
+                            epoch_starts.push((epoch, base));
+                        }
+                        None => epoch_starts.push((epoch, base)),
+                    }
                     cur = next_offset_after(&b);
                 }
             }
             assert_eq!(cur, end);
+            if check_from == 0 {
+                // The whole log was scanned: its epoch history must match the batches.
+                let latest = epoch_starts.last().map_or(0, |&(e, _)| e);
+                for asked in 0..=latest + 1 {
+                    let want = match epoch_starts.iter().position(|&(e, _)| e > asked) {
+                        _ if epoch_starts.is_empty() => (-1, -1),
+                        _ if asked == latest => (asked, end),
+                        None => (-1, -1),
+                        Some(0) => (asked, epoch_starts[0].1),
+                        Some(i) => (epoch_starts[i - 1].0, epoch_starts[i].1),
+                    };
+                    assert_eq!(log.end_offset_for_epoch(asked), want, "epoch {asked}");
+                }
+            }
             log.close().await.unwrap();
             end
         })

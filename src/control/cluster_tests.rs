@@ -366,7 +366,7 @@ fn a_killed_broker_is_fenced_after_its_session_and_its_partitions_move() {
     let killed_at = Instant::now();
     nodes.remove(position).crash();
 
-    wait_for(&nodes, Duration::from_secs(12), |image| {
+    wait_for(&nodes, Duration::from_secs(15), |image| {
         image.brokers[&victim].fenced
     });
     assert!(
@@ -425,6 +425,36 @@ fn a_killed_broker_is_fenced_after_its_session_and_its_partitions_move() {
             .collect::<Vec<_>>(),
         vec![2, 2, 2]
     );
+    shutdown_all(nodes);
+}
+
+#[test]
+fn a_killed_controller_is_replaced_and_loses_no_metadata() {
+    let cluster = Cluster::new(3);
+    let mut nodes = cluster.start_all();
+    wait_for(&nodes, Duration::from_secs(10), |image| {
+        image.live_brokers().count() == 3
+    });
+    let first = block_on(nodes[0].create_topics(vec![new_topic("before", 3, 3)], false));
+    let first = first[0].as_ref().unwrap().clone();
+    let old = controller(&nodes).node_id();
+    let position = nodes.iter().position(|n| n.node_id() == old).unwrap();
+    nodes.remove(position).crash();
+
+    wait_for(&nodes, Duration::from_secs(10), |image| {
+        image.controller_id.is_some_and(|c| c != old)
+    });
+    let second = block_on(nodes[0].create_topics(vec![new_topic("after", 2, 2)], false));
+    assert!(second[0].is_ok(), "{second:?}");
+    assert_eq!(nodes[1].image().topics["before"].id, first.id);
+
+    nodes.extend(cluster.start(&[position]));
+    wait_for(&nodes, Duration::from_secs(10), |image| {
+        image.live_brokers().count() == 3 && image.topics.contains_key("after")
+    });
+    let images = converged(&nodes);
+    assert_eq!(images[0].topics["before"].id, first.id);
+    assert_eq!(images[0].topics["before"].partitions.len(), 3);
     shutdown_all(nodes);
 }
 

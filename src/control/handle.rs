@@ -184,9 +184,15 @@ pub fn start(config: ControlConfig) -> Result<ControlHandle, ControlError> {
             handle.join();
             Err(e)
         }
-        Err(_) => {
+        Err(mpsc::RecvTimeoutError::Timeout) => {
             tracing::error!("control plane did not start within {start_timeout:?}");
             Err(ControlError::Timeout)
+        }
+        Err(mpsc::RecvTimeoutError::Disconnected) => {
+            handle.join();
+            Err(ControlError::Internal(
+                "the control thread ended while starting".into(),
+            ))
         }
     }
 }

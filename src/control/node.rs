@@ -786,6 +786,12 @@ impl ControlNode {
             tracing::warn!("controlled shutdown timed out; stopping anyway");
             return true;
         }
+        if self.controller_id().is_none() {
+            // No controller (the others are gone too, or an election): nobody can move our
+            // leaderships now; the next controller treats us as a broker whose session ended.
+            tracing::info!("controlled shutdown: no controller to hand leadership to");
+            return true;
+        }
         let fenced = self
             .image
             .brokers

@@ -38,14 +38,16 @@ struct Slot {
 /// under a deleted topic's name never opens the directory being deleted.
 pub struct PartitionRegistry {
     data_dir: PathBuf,
+    node_id: i32,
     slots: RefCell<HashMap<PartitionKey, Rc<Slot>>>,
     dir_locks: RefCell<HashMap<PathBuf, Rc<Semaphore>>>,
 }
 
 impl PartitionRegistry {
-    pub fn new(data_dir: PathBuf) -> Self {
+    pub fn new(data_dir: PathBuf, node_id: i32) -> Self {
         PartitionRegistry {
             data_dir,
+            node_id,
             slots: RefCell::new(HashMap::new()),
             dir_locks: RefCell::new(HashMap::new()),
         }
@@ -134,14 +136,7 @@ impl PartitionRegistry {
             }
         }
         let log = PartitionLog::open(dir.clone(), config).await?;
-        let open = Rc::new(Partition::new(
-            topic.name.clone(),
-            topic.id,
-            partition.index,
-            partition.leader_epoch,
-            topic.configs.clone(),
-            log,
-        ));
+        let open = Rc::new(Partition::new(topic, partition, self.node_id, log));
         info!(
             topic = %topic.name,
             partition = partition.index,

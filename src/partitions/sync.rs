@@ -50,7 +50,7 @@ pub async fn apply_image(shard: &Rc<Shard>, image: &MetadataImage) {
             match shard.partitions.get(&(topic.id, info.index)) {
                 Some(open) => {
                     open.update_config(&topic.configs, config.clone());
-                    open.set_leader_epoch(info.leader_epoch);
+                    open.set_replica_state(info.leader_epoch, &info.isr);
                     crate::replication::apply(shard, &open, topic, info);
                 }
                 None => {

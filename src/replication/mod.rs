@@ -70,7 +70,6 @@ pub fn apply(
                 if let Some(old) = current {
                     old.stop();
                 }
-                partition.set_leader_epoch(info.leader_epoch);
                 let leader = leader::LeaderState::start(shard, partition, info, min_insync, lag);
                 partition
                     .high_watermark_watch()

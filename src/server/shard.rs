@@ -70,7 +70,7 @@ pub async fn run(id: usize, start: ShardStart) -> Result<(), String> {
         node_id: start.node_id,
         mesh,
         control: start.control.clone(),
-        partitions: PartitionRegistry::new(start.data_dir.clone()),
+        partitions: PartitionRegistry::new(start.data_dir.clone(), start.node_id),
         shutdown: start.shutdown.clone(),
         replication: crate::replication::ShardReplication::new(start.replica_lag_time_max_ms),
     });

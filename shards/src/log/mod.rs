@@ -4,11 +4,13 @@
 //! offset, written with O_DIRECT in 4096-byte-aligned blocks and made durable by group commit. See
 //! `/shared/DESIGN.md` ("Partition log") and the modules: `batch` (frame rules), `segment` (files and
 //! scans), `index` (sparse indexes), `commit` (flushing), `recovery` (open), `read` (fetch and
-//! timestamp lookup), `retention`, `truncate`, `tail` (in-memory tail).
+//! timestamp lookup), `retention`, `truncate`, `tail` (in-memory tail), `epochs` (leader epoch
+//! history for OffsetForLeaderEpoch).
 //!
 //! On disk, per partition directory: `<base offset, 20 digits>.log` holds batches back to back exactly
 //! as the log returns them; sealed segments also have `.index` (relative offset -> position) and
-//! `.timeindex` (max timestamp -> relative offset) files with a checksummed trailer. Only the newest
+//! `.timeindex` (max timestamp -> relative offset) files with a checksummed trailer;
+//! `leader-epoch-checkpoint` holds where each leader epoch began. Only the newest
 //! segment is ever written; it is preallocated in 64 MiB steps and cut to its logical size when sealed
 //! or closed. log_start is the base offset of the oldest segment file.
 //!
@@ -29,6 +31,7 @@
 pub mod batch;
 mod commit;
 mod config;
+mod epochs;
 mod error;
 mod index;
 mod read;
@@ -107,6 +110,7 @@ struct LogState {
     truncations: std::collections::VecDeque<(u64, i64)>,
     /// A truncation is cutting the log: appends are refused until it is done.
     truncating: bool,
+    epochs: epochs::EpochHistory,
 }
 
 fn now_ms() -> i64 {
@@ -185,6 +189,7 @@ impl LogState {
         });
         self.log_end = h.next_offset();
         self.last_epoch = h.leader_epoch;
+        self.epochs.note(h.leader_epoch, h.base_offset);
         self.tail.evict(cfg.tail_cache_bytes, self.written_end);
     }
 }
@@ -209,6 +214,7 @@ impl PartitionLog {
                 generation: 0,
                 truncations: std::collections::VecDeque::new(),
                 truncating: false,
+                epochs: recovered.epochs,
             }),
             file_lock: glommio::sync::Semaphore::new(1),
             sync_lock: glommio::sync::Semaphore::new(1),
@@ -358,6 +364,23 @@ impl PartitionLog {
         self.state.borrow().last_epoch
     }
 
+    /// OffsetForLeaderEpoch: the largest leader epoch <= `epoch` that this log has batches of, and the
+    /// offset where it ended (where the next epoch began, or the log end for the latest epoch);
+    /// (-1, -1) when undefined (no such epoch, or `epoch` newer than any known).
+    pub fn end_offset_for_epoch(&self, epoch: i32) -> (i32, i64) {
+        let st = self.state.borrow();
+        st.epochs.end_offset_for(epoch, st.log_end)
+    }
+
+    /// Saves the leader epoch history if it changed (file lock held).
+    fn save_epochs(&self) -> Result<(), LogError> {
+        let mut st = self.state.borrow_mut();
+        if st.epochs.is_dirty() {
+            st.epochs.save(&self.dir)?;
+        }
+        Ok(())
+    }
+
     /// Topic config change; takes effect for later appends and flushes.
     pub fn update_config(&self, config: LogConfig) {
         *self.config.borrow_mut() = config;
@@ -396,6 +419,7 @@ impl PartitionLog {
         }
         let end = self.state.borrow().log_end;
         self.flush_locked(true, end).await?;
+        self.save_epochs()?;
         self.closed.set(true);
         let active = {
             let mut st = self.state.borrow_mut();

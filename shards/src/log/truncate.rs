@@ -196,6 +196,8 @@ impl PartitionLog {
         st.synced_end = point;
         st.last_epoch = last_epoch.unwrap_or(-1);
         st.tail.truncate(point);
+        st.epochs.truncate(point);
+        st.epochs.save(&self.dir)?;
         st.generation += 1;
         let generation = st.generation;
         st.truncations.push_back((generation, point));
