@@ -281,13 +281,7 @@ async fn on_epoch_end(
     }
     let log = &partition.log;
     let my_end = log.log_end_offset();
-    let mine = match epoch_lookup::end_offset_for(log, epoch).await {
-        Ok(mine) => mine,
-        Err(e) => {
-            warn!(topic = %partition.topic, partition = partition.index, "epoch lookup failed: {e}");
-            return ack_of(&partition, part, leader_epoch, wire::ACK_STORAGE_ERROR);
-        }
-    };
+    let mine = epoch_lookup::end_offset_for(log, epoch);
     let cut = epochs::truncation_offset((epoch, end_offset), log.last_leader_epoch(), my_end, mine);
     if cut < my_end {
         info!(

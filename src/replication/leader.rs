@@ -329,16 +329,7 @@ async fn push_loop(
             continue;
         };
         if let Some(epoch) = cursor.check_epoch.take() {
-            let (end_epoch, end_offset) = match epoch_lookup::end_offset_for(&partition.log, epoch)
-                .await
-            {
-                Ok(answer) => answer,
-                Err(e) => {
-                    warn!(topic = %leader.topic, partition = partition.index, "epoch lookup failed: {e}");
-                    cursor.back_off.set(true);
-                    continue;
-                }
-            };
+            let (end_epoch, end_offset) = epoch_lookup::end_offset_for(&partition.log, epoch);
             let frame = Frame::EpochEnd {
                 part: leader.part,
                 leader_epoch: leader.epoch,
