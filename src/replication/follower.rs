@@ -296,6 +296,10 @@ async fn on_epoch_end(
             warn!(topic = %partition.topic, partition = partition.index, "truncation failed: {e}");
             return ack_of(&partition, part, leader_epoch, wire::ACK_STORAGE_ERROR);
         }
+        // Nothing above the cut may count as replicated here any more.
+        partition
+            .high_watermark_watch()
+            .lower_to(log.log_end_offset());
     }
     if let Err(status) = check_leader(&partition, leader_epoch) {
         return ack_of(&partition, part, leader_epoch, status);
