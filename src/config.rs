@@ -100,6 +100,10 @@ impl BrokerConfig {
             .or(file.listen)
             .unwrap_or_else(|| "127.0.0.1:9092".to_string());
         let listen = resolve_addr("listen", &listen_text)?;
+        if listen.port() == 0 {
+            // Every shard binds the port itself: they must agree on it.
+            return Err(invalid("listen", listen_text, "a fixed port is required"));
+        }
         let advertised = match args.advertised.clone().or(file.advertised) {
             Some(text) => split_host_port("advertised", &text)?,
             None => (advertised_host(listen.ip()), listen.port()),
@@ -275,6 +279,11 @@ mod tests {
         assert!(BrokerConfig::resolve(&args, 2).is_err());
         let args = StartArgs {
             listen: Some("nonsense".into()),
+            ..StartArgs::default()
+        };
+        assert!(BrokerConfig::resolve(&args, 2).is_err());
+        let args = StartArgs {
+            listen: Some("127.0.0.1:0".into()),
             ..StartArgs::default()
         };
         assert!(BrokerConfig::resolve(&args, 2).is_err());

@@ -154,3 +154,46 @@ fn missing_partitions_are_unknown_topic_or_partition() {
     assert_eq!(fetched.error_code, 3);
     assert_still_serving(&mut broker, "t", 0);
 }
+
+#[test]
+fn nonsense_offsets_and_empty_records_get_error_codes() {
+    let mut broker = start_with_topic("t");
+    let mut client = broker.client();
+    for offset in [-1, -100, i64::MIN, i64::MAX] {
+        assert_eq!(
+            client.fetch("t", 0, offset, 1000).error_code,
+            1,
+            "fetch at {offset}"
+        );
+    }
+    for records in [
+        Bytes::new(),
+        Bytes::from_static(&[0u8; 7]),
+        Bytes::from(vec![0xffu8; 100]),
+    ] {
+        let results = client.produce("t", 1, &[(0, records.clone())]);
+        assert_ne!(
+            results[0].1,
+            0,
+            "produce of {} bytes of garbage",
+            records.len()
+        );
+    }
+    assert_still_serving(&mut broker, "t", 0);
+}
+
+#[test]
+fn a_second_broker_on_the_same_port_refuses_to_start() {
+    let broker = start_with_topic("t");
+    let dir = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_chronik"))
+        .arg("start")
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--listen")
+        .arg(broker.addr.to_string())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("cannot listen"));
+}

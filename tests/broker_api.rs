@@ -482,3 +482,113 @@ fn every_advertised_produce_fetch_metadata_version_round_trips() {
 fn uuid_from(n: u128) -> uuid::Uuid {
     uuid::Uuid::from_u128(n)
 }
+
+#[test]
+fn a_deleted_and_recreated_topic_starts_empty() {
+    let broker = Broker::start();
+    let mut client = broker.client();
+    for round in 0..5 {
+        assert_eq!(
+            client.create_topic("phoenix", 4).topics[0].error_code,
+            0,
+            "round {round}"
+        );
+        let parts: Vec<(i32, Bytes)> = (0..4)
+            .map(|p| (p, batch(&[format!("round-{round}").as_bytes()], 0)))
+            .collect();
+        for (partition, error, offset) in client.produce("phoenix", -1, &parts) {
+            assert_eq!(
+                (error, offset),
+                (0, 0),
+                "round {round} partition {partition}"
+            );
+        }
+        for p in 0..4 {
+            let values: Vec<Bytes> = client
+                .read_all("phoenix", p, 0)
+                .into_iter()
+                .map(|(_, v)| v)
+                .collect();
+            assert_eq!(values, vec![Bytes::from(format!("round-{round}"))]);
+        }
+        let mut request = DeleteTopicsRequest::default();
+        request.topic_names = vec![TopicName(StrBytes::from_static_str("phoenix"))];
+        request.timeout_ms = 10_000;
+        let response: DeleteTopicsResponse = client.call(ApiKey::DeleteTopics, 4, &request);
+        assert_eq!(response.responses[0].error_code, 0);
+    }
+}
+
+#[test]
+fn leader_epochs_in_fetch_and_list_offsets_are_checked() {
+    let broker = Broker::start();
+    let mut client = broker.client();
+    client.create_topic("epochs", 1);
+    let epoch = client.metadata(&["epochs"]).topics[0].partitions[0].leader_epoch;
+    for (requested, expected) in [(-1, 0), (epoch, 0), (epoch + 1, 75)] {
+        let mut request = fetch_request(&[("epochs", 0, 0, 1 << 20)], 0, 1, 1 << 20);
+        request.topics[0].partitions[0].current_leader_epoch = requested;
+        let response: FetchResponse = client.call(ApiKey::Fetch, 12, &request);
+        assert_eq!(
+            response.responses[0].partitions[0].error_code, expected,
+            "fetch with epoch {requested}"
+        );
+
+        let mut partition = list_offsets_request::ListOffsetsPartition::default();
+        partition.partition_index = 0;
+        partition.timestamp = -1;
+        partition.current_leader_epoch = requested;
+        let mut topic = list_offsets_request::ListOffsetsTopic::default();
+        topic.name = TopicName(StrBytes::from_static_str("epochs"));
+        topic.partitions = vec![partition];
+        let mut request = ListOffsetsRequest::default();
+        request.replica_id = BrokerId(-1);
+        request.topics = vec![topic];
+        let response: ListOffsetsResponse = client.call(ApiKey::ListOffsets, 7, &request);
+        assert_eq!(
+            response.topics[0].partitions[0].error_code, expected,
+            "list offsets with epoch {requested}"
+        );
+    }
+}
+
+#[test]
+fn fetch_min_bytes_waits_for_enough_data() {
+    let broker = Broker::start();
+    let mut client = broker.client();
+    client.create_topic("minbytes", 1);
+    client.produce("minbytes", 1, &[(0, batch(&[b"small"], 0))]);
+    // Not enough data before max_wait: what there is comes back at the deadline.
+    let request = fetch_request(&[("minbytes", 0, 0, 1 << 20)], 300, 10_000, 1 << 20);
+    let response: FetchResponse = client.call(ApiKey::Fetch, 12, &request);
+    let records = decode_records(response.responses[0].partitions[0].records.clone().unwrap());
+    assert_eq!(records.len(), 1);
+    // Enough data arriving while it waits completes it.
+    let request = fetch_request(&[("minbytes", 0, 0, 1 << 20)], 20_000, 5_000, 1 << 20);
+    let frame = client.encode(ApiKey::Fetch, 12, &request);
+    client.stream.write_all(&frame).unwrap();
+    let mut producer = broker.client();
+    let value = vec![b'v'; 1000];
+    for _ in 0..6 {
+        producer.produce("minbytes", 1, &[(0, batch(&[&value], 0))]);
+    }
+    let (_, response): (i32, FetchResponse) = client.read_response(ApiKey::Fetch, 12);
+    let data = response.responses[0].partitions[0].records.clone().unwrap();
+    assert!(data.len() >= 5_000, "{} bytes", data.len());
+}
+
+#[test]
+fn produce_with_a_zero_timeout_is_still_acknowledged() {
+    let broker = Broker::start();
+    let mut client = broker.client();
+    client.create_topic("no-timeout", 1);
+    for acks in [1i16, -1] {
+        let mut request = produce_request("no-timeout", acks, &[(0, batch(&[b"x"], 0))]);
+        request.timeout_ms = 0;
+        let response: ProduceResponse = client.call(ApiKey::Produce, 9, &request);
+        assert_eq!(
+            response.responses[0].partition_responses[0].error_code, 0,
+            "acks={acks}"
+        );
+    }
+}

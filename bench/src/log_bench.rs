@@ -205,8 +205,8 @@ async fn latency(dir: PathBuf, size: usize, samples: usize) -> Result<Histogram<
 }
 
 /// Appends `bytes` of 1 MiB batches in bursts of `window / 2` (as a burst of produce requests would
-/// arrive), with at most two bursts waiting for durability: the next burst's write overlaps the previous
-/// burst's fdatasync.
+/// arrive), yielding after each so its waiter starts the flush while the next burst is appended; at most
+/// two bursts wait for durability beyond the newest one.
 async fn throughput(dir: PathBuf, bytes: u64, window: usize) -> Result<f64, LogError> {
     let log = PartitionLog::open(dir, LogConfig::default()).await?;
     let batch = payload_batch(1 << 20);
@@ -225,7 +225,9 @@ async fn throughput(dir: PathBuf, bytes: u64, window: usize) -> Result<f64, LogE
         in_flight.push_back(glommio::spawn_local(
             async move { l.wait_durable(end).await },
         ));
-        if in_flight.len() >= 2 {
+        // Let the waiter start its flush, so the next burst is appended while it writes.
+        glommio::executor().yield_now().await;
+        if in_flight.len() > 2 {
             if let Some(task) = in_flight.pop_front() {
                 task.await?;
             }

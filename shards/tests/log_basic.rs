@@ -720,3 +720,219 @@ fn recovery_stops_at_stale_or_out_of_order_batches() {
         assert_eq!(read_all(&log, 0).await.len(), 3);
     });
 }
+
+#[test]
+fn retention_by_time_falls_back_to_file_time_without_timestamps() {
+    let dir = tmpdir();
+    let path = dir.path().join("t-0");
+    run(move || async move {
+        let cfg = LogConfig {
+            retention_ms: Some(60_000),
+            ..small_config()
+        };
+        let log = PartitionLog::open(path.clone(), cfg).await.unwrap();
+        for _ in 0..20 {
+            log.append(&batch(1, -1, 300, 0), 0).unwrap();
+        }
+        log.wait_durable(20).await.unwrap();
+        let segments = segment_files(&path).len();
+        assert!(segments > 2);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        // files were written just now: nothing is a minute old yet
+        assert_eq!(log.apply_retention(now).await.unwrap(), 0);
+        // an hour later every sealed segment is; the active one stays
+        assert_eq!(
+            log.apply_retention(now + 3_600_000).await.unwrap(),
+            segments - 1
+        );
+        assert_eq!(segment_files(&path).len(), 1);
+    });
+}
+
+#[test]
+fn flush_policy_can_change_at_runtime() {
+    let dir = tmpdir();
+    let path = dir.path().join("t-0");
+    run(move || async move {
+        let log = PartitionLog::open(path.clone(), LogConfig::default())
+            .await
+            .unwrap();
+        log.append(&batch(1, 1, 10, 0), 0).unwrap();
+        assert_eq!(log.durable_end_offset(), 0);
+        log.update_config(LogConfig {
+            flush: FlushPolicy::Never,
+            ..LogConfig::default()
+        });
+        assert_eq!(log.durable_end_offset(), 1);
+        log.update_config(LogConfig::default());
+        log.append(&batch(1, 1, 10, 0), 0).unwrap();
+        log.wait_durable(2).await.unwrap();
+        assert_eq!(log.durable_end_offset(), 2);
+        drop(log);
+        let log = PartitionLog::open(path, LogConfig::default())
+            .await
+            .unwrap();
+        assert_eq!(log.log_end_offset(), 2);
+    });
+}
+
+#[test]
+fn a_wait_cut_short_by_truncation_fails_even_if_offsets_are_reused() {
+    let dir = tmpdir();
+    let path = dir.path().join("t-0");
+    run(move || async move {
+        let log = PartitionLog::open(path, LogConfig::default())
+            .await
+            .unwrap();
+        for i in 0..10 {
+            log.append(&batch(1, i, 20, 1), 1).unwrap();
+        }
+        let mut wait = Box::pin(log.wait_durable(10));
+        let _ = futures_lite::future::poll_once(&mut wait).await;
+        log.truncate_to(5).await.unwrap();
+        for i in 0..10 {
+            log.append(&batch(1, i, 20, 2), 2).unwrap();
+        }
+        log.wait_durable(15).await.unwrap();
+        // offsets 5..10 now hold other batches: the old wait must not report success
+        assert!(matches!(wait.await, Err(LogError::OffsetOutOfRange { .. })));
+        // a wait for offsets below the cut is unaffected
+        let mut below = Box::pin(log.wait_durable(5));
+        assert!(futures_lite::future::poll_once(&mut below)
+            .await
+            .unwrap()
+            .is_ok());
+    });
+}
+
+#[test]
+fn appends_racing_a_truncation_are_refused_or_kept_whole() {
+    let dir = tmpdir();
+    let path = dir.path().join("t-0");
+    run(move || async move {
+        let log = PartitionLog::open(path.clone(), small_config())
+            .await
+            .unwrap();
+        for i in 0..40 {
+            log.append(&batch(1, i, 100, 1), 1).unwrap();
+        }
+        log.wait_durable(40).await.unwrap();
+        // A reader running across the cut never sees an error other than a range one.
+        let l = log.clone();
+        let reader = glommio::spawn_local(async move {
+            let mut reads = 0;
+            for from in (0..12).cycle().take(600) {
+                match l.read(from, 300, i64::MAX).await {
+                    Ok(got) => {
+                        reads += 1;
+                        for b in got {
+                            assert!(b.len() == 161, "a whole batch");
+                        }
+                    }
+                    Err(LogError::OffsetOutOfRange { .. }) => {}
+                    Err(e) => panic!("read during truncation: {e}"),
+                }
+                glommio::executor().yield_now().await;
+            }
+            reads
+        });
+        glommio::executor().yield_now().await;
+        let l = log.clone();
+        let truncation = glommio::spawn_local(async move { l.truncate_to(10).await });
+        let mut landed = Vec::new();
+        for i in 0..200u8 {
+            match log.append(&batch(1, 0, 100, i), 1) {
+                Ok(info) => landed.push((info.base_offset, i)),
+                Err(LogError::Truncating) => {}
+                Err(e) => panic!("unexpected append error {e}"),
+            }
+            glommio::executor().yield_now().await;
+        }
+        truncation.await.unwrap();
+        assert!(reader.await > 0);
+        log.wait_durable(log.log_end_offset()).await.unwrap();
+        // Appends before the cut were cut with the rest; the ones after it follow it contiguously.
+        let end = log.log_end_offset();
+        let after: Vec<_> = match landed.iter().position(|&(o, _)| o == 10) {
+            Some(i) => landed[i..].to_vec(),
+            None => Vec::new(),
+        };
+        assert_eq!(end, 10 + after.len() as i64);
+        for (k, &(offset, fill)) in after.iter().enumerate() {
+            assert_eq!(offset, 10 + k as i64);
+            let got = log.read(offset, 1, i64::MAX).await.unwrap();
+            assert_eq!(base_of(&got[0]), offset);
+            assert_eq!(got[0][61], fill, "offset {offset}");
+        }
+        drop(log);
+        let log = PartitionLog::open(path, small_config()).await.unwrap();
+        assert_eq!(log.log_end_offset(), end);
+        assert_eq!(read_all(&log, 0).await.len() as i64, end);
+    });
+}
+
+#[test]
+fn leader_epoch_history_survives_reopen_and_damage() {
+    let dir = tmpdir();
+    let path = dir.path().join("t-0");
+    run(move || async move {
+        let log = PartitionLog::open(path.clone(), small_config())
+            .await
+            .unwrap();
+        assert_eq!(log.end_offset_for_epoch(0), (-1, -1));
+        for (epoch, n) in [(1, 10), (2, 15), (5, 10)] {
+            for _ in 0..n {
+                log.append(&batch(2, 1, 150, 0), epoch).unwrap();
+            }
+        }
+        log.wait_durable(70).await.unwrap();
+        let expect = [
+            (0, (0, 0)),
+            (1, (1, 20)),
+            (2, (2, 50)),
+            (3, (2, 50)),
+            (4, (2, 50)),
+            (5, (5, 70)),
+            (6, (-1, -1)),
+        ];
+        for (asked, answer) in expect {
+            assert_eq!(log.end_offset_for_epoch(asked), answer, "epoch {asked}");
+        }
+        drop(log);
+        let log = PartitionLog::open(path.clone(), small_config())
+            .await
+            .unwrap();
+        for (asked, answer) in expect {
+            assert_eq!(
+                log.end_offset_for_epoch(asked),
+                answer,
+                "epoch {asked} after reopen"
+            );
+        }
+        log.close().await.unwrap();
+        std::fs::write(path.join("leader-epoch-checkpoint"), b"damaged").unwrap();
+        let log = PartitionLog::open(path.clone(), small_config())
+            .await
+            .unwrap();
+        for (asked, answer) in expect {
+            assert_eq!(
+                log.end_offset_for_epoch(asked),
+                answer,
+                "epoch {asked} after rebuild"
+            );
+        }
+        // truncation forgets the epochs it removes, durably
+        log.truncate_to(30).await.unwrap();
+        // epoch 5 is gone: newer than any known epoch is undefined (Kafka's rule)
+        assert_eq!(log.end_offset_for_epoch(5), (-1, -1));
+        assert_eq!(log.end_offset_for_epoch(2), (2, 30));
+        drop(log);
+        let log = PartitionLog::open(path, small_config()).await.unwrap();
+        assert_eq!(log.end_offset_for_epoch(5), (-1, -1));
+        assert_eq!(log.end_offset_for_epoch(2), (2, 30));
+        assert_eq!(log.end_offset_for_epoch(1), (1, 20));
+    });
+}

@@ -2,18 +2,25 @@
 //! batches from several tasks sharing group commit and prints each batch once `wait_durable` says it is
 //! durable; the parent SIGKILLs it at random moments, reopens the log (running recovery) and checks that
 //! every batch reported durable is intact and readable at its offsets, and that everything the log
-//! returns is a whole, correct batch. `CHRONIK_CRASH_KILLS` sets the number of kills (default 200).
+//! returns is a whole, correct batch. The child also truncates the tail now and then (as a follower
+//! does), so kills land inside truncations too. `CHRONIK_CRASH_KILLS` sets the number of kills
+//! (default 200).
 
+use std::cell::Cell;
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use chronik_shards::log::batch::build_test_batch;
-use chronik_shards::log::{LogConfig, PartitionLog};
+use chronik_shards::log::{LogConfig, LogError, PartitionLog};
 
 const CHILD_ENV: &str = "CHRONIK_CRASH_CHILD";
 const APPENDERS: usize = 4;
+/// A truncation after this many durable reports.
+const TRUNCATE_EVERY: u64 = 23;
 
 fn config() -> LogConfig {
     LogConfig {
@@ -38,6 +45,16 @@ fn expected_batch(base: i64) -> Vec<u8> {
     b
 }
 
+/// Whether `got` is the batch written at `base` (the leader epoch field aside: it varies).
+fn is_expected(got: &[u8], base: i64) -> bool {
+    let want = expected_batch(base);
+    got.len() == want.len() && got[..12] == want[..12] && got[16..] == want[16..]
+}
+
+fn epoch_of(batch: &[u8]) -> i32 {
+    i32::from_be_bytes(batch[12..16].try_into().unwrap())
+}
+
 fn next_offset_after(batch: &[u8]) -> i64 {
     let base = i64::from_be_bytes(batch[0..8].try_into().unwrap());
     base + i32::from_be_bytes(batch[23..27].try_into().unwrap()) as i64 + 1
@@ -54,7 +71,8 @@ fn run_on_executor<T: Send + 'static>(
         .unwrap()
 }
 
-/// Child mode: append and report durable batches until killed.
+/// Child mode: append and report durable batches until killed; now and then truncate the log tail
+/// (reported before it starts and after it ends), as a follower would.
 #[test]
 fn crash_child_entry() {
     let Ok(dir) = std::env::var(CHILD_ENV) else {
@@ -65,20 +83,65 @@ fn crash_child_entry() {
             let log = PartitionLog::open(PathBuf::from(dir), config())
                 .await
                 .unwrap();
+            // Bumped when a truncation starts: a batch appended before it is not reported.
+            let generation = Rc::new(Cell::new(0u64));
+            // Each child is a new leader: a new epoch, bumped again after each truncation.
+            let epoch = Rc::new(Cell::new(log.last_leader_epoch().max(0) + 1));
+            let reports = Rc::new(Cell::new(0u64));
             let mut tasks = Vec::new();
             for _ in 0..APPENDERS {
                 let log = log.clone();
+                let generation = generation.clone();
+                let reports = reports.clone();
+                let epoch = epoch.clone();
                 tasks.push(glommio::spawn_local(async move {
                     loop {
                         let base = log.log_end_offset();
                         let batch = expected_batch(base);
-                        // epoch 0 is patched in; the expected bytes carry it already
-                        let info = log.append(&batch, 0).unwrap();
+                        let gen = generation.get();
+                        let info = match log.append(&batch, epoch.get()) {
+                            Ok(info) => info,
+                            Err(LogError::Truncating) => {
+                                glommio::timer::sleep(Duration::from_micros(200)).await;
+                                continue;
+                            }
+                            Err(e) => panic!("append: {e}"),
+                        };
                         assert_eq!(info.base_offset, base);
-                        log.wait_durable(info.last_offset + 1).await.unwrap();
-                        let mut out = std::io::stdout().lock();
-                        writeln!(out, "DURABLE {} {}", info.base_offset, info.last_offset).unwrap();
-                        out.flush().unwrap();
+                        match log.wait_durable(info.last_offset + 1).await {
+                            Ok(()) => {}
+                            Err(LogError::OffsetOutOfRange { .. }) if generation.get() != gen => {
+                                continue
+                            }
+                            Err(e) => panic!("wait_durable: {e}"),
+                        }
+                        if generation.get() != gen {
+                            continue;
+                        }
+                        {
+                            let mut out = std::io::stdout().lock();
+                            writeln!(out, "DURABLE {} {}", info.base_offset, info.last_offset)
+                                .unwrap();
+                            out.flush().unwrap();
+                        }
+                        let n = reports.get() + 1;
+                        reports.set(n);
+                        if n % TRUNCATE_EVERY == 0 {
+                            let back =
+                                1 + (base.unsigned_abs().wrapping_mul(2654435761) % 80) as i64;
+                            let point = (log.log_end_offset() - back).max(log.log_start_offset());
+                            generation.set(generation.get() + 1);
+                            {
+                                let mut out = std::io::stdout().lock();
+                                writeln!(out, "TRUNCATING {point}").unwrap();
+                                out.flush().unwrap();
+                            }
+                            log.truncate_to(point).await.unwrap();
+                            epoch.set(epoch.get() + 1);
+                            let mut out = std::io::stdout().lock();
+                            writeln!(out, "TRUNCATED {point}").unwrap();
+                            out.flush().unwrap();
+                        }
                     }
                 }));
             }
@@ -102,8 +165,15 @@ impl Rng {
     }
 }
 
-/// Runs one child and kills it; returns the (base, last) pairs it reported durable.
-fn run_child_and_kill(dir: &Path, rng: &mut Rng) -> Vec<(i64, i64)> {
+/// What the child reported.
+enum Event {
+    Durable(i64, i64),
+    Truncating(i64),
+    Truncated(i64),
+}
+
+/// Runs one child and kills it; returns what it reported, in order.
+fn run_child_and_kill(dir: &Path, rng: &mut Rng) -> Vec<Event> {
     let exe = std::env::current_exe().unwrap();
     let mut child = Command::new(exe)
         .args([
@@ -120,16 +190,25 @@ fn run_child_and_kill(dir: &Path, rng: &mut Rng) -> Vec<(i64, i64)> {
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     let reader = std::thread::spawn(move || {
-        let mut durable = Vec::new();
+        let mut events = Vec::new();
         for line in BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
-            if let Some(rest) = line.strip_prefix("DURABLE ") {
-                let mut it = rest.split(' ').map(|v| v.parse::<i64>().unwrap());
-                durable.push((it.next().unwrap(), it.next().unwrap()));
-                let _ = tx.send(());
+            let mut words = line.split(' ');
+            let (kind, args) = (
+                words.next(),
+                words
+                    .map(|v| v.parse::<i64>())
+                    .collect::<Result<Vec<_>, _>>(),
+            );
+            match (kind, args) {
+                (Some("DURABLE"), Ok(a)) if a.len() == 2 => events.push(Event::Durable(a[0], a[1])),
+                (Some("TRUNCATING"), Ok(a)) if a.len() == 1 => events.push(Event::Truncating(a[0])),
+                (Some("TRUNCATED"), Ok(a)) if a.len() == 1 => events.push(Event::Truncated(a[0])),
+                _ => continue,
             }
+            let _ = tx.send(());
         }
-        durable
+        events
     });
     // Kill at a random moment: mostly while batches are flowing, sometimes during startup/recovery.
     if rng.below(10) == 0 {
@@ -144,8 +223,46 @@ fn run_child_and_kill(dir: &Path, rng: &mut Rng) -> Vec<(i64, i64)> {
         libc::kill(child.id() as i32, libc::SIGKILL);
     }
     let status = child.wait().unwrap();
-    assert!(!status.success(), "child exited on its own: {status:?}");
+    // Anything but our SIGKILL (a panic, an error exit) is a failure of the child.
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGKILL),
+        "child exited on its own: {status:?}"
+    );
     reader.join().unwrap()
+}
+
+/// A truncation at `point` cuts at the start of the batch holding it; batches have at most 4 records,
+/// so everything ending below `point - 3` stays and nothing from `point` on does.
+fn cut(durable: &mut Vec<(i64, i64)>, floor_end: &mut i64, point: i64) {
+    let lowest = point - 3;
+    durable.retain(|&(_, last)| last < lowest);
+    *floor_end = (*floor_end).min(lowest);
+}
+
+/// Folds one child's reports into what must be in the log now: the batches it reported durable and
+/// did not truncate later, and the lowest log end the log may have. A truncation still running at the
+/// kill may or may not have happened: batches it would remove are dropped from the requirements.
+fn required_after(events: &[Event], floor_end: &mut i64) -> Vec<(i64, i64)> {
+    let mut durable: Vec<(i64, i64)> = Vec::new();
+    let mut in_flight = None;
+    for e in events {
+        match *e {
+            Event::Durable(base, last) => {
+                durable.push((base, last));
+                *floor_end = (*floor_end).max(last + 1);
+            }
+            Event::Truncating(point) => in_flight = Some(point),
+            Event::Truncated(point) => {
+                cut(&mut durable, floor_end, point);
+                in_flight = None;
+            }
+        }
+    }
+    if let Some(point) = in_flight {
+        cut(&mut durable, floor_end, point);
+    }
+    durable
 }
 
 /// Reopens the log and checks it: reported batches intact, everything returned well-formed.
@@ -161,30 +278,49 @@ fn verify(dir: &Path, reported: Vec<(i64, i64)>, check_from: i64) -> i64 {
                     "durable batch {base}..={last} lost: log end is {end}"
                 );
                 let got = log.read(base, 1, i64::MAX).await.unwrap();
-                assert_eq!(
-                    got[0].as_ref(),
-                    expected_batch(base).as_slice(),
-                    "batch {base} damaged"
-                );
+                assert!(is_expected(&got[0], base), "batch {base} damaged");
                 assert_eq!(next_offset_after(&got[0]), last + 1);
             }
             // Everything from check_from to the end: contiguous, whole, exactly what was written.
             let mut cur = check_from.max(log.log_start_offset());
+            let mut epoch_starts: Vec<(i32, i64)> = Vec::new();
             while cur < end {
                 let got = log.read(cur, 256 << 10, i64::MAX).await.unwrap();
                 assert!(!got.is_empty());
                 for b in got {
                     let base = i64::from_be_bytes(b[0..8].try_into().unwrap());
                     assert!(base <= cur && cur < next_offset_after(&b) || base == cur);
-                    assert_eq!(
-                        b.as_ref(),
-                        expected_batch(base).as_slice(),
+                    assert!(
+                        is_expected(&b, base),
                         "batch at {base} is not what was written"
                     );
+                    let epoch = epoch_of(&b);
+                    match epoch_starts.last() {
+                        Some(&(e, _)) if e == epoch => {}
+                        Some(&(e, _)) => {
+                            assert!(epoch > e, "epoch {epoch} after {e} at {base}");
+                            epoch_starts.push((epoch, base));
+                        }
+                        None => epoch_starts.push((epoch, base)),
+                    }
                     cur = next_offset_after(&b);
                 }
             }
             assert_eq!(cur, end);
+            if check_from == 0 {
+                // The whole log was scanned: its epoch history must match the batches.
+                let latest = epoch_starts.last().map_or(0, |&(e, _)| e);
+                for asked in 0..=latest + 1 {
+                    let want = match epoch_starts.iter().position(|&(e, _)| e > asked) {
+                        _ if epoch_starts.is_empty() => (-1, -1),
+                        _ if asked == latest => (asked, end),
+                        None => (-1, -1),
+                        Some(0) => (asked, epoch_starts[0].1),
+                        Some(i) => (epoch_starts[i - 1].0, epoch_starts[i].1),
+                    };
+                    assert_eq!(log.end_offset_for_epoch(asked), want, "epoch {asked}");
+                }
+            }
             log.close().await.unwrap();
             end
         })
@@ -210,21 +346,24 @@ fn sigkill_never_loses_durable_batches() {
     eprintln!("crash test: {kills} kills, seed {seed}");
     let mut rng = Rng(seed);
     let mut checked_to = 0i64;
-    let mut durable_end = 0i64;
+    let mut floor_end = 0i64;
     let mut total_reported = 0usize;
+    let mut truncations = 0usize;
     for _ in 0..kills {
-        let reported = run_child_and_kill(&dir, &mut rng);
-        total_reported += reported.len();
-        durable_end = reported
+        let events = run_child_and_kill(&dir, &mut rng);
+        truncations += events
             .iter()
-            .map(|&(_, last)| last + 1)
-            .fold(durable_end, i64::max);
-        let end = verify(&dir, reported, checked_to.saturating_sub(64));
+            .filter(|e| matches!(e, Event::Truncated(_)))
+            .count();
+        let required = required_after(&events, &mut floor_end);
+        total_reported += required.len();
+        let end = verify(&dir, required, checked_to.saturating_sub(64).min(floor_end));
         assert!(
-            end >= durable_end,
-            "log end {end} below the durable end {durable_end} reported before"
+            end >= floor_end,
+            "log end {end} below {floor_end}, what was durable and not truncated"
         );
         checked_to = end;
+        floor_end = end;
     }
     // Final pass over the whole log.
     let end = verify(&dir, Vec::new(), 0);
@@ -232,5 +371,7 @@ fn sigkill_never_loses_durable_batches() {
         total_reported > 0,
         "the child never reported a durable batch"
     );
-    eprintln!("crash test: {total_reported} durable batches reported, log end {end}");
+    eprintln!(
+        "crash test: {total_reported} durable batches checked, {truncations} truncations, log end {end}"
+    );
 }

@@ -18,6 +18,7 @@ enum Op {
     Read(u16, usize),
     Timestamp(i64),
     Retention(u64),
+    Epoch(i32),
     CloseReopen,
     DropReopen,
 }
@@ -31,6 +32,7 @@ fn op() -> impl Strategy<Value = Op> {
         4 => ((0u16..=1000), 0usize..3000).prop_map(|(f, m)| Op::Read(f, m)),
         1 => (0i64..110).prop_map(Op::Timestamp),
         1 => (1000u64..6000).prop_map(Op::Retention),
+        1 => (-1i32..12).prop_map(Op::Epoch),
         1 => Just(Op::CloseReopen),
         1 => Just(Op::DropReopen),
     ]
@@ -38,6 +40,7 @@ fn op() -> impl Strategy<Value = Op> {
 
 #[derive(Clone)]
 struct ModelBatch {
+    epoch: i32,
     base: i64,
     last: i64,
     max_ts: i64,
@@ -53,6 +56,27 @@ struct Model {
 }
 
 impl Model {
+    /// OffsetForLeaderEpoch from the batches themselves (Kafka's rules).
+    fn end_offset_for(&self, epoch: i32) -> (i32, i64) {
+        let mut starts: Vec<(i32, i64)> = Vec::new();
+        for b in &self.batches {
+            if starts.last().is_none_or(|&(e, _)| e != b.epoch) {
+                starts.push((b.epoch, b.base));
+            }
+        }
+        if epoch < 0 || starts.is_empty() {
+            return (-1, -1);
+        }
+        if starts.last().unwrap().0 == epoch {
+            return (epoch, self.end);
+        }
+        match starts.iter().position(|&(e, _)| e > epoch) {
+            None => (-1, -1),
+            Some(0) => (epoch, starts[0].1),
+            Some(i) => (starts[i - 1].0, starts[i].1),
+        }
+    }
+
     fn truncate(&mut self, offset: i64) {
         // rounded down to the batch containing offset
         if let Some(i) = self.batches.iter().position(|b| b.last >= offset) {
@@ -77,6 +101,13 @@ fn pick(model: &Model, frac: u16) -> i64 {
 }
 
 async fn check_all(log: &PartitionLog, model: &Model) {
+    for e in -1..12 {
+        assert_eq!(
+            log.end_offset_for_epoch(e),
+            model.end_offset_for(e),
+            "epoch {e}"
+        );
+    }
     assert_eq!(log.log_start_offset(), model.start);
     assert_eq!(log.log_end_offset(), model.end);
     let got = log.read(model.start, usize::MAX, i64::MAX).await.unwrap();
@@ -108,6 +139,7 @@ async fn run_ops(dir: PathBuf, tail: usize, ops: Vec<Op>) {
                     b[12..16].copy_from_slice(&model.epoch.to_be_bytes());
                     pos += b.len();
                     model.batches.push(ModelBatch {
+                        epoch: model.epoch,
                         base: model.end,
                         last: model.end + n as i64 - 1,
                         max_ts: ts,
@@ -198,6 +230,13 @@ async fn run_ops(dir: PathBuf, tail: usize, ops: Vec<Op>) {
                     model.start = start;
                 }
             }
+            Op::Epoch(e) => {
+                assert_eq!(
+                    log.end_offset_for_epoch(e),
+                    model.end_offset_for(e),
+                    "epoch {e}"
+                );
+            }
             Op::CloseReopen => {
                 log.close().await.unwrap();
                 log = PartitionLog::open(dir.clone(), config(tail)).await.unwrap();
@@ -241,5 +280,26 @@ proptest! {
             .unwrap()
             .join()
             .unwrap();
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+    /// Arbitrary bytes, and valid batches with one byte changed, are errors or batches: never a panic.
+    #[test]
+    fn batch_validation_never_panics(
+        noise in prop::collection::vec(any::<u8>(), 0..200),
+        at in any::<prop::sample::Index>(),
+        flip in 1u8..=255,
+        records in 1i32..5,
+    ) {
+        let _ = chronik_shards::log::batch::split_batches(&noise, 1 << 20);
+        let mut b = build_test_batch(0, records, 7, &noise);
+        let i = at.index(b.len());
+        b[i] ^= flip;
+        // only the fields outside the CRC may change and still pass
+        if chronik_shards::log::batch::split_batches(&b, 1 << 20).is_ok() {
+            prop_assert!(i < 8 || (12..16).contains(&i));
+        }
     }
 }

@@ -22,3 +22,29 @@ pub fn log_error_code(error: &LogError) -> i16 {
 }
 
 pub const NONE: i16 = 0;
+
+/// Checks a request's `current_leader_epoch` (-1: not given) against the
+/// partition's: an older one is FENCED_LEADER_EPOCH (the client's metadata
+/// is stale), a newer one UNKNOWN_LEADER_EPOCH (this broker's is).
+pub fn check_leader_epoch(requested: i32, current: i32) -> Result<(), i16> {
+    if requested < 0 || requested == current {
+        Ok(())
+    } else if requested < current {
+        Err(ResponseError::FencedLeaderEpoch.code())
+    } else {
+        Err(ResponseError::UnknownLeaderEpoch.code())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leader_epoch_checks() {
+        assert_eq!(check_leader_epoch(-1, 5), Ok(()));
+        assert_eq!(check_leader_epoch(5, 5), Ok(()));
+        assert_eq!(check_leader_epoch(4, 5), Err(74));
+        assert_eq!(check_leader_epoch(6, 5), Err(75));
+    }
+}

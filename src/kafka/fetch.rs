@@ -13,7 +13,7 @@ use std::rc::Rc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_lite::FutureExt;
 use kafka_protocol::messages::fetch_response::{
     FetchableTopicResponse, LeaderIdAndEpoch, NodeEndpoint, PartitionData,
@@ -24,6 +24,7 @@ use kafka_protocol::ResponseError;
 use uuid::Uuid;
 
 use super::leader_hint::{self, CurrentLeader};
+use super::splice::Splices;
 use super::{errors, Reply};
 use crate::control::topic_config;
 use crate::partitions::Partition;
@@ -34,6 +35,8 @@ use chronik_shards::runtime::mesh::LocalFuture;
 /// One partition the request asks for.
 #[derive(Clone, Debug)]
 struct Wanted {
+    /// Placement key: the shard that owns the partition.
+    owner: usize,
     topic_id: Uuid,
     index: i32,
     fetch_offset: i64,
@@ -46,7 +49,10 @@ struct PartitionAnswer {
     error_code: i16,
     high_watermark: i64,
     log_start_offset: i64,
-    records: Bytes,
+    /// Whole stored batches, in order (spliced into the response uncopied).
+    records: Vec<Bytes>,
+    /// Their total size.
+    records_len: usize,
 }
 
 impl PartitionAnswer {
@@ -55,7 +61,8 @@ impl PartitionAnswer {
             error_code: code,
             high_watermark: -1,
             log_start_offset: -1,
-            records: Bytes::new(),
+            records: Vec::new(),
+            records_len: 0,
         }
     }
 }
@@ -98,7 +105,9 @@ pub async fn handle(shard: &Rc<Shard>, request: FetchRequest, version: i16) -> R
                 if p.leader != shard.node_id {
                     return Err(ResponseError::NotLeaderOrFollower.code());
                 }
+                errors::check_leader_epoch(partition.current_leader_epoch, p.leader_epoch)?;
                 Ok(Wanted {
+                    owner: shard.owner_of(&info.name, partition.partition),
                     topic_id: info.id,
                     index: partition.partition,
                     fetch_offset: partition.fetch_offset,
@@ -136,7 +145,7 @@ pub async fn handle(shard: &Rc<Shard>, request: FetchRequest, version: i16) -> R
     let min_bytes = usize::try_from(request.min_bytes).unwrap_or(0);
     let max_wait = Duration::from_millis(u64::try_from(request.max_wait_ms).unwrap_or(0));
     let shard = shard.clone();
-    Reply::Later(Box::pin(async move {
+    Reply::LaterSpliced(Box::pin(async move {
         let deadline = Instant::now() + max_wait;
         let answers = loop {
             let (answers, bytes) = read_pass(&shard, &parts, max_bytes).await;
@@ -149,10 +158,11 @@ pub async fn handle(shard: &Rc<Shard>, request: FetchRequest, version: i16) -> R
             {
                 break answers;
             }
-            wait_for_data(&shard, &parts, deadline).await;
+            wait_for_data(&shard, &parts, &answers, deadline).await;
         };
         let mut answers = answers.into_iter();
         let mut leaders = leaders.into_iter();
+        let mut splices = Splices::default();
         for (name, topic_id, indexes) in layout {
             let mut topic = FetchableTopicResponse::default();
             topic.topic = name;
@@ -168,7 +178,7 @@ pub async fn handle(shard: &Rc<Shard>, request: FetchRequest, version: i16) -> R
                 // No transactions: everything below the high watermark is stable.
                 partition.last_stable_offset = answer.high_watermark;
                 partition.log_start_offset = answer.log_start_offset;
-                partition.records = Some(answer.records);
+                partition.records = Some(splices.records(answer.records));
                 if let Some(leader) = leaders.next().flatten() {
                     let mut current = LeaderIdAndEpoch::default();
                     current.leader_id = BrokerId(leader.leader_id);
@@ -179,7 +189,7 @@ pub async fn handle(shard: &Rc<Shard>, request: FetchRequest, version: i16) -> R
             }
             response.responses.push(topic);
         }
-        ResponseKind::Fetch(response)
+        (ResponseKind::Fetch(response), splices)
     }))
 }
 
@@ -204,11 +214,11 @@ async fn read_pass(
             }
             Ok(w) => w,
         };
-        let owner = shard.owner_of(wanted.topic_id, wanted.index);
+        let owner = wanted.owner;
         let mut run = vec![wanted.clone()];
         i += 1;
         while let Some(Ok(next)) = parts.get(i) {
-            if shard.owner_of(next.topic_id, next.index) != owner {
+            if next.owner != owner {
                 break;
             }
             run.push(next.clone());
@@ -224,7 +234,7 @@ async fn read_pass(
         match read {
             Ok(run_answers) => {
                 for answer in run_answers {
-                    let len = answer.records.len();
+                    let len = answer.records_len;
                     if len > 0 {
                         first_non_empty_pending = false;
                     }
@@ -268,18 +278,20 @@ fn read_on_owner(
                 error_code: errors::NONE,
                 high_watermark: partition.high_watermark(),
                 log_start_offset: partition.log.log_start_offset(),
-                records: Bytes::new(),
+                records: Vec::new(),
+                records_len: 0,
             };
             // Nothing may be read with no budget left, unless the first-batch rule applies.
             if limit > 0 || first_non_empty_pending {
                 match partition.read(wanted.fetch_offset, limit.max(1)).await {
                     Ok(batches) => {
-                        let records = take_within(batches, limit, first_non_empty_pending);
-                        if !records.is_empty() {
+                        let (records, len) = take_within(batches, limit, first_non_empty_pending);
+                        if len > 0 {
                             first_non_empty_pending = false;
                         }
-                        budget = budget.saturating_sub(records.len());
+                        budget = budget.saturating_sub(len);
                         answer.records = records;
+                        answer.records_len = len;
                     }
                     Err(e) => {
                         answer.error_code = errors::log_error_code(&e);
@@ -296,8 +308,13 @@ fn read_on_owner(
 }
 
 /// Whole batches, in order, whose total stays within `limit`; the first
-/// batch alone may exceed it when `allow_oversized_first`.
-fn take_within(batches: Vec<Bytes>, limit: usize, allow_oversized_first: bool) -> Bytes {
+/// batch alone may exceed it when `allow_oversized_first`. Returns them and
+/// their total size.
+fn take_within(
+    mut batches: Vec<Bytes>,
+    limit: usize,
+    allow_oversized_first: bool,
+) -> (Vec<Bytes>, usize) {
     let mut taken = 0usize;
     let mut count = 0usize;
     for batch in &batches {
@@ -307,17 +324,8 @@ fn take_within(batches: Vec<Bytes>, limit: usize, allow_oversized_first: bool) -
         taken += batch.len();
         count += 1;
     }
-    match count {
-        0 => Bytes::new(),
-        1 => batches.into_iter().next().unwrap_or_default(),
-        _ => {
-            let mut out = BytesMut::with_capacity(taken);
-            for batch in batches.iter().take(count) {
-                out.extend_from_slice(batch);
-            }
-            out.freeze()
-        }
-    }
+    batches.truncate(count);
+    (batches, taken)
 }
 
 /// The open partition, opening it if the image has it but the log is not open yet.
@@ -342,15 +350,25 @@ async fn partition_of(shard: &Rc<Shard>, topic_id: Uuid, index: i32) -> Result<R
         .map_err(|e| errors::log_error_code(&e))
 }
 
-/// Waits until some partition's high watermark passes its fetch offset, or
-/// the deadline. Each owner shard watches its own partitions.
-async fn wait_for_data(shard: &Rc<Shard>, parts: &[Result<Wanted, i16>], deadline: Instant) {
+/// Waits until some partition's high watermark passes both its fetch offset
+/// and what the last read pass saw (so data already read but short of
+/// min_bytes does not wake the wait at once), or the deadline. Each owner
+/// shard watches its own partitions.
+async fn wait_for_data(
+    shard: &Rc<Shard>,
+    parts: &[Result<Wanted, i16>],
+    seen: &[PartitionAnswer],
+    deadline: Instant,
+) {
     let mut by_owner: BTreeMap<usize, Vec<(Uuid, i32, i64)>> = BTreeMap::new();
-    for wanted in parts.iter().flatten() {
-        by_owner
-            .entry(shard.owner_of(wanted.topic_id, wanted.index))
-            .or_default()
-            .push((wanted.topic_id, wanted.index, wanted.fetch_offset));
+    for (wanted, seen) in parts.iter().zip(seen) {
+        if let Ok(wanted) = wanted {
+            by_owner.entry(wanted.owner).or_default().push((
+                wanted.topic_id,
+                wanted.index,
+                wanted.fetch_offset.max(seen.high_watermark),
+            ));
+        }
     }
     let mut waits: Vec<LocalFuture<()>> = Vec::new();
     for (owner, watched) in by_owner {
@@ -403,10 +421,7 @@ fn watch_on_owner(
                 }
                 watch.register(cx.waker());
             }
-            if partitions.is_empty() {
-                // Nothing to watch here (not open yet): let the caller re-read at the deadline.
-                return Poll::Pending;
-            }
+            // Nothing open to watch here yet: the caller re-reads at the deadline.
             Poll::Pending
         })
         .or(async move { glommio::timer::sleep(sleep).await }),
@@ -436,16 +451,17 @@ mod tests {
 
     #[test]
     fn takes_whole_batches_within_the_limit() {
-        assert_eq!(take_within(batches(&[10, 10, 10]), 25, false).len(), 20);
-        assert_eq!(take_within(batches(&[10, 10, 10]), 30, false).len(), 30);
-        assert_eq!(take_within(batches(&[10]), 9, false).len(), 0);
-        assert_eq!(take_within(Vec::new(), 100, true).len(), 0);
+        assert_eq!(take_within(batches(&[10, 10, 10]), 25, false).1, 20);
+        assert_eq!(take_within(batches(&[10, 10, 10]), 30, false).1, 30);
+        assert_eq!(take_within(batches(&[10, 10, 10]), 30, false).0.len(), 3);
+        assert_eq!(take_within(batches(&[10]), 9, false), (vec![], 0));
+        assert_eq!(take_within(Vec::new(), 100, true).1, 0);
     }
 
     #[test]
     fn first_batch_may_exceed_only_when_allowed() {
-        assert_eq!(take_within(batches(&[50, 10]), 20, true).len(), 50);
-        assert_eq!(take_within(batches(&[50, 10]), 20, false).len(), 0);
-        assert_eq!(take_within(batches(&[5, 50]), 20, true).len(), 5);
+        assert_eq!(take_within(batches(&[50, 10]), 20, true).1, 50);
+        assert_eq!(take_within(batches(&[50, 10]), 20, false).1, 0);
+        assert_eq!(take_within(batches(&[5, 50]), 20, true).1, 5);
     }
 }

@@ -7,6 +7,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
 use kafka_protocol::protocol::{decode_request_header_from_buffer, Encodable};
 
+use super::splice::{SplicedBuf, Splices};
+
 /// Kafka's `socket.request.max.bytes` default: a larger length prefix closes
 /// the connection.
 pub const MAX_REQUEST_BYTES: usize = 100 * 1024 * 1024;
@@ -96,7 +98,8 @@ pub fn encode_response(
     version: i16,
     correlation_id: i32,
     response: &ResponseKind,
-) -> Result<Bytes, String> {
+    splices: Splices,
+) -> Result<Vec<Bytes>, String> {
     let fail =
         |e: &dyn std::fmt::Display| format!("encoding {api_key:?} v{version} response: {e:#}");
     let mut header = ResponseHeader::default();
@@ -105,19 +108,40 @@ pub fn encode_response(
     let size = header.compute_size(header_version).map_err(|e| fail(&e))?
         + response_size(response, version).map_err(|e| fail(&e))?;
     let len = u32::try_from(size).map_err(|e| fail(&e))?;
-    let mut buf = BytesMut::with_capacity(4 + size);
-    buf.put_u32(len);
-    header
-        .encode(&mut buf, header_version)
-        .map_err(|e| fail(&e))?;
-    response.encode(&mut buf, version).map_err(|e| fail(&e))?;
-    if buf.len() != 4 + size {
-        return Err(fail(&format!(
-            "encoded {} bytes, computed {size}",
-            buf.len() - 4
-        )));
+    let check = |written: usize| {
+        if written == 4 + size {
+            Ok(())
+        } else {
+            Err(fail(&format!(
+                "encoded {} bytes, computed {size}",
+                written - 4
+            )))
+        }
+    };
+    match response {
+        // Record data goes out by reference, in segments.
+        ResponseKind::Fetch(fetch) if !splices.is_empty() => {
+            let mut head = BytesMut::with_capacity(4096);
+            head.put_u32(len);
+            header
+                .encode(&mut head, header_version)
+                .map_err(|e| fail(&e))?;
+            let mut buf = SplicedBuf::new(head, splices);
+            fetch.encode(&mut buf, version).map_err(|e| fail(&e))?;
+            check(buf.len())?;
+            buf.finish().map_err(|e| fail(&e))
+        }
+        other => {
+            let mut buf = BytesMut::with_capacity(4 + size);
+            buf.put_u32(len);
+            header
+                .encode(&mut buf, header_version)
+                .map_err(|e| fail(&e))?;
+            other.encode(&mut buf, version).map_err(|e| fail(&e))?;
+            check(buf.len())?;
+            Ok(vec![buf.freeze()])
+        }
     }
-    Ok(buf.freeze())
 }
 
 fn response_size(response: &ResponseKind, version: i16) -> anyhow::Result<usize> {
@@ -196,7 +220,10 @@ mod tests {
     #[test]
     fn response_frame_has_exact_length() {
         let response = ResponseKind::ApiVersions(ApiVersionsResponse::default());
-        let frame = encode_response(ApiKey::ApiVersions, 3, 9, &response).unwrap();
+        let frame: Vec<u8> =
+            encode_response(ApiKey::ApiVersions, 3, 9, &response, Splices::default())
+                .unwrap()
+                .concat();
         let len = u32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]) as usize;
         assert_eq!(len, frame.len() - 4);
         assert_eq!(&frame[4..8], &9i32.to_be_bytes());

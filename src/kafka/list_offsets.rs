@@ -57,27 +57,30 @@ pub async fn handle(shard: &Rc<Shard>, request: ListOffsetsRequest, version: i16
         let info = image.topics.get(topic.name.0.as_str());
         let mut topic_answers = Vec::with_capacity(topic.partitions.len());
         for (p, partition) in topic.partitions.iter().enumerate() {
-            let found = info.and_then(|info| {
-                info.partitions
-                    .iter()
-                    .find(|x| x.index == partition.partition_index)
-                    .map(|x| (info.id, x))
-            });
+            let found = info
+                .ok_or(ResponseError::UnknownTopicOrPartition.code())
+                .and_then(|info| {
+                    let x = info
+                        .partitions
+                        .iter()
+                        .find(|x| x.index == partition.partition_index)
+                        .ok_or(ResponseError::UnknownTopicOrPartition.code())?;
+                    if x.leader != shard.node_id {
+                        return Err(ResponseError::NotLeaderOrFollower.code());
+                    }
+                    errors::check_leader_epoch(partition.current_leader_epoch, x.leader_epoch)?;
+                    Ok((info, x))
+                });
             match found {
-                None => topic_answers.push(Some(Answer::error(
-                    ResponseError::UnknownTopicOrPartition.code(),
-                ))),
-                Some((_, x)) if x.leader != shard.node_id => topic_answers.push(Some(
-                    Answer::error(ResponseError::NotLeaderOrFollower.code()),
-                )),
-                Some((topic_id, x)) => {
+                Err(code) => topic_answers.push(Some(Answer::error(code))),
+                Ok((info, x)) => {
                     topic_answers.push(None);
                     queries
-                        .entry(shard.owner_of(topic_id, x.index))
+                        .entry(shard.owner_of(&info.name, x.index))
                         .or_default()
                         .push(Query {
                             slot: (t, p),
-                            topic_id,
+                            topic_id: info.id,
                             index: x.index,
                             timestamp: partition.timestamp,
                             leader_epoch: x.leader_epoch,

@@ -16,6 +16,7 @@ pub mod leader_hint;
 pub mod list_offsets;
 pub mod metadata;
 pub mod produce;
+pub mod splice;
 pub mod topics;
 
 use std::rc::Rc;
@@ -26,9 +27,11 @@ use tracing::error;
 
 use crate::server::shard::Shard;
 use chronik_shards::runtime::mesh::LocalFuture;
+use splice::Splices;
 
-/// An encoded response frame, or why the connection must close instead.
-pub type PendingResponse = LocalFuture<Result<Bytes, String>>;
+/// An encoded response frame (in segments, record data by reference), or
+/// why the connection must close instead.
+pub type PendingResponse = LocalFuture<Result<Vec<Bytes>, String>>;
 
 /// What the connection does with a request.
 pub enum Outcome {
@@ -44,6 +47,8 @@ pub enum Outcome {
 pub enum Reply {
     Now(Box<ResponseKind>),
     Later(LocalFuture<ResponseKind>),
+    /// Later, with record data to splice in by reference (Fetch).
+    LaterSpliced(LocalFuture<(ResponseKind, Splices)>),
     /// No response is sent (acks=0).
     Nothing,
     /// The request cannot be answered; close the connection.
@@ -108,16 +113,22 @@ async fn dispatch(shard: &Rc<Shard>, body: RequestKind, version: i16) -> Reply {
 }
 
 fn respond(api_key: ApiKey, version: i16, correlation_id: i32, reply: Reply) -> Outcome {
-    let encode = move |response: ResponseKind| {
-        frame::encode_response(api_key, version, correlation_id, &response)
+    let encode = move |response: ResponseKind, splices: Splices| {
+        frame::encode_response(api_key, version, correlation_id, &response, splices)
             .inspect_err(|e| error!("{e}"))
     };
     match reply {
         Reply::Now(response) => {
-            let frame = encode(*response);
+            let frame = encode(*response, Splices::default());
             Outcome::Respond(Box::pin(async move { frame }))
         }
-        Reply::Later(response) => Outcome::Respond(Box::pin(async move { encode(response.await) })),
+        Reply::Later(response) => Outcome::Respond(Box::pin(async move {
+            encode(response.await, Splices::default())
+        })),
+        Reply::LaterSpliced(response) => Outcome::Respond(Box::pin(async move {
+            let (response, splices) = response.await;
+            encode(response, splices)
+        })),
         Reply::Nothing => Outcome::NoResponse,
         Reply::Close(reason) => Outcome::Close(reason),
     }

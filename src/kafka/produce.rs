@@ -28,6 +28,9 @@ use crate::server::shard::Shard;
 use chronik_shards::log::{AppendInfo, LogError};
 use chronik_shards::runtime::mesh::{LocalFuture, Reply as MeshReply};
 
+/// The shortest wait for durability before a produce times out.
+const MIN_ACK_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// What the producer waits for.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Acks {
@@ -89,7 +92,11 @@ pub async fn handle(shard: &Rc<Shard>, request: ProduceRequest, version: i16) ->
         -1 => Some(Acks::All),
         _ => None,
     };
-    let timeout = Duration::from_millis(u64::try_from(request.timeout_ms).unwrap_or(0));
+    // Kafka acknowledges acks=1 (and acks=all with a lone replica) from
+    // memory, so clients may send tiny timeouts; chronik waits for the disk,
+    // so the wait gets at least MIN_ACK_TIMEOUT before REQUEST_TIMED_OUT.
+    let timeout =
+        Duration::from_millis(u64::try_from(request.timeout_ms).unwrap_or(0)).max(MIN_ACK_TIMEOUT);
 
     // Resolve each topic of the request: by id from v13, by name before.
     let mut image = shard.control.image();
@@ -145,12 +152,12 @@ pub async fn handle(shard: &Rc<Shard>, request: ProduceRequest, version: i16) ->
                     }
                 }
                 let records = data.records.clone().ok_or(ResponseError::InvalidRecord)?;
-                Ok((info.id, records))
+                Ok((info.id, info.name.as_str(), records))
             })();
             match check {
-                Ok((topic_id, records)) => {
+                Ok((topic_id, name, records)) => {
                     topic_results.push(None);
-                    work.entry(shard.owner_of(topic_id, data.index))
+                    work.entry(shard.owner_of(name, data.index))
                         .or_default()
                         .push(AppendWork {
                             slot: (t, p),

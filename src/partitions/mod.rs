@@ -3,12 +3,13 @@
 //! them for requests.
 
 pub mod offset_watch;
+pub mod orphans;
 pub mod partition;
 pub mod sync;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use chronik_shards::log::{LogConfig, LogError, PartitionLog};
@@ -24,21 +25,31 @@ pub type PartitionKey = (Uuid, i32);
 
 struct Slot {
     partition: RefCell<Option<Rc<Partition>>>,
+    /// The directory being opened or open, once known.
+    dir: RefCell<Option<PathBuf>>,
     /// Serializes opening and removing, so each happens once.
     lock: Semaphore,
 }
 
 /// The partitions of one shard.
+///
+/// Locks: a slot's lock, then its directory's lock. A directory lock is held
+/// while a log is opened in it or removed from it, so a topic re-created
+/// under a deleted topic's name never opens the directory being deleted.
 pub struct PartitionRegistry {
     data_dir: PathBuf,
+    node_id: i32,
     slots: RefCell<HashMap<PartitionKey, Rc<Slot>>>,
+    dir_locks: RefCell<HashMap<PathBuf, Rc<Semaphore>>>,
 }
 
 impl PartitionRegistry {
-    pub fn new(data_dir: PathBuf) -> Self {
+    pub fn new(data_dir: PathBuf, node_id: i32) -> Self {
         PartitionRegistry {
             data_dir,
+            node_id,
             slots: RefCell::new(HashMap::new()),
+            dir_locks: RefCell::new(HashMap::new()),
         }
     }
 
@@ -76,6 +87,7 @@ impl PartitionRegistry {
             .or_insert_with(|| {
                 Rc::new(Slot {
                     partition: RefCell::new(None),
+                    dir: RefCell::new(None),
                     lock: Semaphore::new(1),
                 })
             })
@@ -103,14 +115,28 @@ impl PartitionRegistry {
             return Ok(open);
         }
         let dir = self.dir_of(&topic.name, partition.index);
+        *slot.dir.borrow_mut() = Some(dir.clone());
+        let dir_lock = self.dir_lock(&dir);
+        let _dir_permit = dir_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| LogError::Closed)?;
+        // The same directory may still be held for a deleted topic of the same
+        // name (this shard has not applied the deletion yet): retire it first.
+        let stale: Vec<PartitionKey> = self
+            .all()
+            .into_iter()
+            .filter(|p| p.topic == topic.name && p.index == partition.index && p.key.0 != topic.id)
+            .map(|p| p.key)
+            .collect();
+        for stale_key in stale {
+            let stale_slot = self.slots.borrow_mut().remove(&stale_key);
+            if let Some(stale) = stale_slot.and_then(|s| s.partition.borrow_mut().take()) {
+                retire(&stale, true).await;
+            }
+        }
         let log = PartitionLog::open(dir.clone(), config).await?;
-        let open = Rc::new(Partition::new(
-            topic.name.clone(),
-            partition.index,
-            partition.leader_epoch,
-            topic.configs.clone(),
-            log,
-        ));
+        let open = Rc::new(Partition::new(topic, partition, self.node_id, log));
         info!(
             topic = %topic.name,
             partition = partition.index,
@@ -134,6 +160,14 @@ impl PartitionRegistry {
         Ok(open)
     }
 
+    fn dir_lock(&self, dir: &Path) -> Rc<Semaphore> {
+        self.dir_locks
+            .borrow_mut()
+            .entry(dir.to_path_buf())
+            .or_insert_with(|| Rc::new(Semaphore::new(1)))
+            .clone()
+    }
+
     /// Takes the partition off this shard: deletes its log (topic deleted) or
     /// only closes it (moved elsewhere, shutdown).
     pub async fn remove(&self, key: &PartitionKey, delete: bool) {
@@ -141,28 +175,23 @@ impl PartitionRegistry {
             return;
         };
         let _permit = slot.lock.acquire_permit(1).await;
-        let Some(partition) = slot.partition.borrow_mut().take() else {
-            return;
+        let Some(dir) = slot.dir.borrow().clone() else {
+            return; // never opened
         };
-        partition.close_waits();
-        let result = if delete {
-            partition.log.delete().await
-        } else {
-            partition.log.close().await
-        };
-        match result {
-            Ok(()) => info!(
-                topic = %partition.topic,
-                partition = partition.index,
-                "{} partition log",
-                if delete { "deleted" } else { "closed" }
-            ),
-            Err(e) => warn!(
-                topic = %partition.topic,
-                partition = partition.index,
-                "{} partition log failed: {e}",
-                if delete { "deleting" } else { "closing" }
-            ),
+        let dir_lock = self.dir_lock(&dir);
+        let _dir_permit = dir_lock.acquire_permit(1).await;
+        let partition = slot.partition.borrow_mut().take();
+        match partition {
+            Some(partition) => retire(&partition, delete).await,
+            None if delete => {
+                // Its open failed or was abandoned: remove what it may have created.
+                if let Err(e) = std::fs::remove_dir_all(&dir) {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        warn!("removing partition directory {}: {e}", dir.display());
+                    }
+                }
+            }
+            None => {}
         }
     }
 
@@ -171,5 +200,29 @@ impl PartitionRegistry {
         for key in self.keys() {
             self.remove(&key, false).await;
         }
+    }
+}
+
+/// Closes or deletes a partition's log; ends every wait on it.
+async fn retire(partition: &Partition, delete: bool) {
+    partition.close_waits();
+    let result = if delete {
+        partition.log.delete().await
+    } else {
+        partition.log.close().await
+    };
+    match result {
+        Ok(()) => info!(
+            topic = %partition.topic,
+            partition = partition.index,
+            "{} partition log",
+            if delete { "deleted" } else { "closed" }
+        ),
+        Err(e) => warn!(
+            topic = %partition.topic,
+            partition = partition.index,
+            "{} partition log failed: {e}",
+            if delete { "deleting" } else { "closing" }
+        ),
     }
 }

@@ -10,16 +10,24 @@ use chronik_shards::log::{AppendInfo, LogConfig, LogError, PartitionLog};
 use tracing::warn;
 
 use super::offset_watch::OffsetWatch;
+use crate::control::{PartitionInfo, TopicInfo};
 
 pub struct Partition {
     pub topic: String,
     pub index: i32,
+    /// (topic id, index): the registry key.
+    pub key: super::PartitionKey,
     pub log: Rc<PartitionLog>,
-    /// Offsets below it are readable by consumers and acknowledged to acks=all.
-    /// With one replica it follows the log's durable end; replication will make
-    /// it the minimum acknowledged end over the ISR.
+    /// Offsets below it are readable by consumers and acknowledged to acks=all:
+    /// the lowest end offset every in-sync replica acknowledged as durable.
+    /// While this broker is the only in-sync replica that is the log's durable
+    /// end; with followers in sync it waits for their acknowledgements (which
+    /// replication brings; until then it does not advance).
     high_watermark: OffsetWatch,
     leader_epoch: Cell<i32>,
+    /// This broker's id and the partition's in-sync replicas, from the image.
+    node_id: i32,
+    isr: RefCell<Vec<i32>>,
     /// The explicit topic configs the log was last configured from.
     topic_configs: RefCell<BTreeMap<String, String>>,
     /// Whether a task is already waiting for the log's next durable point.
@@ -27,21 +35,32 @@ pub struct Partition {
 }
 
 impl Partition {
+    /// A partition of `topic` described by `info`, whose log is `log`, on broker `node_id`.
     pub fn new(
-        topic: String,
-        index: i32,
-        leader_epoch: i32,
-        topic_configs: BTreeMap<String, String>,
+        topic: &TopicInfo,
+        info: &PartitionInfo,
+        node_id: i32,
         log: Rc<PartitionLog>,
     ) -> Self {
-        let high_watermark = OffsetWatch::new(log.durable_end_offset());
+        // Alone in sync, everything recovered is durable, hence committed.
+        // With followers in sync nothing above the log start is known to be
+        // replicated until they acknowledge it again.
+        let alone = info.isr.iter().all(|r| *r == node_id);
+        let high_watermark = OffsetWatch::new(if alone {
+            log.durable_end_offset()
+        } else {
+            log.log_start_offset()
+        });
         Partition {
-            topic,
-            index,
+            topic: topic.name.clone(),
+            index: info.index,
+            key: (topic.id, info.index),
             log,
             high_watermark,
-            leader_epoch: Cell::new(leader_epoch),
-            topic_configs: RefCell::new(topic_configs),
+            leader_epoch: Cell::new(info.leader_epoch),
+            node_id,
+            isr: RefCell::new(info.isr.clone()),
+            topic_configs: RefCell::new(topic.configs.clone()),
             flushing: Cell::new(false),
         }
     }
@@ -54,8 +73,17 @@ impl Partition {
         &self.high_watermark
     }
 
-    pub fn set_leader_epoch(&self, epoch: i32) {
-        self.leader_epoch.set(epoch);
+    /// Applies the leader epoch and ISR of a newer metadata image.
+    pub fn set_replica_state(&self, leader_epoch: i32, isr: &[i32]) {
+        self.leader_epoch.set(leader_epoch);
+        if *self.isr.borrow() != isr {
+            *self.isr.borrow_mut() = isr.to_vec();
+            self.on_durable();
+        }
+    }
+
+    fn only_in_sync_replica(&self) -> bool {
+        self.isr.borrow().iter().all(|r| *r == self.node_id)
     }
 
     /// Reconfigures the log if the topic's explicit configs changed.
@@ -103,10 +131,12 @@ impl Partition {
         .detach();
     }
 
-    /// The log became durable further: with a single replica that is the
-    /// high watermark.
+    /// The log became durable further: when no other replica is in sync,
+    /// that is the high watermark.
     fn on_durable(&self) {
-        self.high_watermark.advance(self.log.durable_end_offset());
+        if self.only_in_sync_replica() {
+            self.high_watermark.advance(self.log.durable_end_offset());
+        }
     }
 
     /// acks=1: resolves once every offset below `end_offset` is durable here.
@@ -139,5 +169,87 @@ impl Partition {
     /// Ends every wait on this partition (it is being closed or deleted).
     pub fn close_waits(&self) {
         self.high_watermark.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BytesMut;
+    use kafka_protocol::records::{
+        Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    };
+
+    fn batch() -> Bytes {
+        let record = Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: -1,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: 0,
+            sequence: 0,
+            timestamp: 0,
+            key: None,
+            value: Some(Bytes::from_static(b"v")),
+            headers: Default::default(),
+        };
+        let mut buf = BytesMut::new();
+        let options = RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        };
+        RecordBatchEncoder::encode(&mut buf, [&record], &options).unwrap();
+        buf.freeze()
+    }
+
+    fn topic(isr: Vec<i32>) -> (TopicInfo, PartitionInfo) {
+        let info = PartitionInfo {
+            index: 0,
+            replicas: vec![1, 2],
+            leader: 1,
+            leader_epoch: 3,
+            isr,
+        };
+        let topic = TopicInfo {
+            id: uuid::Uuid::from_u128(9),
+            name: "t".into(),
+            configs: BTreeMap::new(),
+            partitions: vec![info.clone()],
+        };
+        (topic, info)
+    }
+
+    #[test]
+    fn high_watermark_waits_for_other_in_sync_replicas() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t-0");
+        glommio::LocalExecutorBuilder::default()
+            .io_memory(1 << 20)
+            .spawn(move || async move {
+                let (topic, info) = topic(vec![1, 2]);
+                let log = PartitionLog::open(path, LogConfig::default())
+                    .await
+                    .unwrap();
+                let partition = Rc::new(Partition::new(&topic, &info, 1, log));
+                let appended = partition.append(&batch()).unwrap();
+                partition
+                    .wait_durable(appended.last_offset + 1)
+                    .await
+                    .unwrap();
+                // Durable here, but broker 2 is in sync and has not acknowledged.
+                assert_eq!(partition.high_watermark(), 0);
+                assert!(partition.read(0, 1 << 20).await.unwrap().is_empty());
+                // Broker 2 leaves the ISR: this broker alone decides.
+                partition.set_replica_state(4, &[1]);
+                assert_eq!(partition.high_watermark(), 1);
+                assert_eq!(partition.read(0, 1 << 20).await.unwrap().len(), 1);
+                partition.log.close().await.unwrap();
+            })
+            .unwrap()
+            .join()
+            .unwrap();
     }
 }

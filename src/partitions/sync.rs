@@ -29,7 +29,8 @@ pub async fn apply_image(shard: &Rc<Shard>, image: &MetadataImage) {
             .topic_by_id(key.0)
             .and_then(|topic| topic.partitions.iter().find(|p| p.index == key.1))
             .is_some_and(|p| {
-                p.replicas.contains(&shard.node_id) && shard.owner_of(key.0, key.1) == shard.id
+                p.replicas.contains(&shard.node_id)
+                    && shard.owner_of(&topic_name_of(image, key.0), key.1) == shard.id
             });
         if !placed_here {
             let delete = !live_topics.contains(&key.0);
@@ -41,7 +42,7 @@ pub async fn apply_image(shard: &Rc<Shard>, image: &MetadataImage) {
         let config = topic_config::log_config(topic, defaults);
         for info in &topic.partitions {
             if !info.replicas.contains(&shard.node_id)
-                || shard.owner_of(topic.id, info.index) != shard.id
+                || shard.owner_of(&topic.name, info.index) != shard.id
             {
                 continue;
             }
@@ -49,7 +50,7 @@ pub async fn apply_image(shard: &Rc<Shard>, image: &MetadataImage) {
             match shard.partitions.get(&(topic.id, info.index)) {
                 Some(open) => {
                     open.update_config(&topic.configs, config.clone());
-                    open.set_leader_epoch(info.leader_epoch);
+                    open.set_replica_state(info.leader_epoch, &info.isr);
                 }
                 None => {
                     if let Err(e) = shard
@@ -69,6 +70,13 @@ pub async fn apply_image(shard: &Rc<Shard>, image: &MetadataImage) {
         partitions = wanted.len(),
         "applied metadata image"
     );
+}
+
+fn topic_name_of(image: &MetadataImage, id: uuid::Uuid) -> String {
+    image
+        .topic_by_id(id)
+        .map(|t| t.name.clone())
+        .unwrap_or_default()
 }
 
 /// Follows the control plane's images until shutdown.

@@ -20,8 +20,10 @@ use crate::server::shard::Shard;
 
 /// Requests a connection may have in flight before reading pauses.
 const MAX_IN_FLIGHT: usize = 128;
-/// Bytes asked of the socket per read when the buffer runs dry.
-const READ_CHUNK: usize = 64 * 1024;
+/// Reads of small frames and of what follows them go through a scratch
+/// buffer of this size (copied out: cheap); a frame body at least this large
+/// is read straight into place (no copy).
+const READ_CHUNK: usize = 16 * 1024;
 
 /// Serves one connection until the peer closes it, it misbehaves, or the
 /// broker shuts down (then in-flight requests are answered first).
@@ -39,15 +41,17 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let writer_task = glommio::spawn_local(async move {
         let mut writer = writer;
         while let Some(pending) = queue_rx.recv().await {
-            let frame = match pending.await {
-                Ok(frame) => frame,
+            let segments = match pending.await {
+                Ok(segments) => segments,
                 // Unanswerable (encoding failed, logged): the client would
                 // wait forever for this correlation id, so close instead.
                 Err(_) => break,
             };
-            if let Err(e) = writer.write_all(&frame).await {
-                debug!(peer = %writer_peer, "write failed: {e}");
-                return;
+            for segment in segments {
+                if let Err(e) = writer.write_all(&segment).await {
+                    debug!(peer = %writer_peer, "write failed: {e}");
+                    return;
+                }
             }
         }
         let _ = writer.close().await;
@@ -99,13 +103,15 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
 struct FrameReader<R> {
     reader: R,
     buf: BytesMut,
+    scratch: Vec<u8>,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     fn new(reader: R) -> Self {
         FrameReader {
             reader,
-            buf: BytesMut::with_capacity(READ_CHUNK),
+            buf: BytesMut::new(),
+            scratch: Vec::new(),
         }
     }
 
@@ -137,23 +143,26 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     async fn fill(&mut self, want: usize) -> Result<bool, String> {
         while self.buf.len() < want {
             let have = self.buf.len();
-            let chunk = (want - have).max(READ_CHUNK);
-            self.buf.resize(have + chunk, 0);
-            let n = self
-                .reader
-                .read(&mut self.buf[have..])
-                .await
-                .map_err(|e| format!("read failed: {e}"));
+            let n = if want - have >= READ_CHUNK {
+                // A large frame body: read exactly the rest of it in place.
+                self.buf.resize(want, 0);
+                let n = self.reader.read(&mut self.buf[have..]).await;
+                self.buf.truncate(have + *n.as_ref().unwrap_or(&0));
+                n
+            } else {
+                if self.scratch.is_empty() {
+                    self.scratch = vec![0; READ_CHUNK];
+                }
+                let n = self.reader.read(&mut self.scratch).await;
+                if let Ok(n) = n {
+                    self.buf.extend_from_slice(&self.scratch[..n]);
+                }
+                n
+            };
             match n {
-                Ok(0) => {
-                    self.buf.truncate(have);
-                    return Ok(false);
-                }
-                Ok(n) => self.buf.truncate(have + n),
-                Err(e) => {
-                    self.buf.truncate(have);
-                    return Err(e);
-                }
+                Ok(0) => return Ok(false),
+                Ok(_) => {}
+                Err(e) => return Err(format!("read failed: {e}")),
             }
         }
         Ok(true)
@@ -182,19 +191,21 @@ mod tests {
     #[test]
     fn splits_frames() {
         let mut input = Vec::new();
-        for body in [&b"abc"[..], b"", b"hello world"] {
+        let big = vec![7u8; 3 * READ_CHUNK + 5];
+        for body in [&b"abc"[..], b"", &big, b"hello world"] {
             input.extend_from_slice(&(body.len() as i32).to_be_bytes());
             input.extend_from_slice(body);
         }
         let frames = frames_of(input);
-        assert_eq!(frames.len(), 4);
+        assert_eq!(frames.len(), 5);
         assert_eq!(frames[0].as_ref().unwrap().as_deref(), Some(&b"abc"[..]));
         assert_eq!(frames[1].as_ref().unwrap().as_deref(), Some(&b""[..]));
+        assert_eq!(frames[2].as_ref().unwrap().as_deref(), Some(&big[..]));
         assert_eq!(
-            frames[2].as_ref().unwrap().as_deref(),
+            frames[3].as_ref().unwrap().as_deref(),
             Some(&b"hello world"[..])
         );
-        assert_eq!(frames[3], Ok(None));
+        assert_eq!(frames[4], Ok(None));
     }
 
     #[test]

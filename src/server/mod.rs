@@ -5,8 +5,10 @@ pub mod connection;
 pub mod shard;
 pub mod signals;
 
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
+use std::time::Duration;
 
 use chronik_shards::runtime::{self, ShardSpec, Shutdown};
 use tracing::{error, info};
@@ -18,6 +20,9 @@ use shard::ShardStart;
 /// io_uring buffer memory per shard: small, so many shards fit in the
 /// default 8 MiB memlock limit (raise LimitMEMLOCK to give them more).
 const SHARD_IO_MEMORY: usize = 2 << 20;
+/// Connection attempts (200 ms apart) that must all succeed before the
+/// listen address is considered taken by another process.
+const PORT_PROBES: usize = 10;
 /// Work items queued from one shard to another before the sender waits.
 const MESH_CHANNEL_CAPACITY: usize = 1024;
 
@@ -26,6 +31,8 @@ const MESH_CHANNEL_CAPACITY: usize = 1024;
 pub fn run(config: BrokerConfig) -> Result<(), String> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| format!("cannot create data dir {}: {e}", config.data_dir.display()))?;
+    refuse_if_listened_on(config.listen)?;
+
     let shutdown = Shutdown::new();
     signals::install(shutdown.clone())
         .map_err(|e| format!("cannot install signal handlers: {e}"))?;
@@ -41,6 +48,10 @@ pub fn run(config: BrokerConfig) -> Result<(), String> {
         defaults: BrokerDefaults::default(),
     })
     .map_err(|e| format!("cannot start the control plane: {e}"))?;
+
+    // Before any shard opens a log: directories of deleted topics must not be
+    // mistaken for a new topic's.
+    crate::partitions::orphans::set_aside(&config.data_dir, &control.image());
 
     let cpus: Vec<usize> = runtime::available_cpus()
         .into_iter()
@@ -82,7 +93,10 @@ pub fn run(config: BrokerConfig) -> Result<(), String> {
             Err(e) => Err(format!("shard executor failed: {e}")),
         };
         if let Err(e) = outcome {
-            error!("{e}");
+            // Each failure is logged once here; the last one is also returned.
+            if result.is_err() {
+                error!("{e}");
+            }
             shutdown.trigger();
             result = Err(e);
         }
@@ -96,4 +110,29 @@ pub fn run(config: BrokerConfig) -> Result<(), String> {
         info!(proposals_made, "chronik stopped after a failure");
     }
     result
+}
+
+/// Shards bind with SO_REUSEPORT, which would let them share the port with
+/// another broker already serving there (splitting its clients): refuse to
+/// start when something keeps accepting connections on the address. (A plain
+/// bind probe would trip over the closing sockets of a broker just killed;
+/// and a killed broker's listening socket outlives it briefly while the
+/// kernel tears down its io_uring, hence the retries.)
+fn refuse_if_listened_on(listen: SocketAddr) -> Result<(), String> {
+    let mut probe = listen;
+    if probe.ip().is_unspecified() {
+        probe.set_ip(match probe {
+            SocketAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    for _ in 0..PORT_PROBES {
+        if std::net::TcpStream::connect_timeout(&probe, Duration::from_millis(500)).is_err() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Err(format!(
+        "cannot listen on {listen}: another process is already serving there"
+    ))
 }

@@ -13,8 +13,7 @@ use chronik_shards::runtime::{owner_shard, ShardMesh, Shutdown};
 use futures_lite::FutureExt;
 use glommio::net::TcpListener;
 use glommio::sync::Gate;
-use tracing::{error, info, warn};
-use uuid::Uuid;
+use tracing::{info, warn};
 
 use crate::control::ControlHandle;
 use crate::partitions::{sync, PartitionRegistry};
@@ -32,8 +31,8 @@ pub struct Shard {
 
 impl Shard {
     /// The shard that owns a partition (same answer on every shard).
-    pub fn owner_of(&self, topic_id: Uuid, partition: i32) -> usize {
-        owner_shard(topic_id.as_bytes(), partition, self.mesh.shards())
+    pub fn owner_of(&self, topic: &str, partition: i32) -> usize {
+        owner_shard(topic.as_bytes(), partition, self.mesh.shards())
     }
 }
 
@@ -68,14 +67,13 @@ pub async fn run(id: usize, start: ShardStart) -> Result<(), String> {
         node_id: start.node_id,
         mesh,
         control: start.control.clone(),
-        partitions: PartitionRegistry::new(start.data_dir.clone()),
+        partitions: PartitionRegistry::new(start.data_dir.clone(), start.node_id),
         shutdown: start.shutdown.clone(),
     });
     shard.mesh.serve(&shard);
 
     let result = serve(&shard, &start).await;
-    if let Err(e) = &result {
-        error!(shard = id, "{e}");
+    if result.is_err() {
         start.shutdown.trigger();
     }
 

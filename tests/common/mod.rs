@@ -27,12 +27,23 @@ pub struct Broker {
     _tmp: Option<tempfile::TempDir>,
 }
 
+/// A port nothing listens on, never handed out twice in this test process
+/// (the broker binds with SO_REUSEPORT, so two brokers on one port would
+/// both start and split the connections).
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 impl Broker {

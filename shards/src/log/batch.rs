@@ -139,6 +139,15 @@ impl BatchHeader {
                 h.last_offset_delta
             )));
         }
+        if h.base_offset
+            .checked_add(h.last_offset_delta as i64 + 1)
+            .is_none()
+        {
+            return Err(BatchFault::BadOffsets(format!(
+                "offsets overflow: base {} + delta {}",
+                h.base_offset, h.last_offset_delta
+            )));
+        }
         if h.record_count < 0 || h.record_count as i64 > h.last_offset_delta as i64 + 1 {
             return Err(BatchFault::BadOffsets(format!(
                 "record count {} does not fit lastOffsetDelta {}",
@@ -342,6 +351,13 @@ mod tests {
             split_batches(&b, 1 << 20),
             Err(LogError::InvalidBatch(_))
         ));
+    }
+
+    #[test]
+    fn overflowing_offsets_are_invalid() {
+        let mut b = build_test_batch(0, 3, 5, b"x");
+        b[0..8].copy_from_slice(&(i64::MAX - 1).to_be_bytes());
+        assert!(matches!(validate_frame(&b), Err(BatchFault::BadOffsets(_))));
     }
 
     #[test]

@@ -1,7 +1,8 @@
-//! Group commit: a flush writes every append buffered since the previous flush in one aligned O_DIRECT
-//! write per segment (rewriting the partial last block), then one fdatasync; every waiter whose offsets
-//! it covers is released by it. Also rolls segment files (sealing the previous one) and runs the
-//! background flusher of `flush.ms` / `flush=never`.
+//! Group commit: a flush writes every append buffered since the previous flush with aligned O_DIRECT
+//! writes (the partial last block rewritten with the new bytes; 1 MiB chunks submitted together), then
+//! one fdatasync; every waiter whose offsets it covers is released by it. Also rolls segment files
+//! (sealing the previous one) and runs the background flusher: `flush.ms` syncs, `flush=never` writes
+//! out, and under `flush=always` batches nobody waits for (acks=0) are still made durable.
 
 use std::rc::Rc;
 use std::time::Duration;
@@ -11,8 +12,9 @@ use super::{FlushPolicy, LogError, PartitionLog, PendingWrite};
 
 /// Size of one O_DIRECT write; a flush submits its chunks together.
 const WRITE_CHUNK: usize = 1 << 20;
-/// Chunk buffers kept for reuse per shard (already faulted in: fresh large buffers cost page faults).
-const WRITE_BUFFERS_KEPT: usize = 4;
+/// Chunk buffers kept for reuse per shard (already faulted in: fresh large buffers cost page faults);
+/// 16 covers a 16 MiB group commit.
+const WRITE_BUFFERS_KEPT: usize = 16;
 
 thread_local! {
     /// Reusable chunk buffers, shared by every log of this shard, tagged with the executor that
@@ -86,8 +88,22 @@ const IDLE_FLUSH_INTERVAL: Duration = Duration::from_millis(200);
 impl PartitionLog {
     /// Resolves once every offset below `end_offset` is durable under the flush policy. One write and
     /// fdatasync covers every append buffered so far; concurrent waiters share it.
+    ///
+    /// If a truncation cuts below `end_offset` while waiting, the offsets waited for are gone (and may
+    /// be reused by other batches): that is `LogError::OffsetOutOfRange`, never a success.
     pub async fn wait_durable(&self, end_offset: i64) -> Result<(), LogError> {
+        let generation = self.state.borrow().generation;
         loop {
+            {
+                let st = self.state.borrow();
+                if st.truncated_since(generation, end_offset) {
+                    return Err(LogError::OffsetOutOfRange {
+                        requested: end_offset,
+                        start: st.log_start,
+                        end: st.log_end,
+                    });
+                }
+            }
             if self.durable_end_offset() >= end_offset {
                 return Ok(());
             }
@@ -181,10 +197,12 @@ impl PartitionLog {
             if st.synced_end >= target || st.synced_end >= st.written_end {
                 return Ok(());
             }
-            let file = match st.active().map(|s| &s.storage) {
-                Some(Storage::Active(a)) => Some(a.file.clone()),
+            // The newest segment with a file: a segment rolled at append time may not have one yet,
+            // and then the unsynced bytes are all in the one before it.
+            let file = st.segments.values().rev().find_map(|s| match &s.storage {
+                Storage::Active(a) => Some(a.file.clone()),
                 _ => None,
-            };
+            });
             (st.written_end, file)
         };
         if let Some(file) = file {
@@ -275,7 +293,7 @@ impl PartitionLog {
         sources.extend(writes.iter().map(|w| w.data.as_ref()));
         let total = (aligned_end - start) as usize;
         let mut filler = Filler::new(&sources);
-        let mut tasks = Vec::new();
+        let mut chunks = Vec::new();
         let mut at = 0usize;
         let mut new_tail = Vec::new();
         while at < total {
@@ -291,18 +309,36 @@ impl PartitionLog {
                 let keep_to = (end - start) as usize - at;
                 new_tail = buf.as_bytes()[keep_from..keep_to].to_vec();
             }
-            let buf = Rc::new(buf);
-            let f = file.clone();
-            let pos = start + at as u64;
-            tasks.push(glommio::spawn_local(async move {
-                let r = f.write_rc_at(buf.clone(), pos).await;
-                (r, buf, len)
-            }));
+            chunks.push((start + at as u64, Rc::new(buf), len));
             at += len;
         }
+        // One chunk (the common small flush) is written inline; several are submitted together.
+        let results = if chunks.len() == 1 {
+            let mut out = Vec::with_capacity(1);
+            for (pos, buf, len) in chunks {
+                let r = file.write_rc_at(buf.clone(), pos).await;
+                out.push((r, buf, len));
+            }
+            out
+        } else {
+            let tasks: Vec<_> = chunks
+                .into_iter()
+                .map(|(pos, buf, len)| {
+                    let f = file.clone();
+                    glommio::spawn_local(async move {
+                        let r = f.write_rc_at(buf.clone(), pos).await;
+                        (r, buf, len)
+                    })
+                })
+                .collect();
+            let mut out = Vec::with_capacity(tasks.len());
+            for t in tasks {
+                out.push(t.await);
+            }
+            out
+        };
         let mut failure = None;
-        for t in tasks {
-            let (r, buf, len) = t.await;
+        for (r, buf, len) in results {
             match r {
                 Ok(n) if n == len => {}
                 Ok(n) => {
@@ -363,6 +399,8 @@ impl PartitionLog {
         file.truncate(index.size).await?;
         file.fdatasync().await?;
         index.write_files(&path)?;
+        // Epoch changes inside the sealed segment are now only known from the checkpoint.
+        self.save_epochs()?;
         let map = segment::map_sealed(&path, index.size)?;
         {
             let mut st = self.state.borrow_mut();

@@ -31,6 +31,10 @@ pub enum LogError {
     /// An append with a leader epoch older than the log's last batch (a deposed leader).
     #[error("leader epoch {epoch} is older than the log's latest epoch {latest}")]
     FencedLeaderEpoch { epoch: i32, latest: i32 },
+    /// An append while `truncate_to` is cutting the log (a replica changing leaders): the caller is not
+    /// the leader of what comes next. Maps to NOT_LEADER_OR_FOLLOWER.
+    #[error("the log is being truncated")]
+    Truncating,
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
     /// The log was closed or deleted.

@@ -4,11 +4,13 @@
 //! offset, written with O_DIRECT in 4096-byte-aligned blocks and made durable by group commit. See
 //! `/shared/DESIGN.md` ("Partition log") and the modules: `batch` (frame rules), `segment` (files and
 //! scans), `index` (sparse indexes), `commit` (flushing), `recovery` (open), `read` (fetch and
-//! timestamp lookup), `retention`, `truncate`, `tail` (in-memory tail).
+//! timestamp lookup), `retention`, `truncate`, `tail` (in-memory tail), `epochs` (leader epoch
+//! history for OffsetForLeaderEpoch).
 //!
 //! On disk, per partition directory: `<base offset, 20 digits>.log` holds batches back to back exactly
 //! as the log returns them; sealed segments also have `.index` (relative offset -> position) and
-//! `.timeindex` (max timestamp -> relative offset) files with a checksummed trailer. Only the newest
+//! `.timeindex` (max timestamp -> relative offset) files with a checksummed trailer;
+//! `leader-epoch-checkpoint` holds where each leader epoch began. Only the newest
 //! segment is ever written; it is preallocated in 64 MiB steps and cut to its logical size when sealed
 //! or closed. log_start is the base offset of the oldest segment file.
 //!
@@ -29,6 +31,7 @@
 pub mod batch;
 mod commit;
 mod config;
+mod epochs;
 mod error;
 mod index;
 mod read;
@@ -101,8 +104,13 @@ struct LogState {
     last_epoch: i32,
     pending: Vec<PendingWrite>,
     tail: TailCache,
-    /// Bumped by truncation, so a read that awaited disk I/O can tell its view went stale.
+    /// Bumped by truncation, so a read or a wait that awaited I/O can tell its view went stale.
     generation: u64,
+    /// (generation after, cut offset) of recent truncations, oldest first.
+    truncations: std::collections::VecDeque<(u64, i64)>,
+    /// A truncation is cutting the log: appends are refused until it is done.
+    truncating: bool,
+    epochs: epochs::EpochHistory,
 }
 
 fn now_ms() -> i64 {
@@ -113,14 +121,30 @@ fn now_ms() -> i64 {
 }
 
 impl LogState {
-    fn active(&self) -> Option<&Segment> {
+    /// Whether a truncation since `generation` cut below `end_offset` (conservatively yes when that
+    /// history is no longer kept).
+    fn truncated_since(&self, generation: u64, end_offset: i64) -> bool {
+        if generation == self.generation {
+            return false;
+        }
+        match self.truncations.front() {
+            Some(&(oldest, _)) if oldest <= generation + 1 => self
+                .truncations
+                .iter()
+                .any(|&(g, point)| g > generation && point < end_offset),
+            _ => true,
+        }
+    }
+
+    /// The newest segment (possibly rolled at append time and not yet given a file).
+    fn newest(&self) -> Option<&Segment> {
         self.segments.values().next_back()
     }
 
     /// Places one validated, offset-assigned batch at the end of the log (rolling a segment if due).
     fn push_batch(&mut self, dir: &Path, h: &BatchHeader, data: Bytes, cfg: &LogConfig, now: i64) {
         let len = data.len() as u64;
-        let roll = match self.active() {
+        let roll = match self.newest() {
             None => true,
             Some(seg) => {
                 let size = seg.index.size;
@@ -165,6 +189,7 @@ impl LogState {
         });
         self.log_end = h.next_offset();
         self.last_epoch = h.leader_epoch;
+        self.epochs.note(h.leader_epoch, h.base_offset);
         self.tail.evict(cfg.tail_cache_bytes, self.written_end);
     }
 }
@@ -187,6 +212,9 @@ impl PartitionLog {
                 pending: Vec::new(),
                 tail: TailCache::default(),
                 generation: 0,
+                truncations: std::collections::VecDeque::new(),
+                truncating: false,
+                epochs: recovered.epochs,
             }),
             file_lock: glommio::sync::Semaphore::new(1),
             sync_lock: glommio::sync::Semaphore::new(1),
@@ -228,6 +256,9 @@ impl PartitionLog {
         }
         let mut buf = BytesMut::from(records);
         let mut st = self.state.borrow_mut();
+        if st.truncating {
+            return Err(LogError::Truncating);
+        }
         if leader_epoch < st.last_epoch {
             return Err(LogError::FencedLeaderEpoch {
                 epoch: leader_epoch,
@@ -255,6 +286,9 @@ impl PartitionLog {
         let cfg = self.config.borrow().clone();
         let parsed = batch::split_batches(batches, cfg.max_batch_bytes)?;
         let mut st = self.state.borrow_mut();
+        if st.truncating {
+            return Err(LogError::Truncating);
+        }
         let mut next = st.log_end;
         let mut epoch = st.last_epoch;
         for (h, _) in &parsed {
@@ -330,6 +364,23 @@ impl PartitionLog {
         self.state.borrow().last_epoch
     }
 
+    /// OffsetForLeaderEpoch: the largest leader epoch <= `epoch` that this log has batches of, and the
+    /// offset where it ended (where the next epoch began, or the log end for the latest epoch);
+    /// (-1, -1) when undefined (no such epoch, or `epoch` newer than any known).
+    pub fn end_offset_for_epoch(&self, epoch: i32) -> (i32, i64) {
+        let st = self.state.borrow();
+        st.epochs.end_offset_for(epoch, st.log_end)
+    }
+
+    /// Saves the leader epoch history if it changed (file lock held).
+    fn save_epochs(&self) -> Result<(), LogError> {
+        let mut st = self.state.borrow_mut();
+        if st.epochs.is_dirty() {
+            st.epochs.save(&self.dir)?;
+        }
+        Ok(())
+    }
+
     /// Topic config change; takes effect for later appends and flushes.
     pub fn update_config(&self, config: LogConfig) {
         *self.config.borrow_mut() = config;
@@ -368,6 +419,7 @@ impl PartitionLog {
         }
         let end = self.state.borrow().log_end;
         self.flush_locked(true, end).await?;
+        self.save_epochs()?;
         self.closed.set(true);
         let active = {
             let mut st = self.state.borrow_mut();

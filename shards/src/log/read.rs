@@ -8,6 +8,9 @@ use super::batch;
 use super::segment::{Cursor, ScanStep, Source};
 use super::{LogError, PartitionLog};
 
+/// A read that keeps meeting truncations gives up after this many attempts (`LogError::Truncating`).
+const MAX_READ_ATTEMPTS: u32 = 16;
+
 /// Where the next part of a read comes from.
 enum Plan {
     Done,
@@ -16,7 +19,6 @@ enum Plan {
         path: std::path::PathBuf,
         start_pos: u64,
         end_pos: u64,
-        generation: u64,
     },
 }
 
@@ -26,6 +28,56 @@ impl PartitionLog {
     /// batch is returned even if it alone exceeds `max_bytes` (Kafka's rule; the caller may drop it).
     /// A stored batch that fails its checks is `LogError::Corruption`, never returned.
     pub async fn read(
+        &self,
+        from_offset: i64,
+        max_bytes: usize,
+        upper_bound: i64,
+    ) -> Result<Vec<Bytes>, LogError> {
+        let mut attempt = 0;
+        loop {
+            let generation = self.begin_attempt(&mut attempt).await?;
+            let r = self.read_attempt(from_offset, max_bytes, upper_bound).await;
+            if self.still_valid(generation) {
+                return r;
+            }
+        }
+    }
+
+    /// ListOffsets by timestamp, at batch granularity: the base offset and max timestamp of the first
+    /// batch whose max timestamp is >= `ts`; None if there is none.
+    pub async fn offset_for_timestamp(&self, ts: i64) -> Result<Option<(i64, i64)>, LogError> {
+        let mut attempt = 0;
+        loop {
+            let generation = self.begin_attempt(&mut attempt).await?;
+            let r = self.timestamp_attempt(ts).await;
+            if self.still_valid(generation) {
+                return r;
+            }
+        }
+    }
+
+    /// Reads do not take the file lock; a truncation running under them can cut what they see. Each
+    /// attempt notes the truncation generation (waiting out a running truncation first), and its
+    /// outcome, data or error, counts only if no truncation started or ended meanwhile.
+    async fn begin_attempt(&self, attempt: &mut u32) -> Result<u64, LogError> {
+        *attempt += 1;
+        if *attempt > MAX_READ_ATTEMPTS {
+            return Err(LogError::Truncating);
+        }
+        self.check_open()?;
+        if self.state.borrow().truncating {
+            // The truncation holds the file lock until it is done.
+            drop(self.file_lock.acquire_permit(1).await?);
+        }
+        Ok(self.state.borrow().generation)
+    }
+
+    fn still_valid(&self, generation: u64) -> bool {
+        let st = self.state.borrow();
+        st.generation == generation && !st.truncating
+    }
+
+    async fn read_attempt(
         &self,
         from_offset: i64,
         max_bytes: usize,
@@ -74,7 +126,6 @@ impl PartitionLog {
                             path: seg.path.clone(),
                             start_pos: seg.index.lookup(cur),
                             end_pos: seg.readable_bytes(),
-                            generation: st.generation,
                         },
                         None => {
                             return Err(LogError::OffsetOutOfRange {
@@ -91,12 +142,10 @@ impl PartitionLog {
                 path,
                 start_pos,
                 end_pos,
-                generation,
             } = plan
             else {
                 return Ok(out);
             };
-            let mark = out.len();
             let before = cur;
             let mut cursor = Cursor::new(source, end_pos);
             let mut pos = start_pos;
@@ -140,14 +189,6 @@ impl PartitionLog {
                     }
                 }
             }
-            if self.state.borrow().generation != generation {
-                // A truncation ran while we read the file: what we read may be gone.
-                out.truncate(mark);
-                if out.is_empty() {
-                    return Box::pin(self.read(from_offset, max_bytes, upper_bound)).await;
-                }
-                return Ok(out);
-            }
             if stop {
                 return Ok(out);
             }
@@ -161,9 +202,7 @@ impl PartitionLog {
         }
     }
 
-    /// ListOffsets by timestamp, at batch granularity: the base offset and max timestamp of the first
-    /// batch whose max timestamp is >= `ts`; None if there is none.
-    pub async fn offset_for_timestamp(&self, ts: i64) -> Result<Option<(i64, i64)>, LogError> {
+    async fn timestamp_attempt(&self, ts: i64) -> Result<Option<(i64, i64)>, LogError> {
         self.check_open()?;
         let candidates: Vec<i64> = {
             let st = self.state.borrow();

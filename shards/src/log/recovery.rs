@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::rc::Rc;
 
+use super::epochs::EpochHistory;
 use super::index::SegmentIndex;
 use super::segment::{self, ActiveFile, Cursor, ScanStep, Segment, Source, Storage};
 use super::{now_ms, LogConfig, LogError};
@@ -15,6 +16,7 @@ pub(super) struct Recovered {
     pub log_start: i64,
     pub log_end: i64,
     pub last_epoch: i32,
+    pub epochs: EpochHistory,
 }
 
 pub(super) async fn recover(dir: &Path, cfg: &LogConfig) -> Result<Recovered, LogError> {
@@ -49,6 +51,7 @@ pub(super) async fn recover(dir: &Path, cfg: &LogConfig) -> Result<Recovered, Lo
             log_start: 0,
             log_end: 0,
             last_epoch: -1,
+            epochs: EpochHistory::default(),
         });
     };
     for (i, &base) in sealed_bases.iter().enumerate() {
@@ -132,6 +135,7 @@ pub(super) async fn recover(dir: &Path, cfg: &LogConfig) -> Result<Recovered, Lo
         }
     }
     let log_end = scan.index.next_offset;
+    let scan_epochs = scan.epoch_starts;
     segments.insert(
         last_base,
         Segment {
@@ -148,11 +152,48 @@ pub(super) async fn recover(dir: &Path, cfg: &LogConfig) -> Result<Recovered, Lo
         },
     );
     let log_start = segments.keys().next().copied().unwrap_or(last_base);
+
+    // Leader epochs: the checkpoint (or, without a sound one, the sealed segments' headers) up to the
+    // newest segment, then what its scan found.
+    let saved = EpochHistory::load(dir);
+    let mut entries = match saved.clone() {
+        Some(entries) => entries,
+        None => {
+            let mut entries = Vec::new();
+            for seg in segments.values().filter(|s| s.is_sealed()) {
+                let scan = segment::scan_segment(
+                    seg.source(),
+                    seg.readable_bytes(),
+                    seg.base_offset(),
+                    cfg.index_interval_bytes,
+                    false,
+                )
+                .await?;
+                entries.extend(scan.epoch_starts);
+            }
+            if !entries.is_empty() {
+                tracing::info!(dir = ?dir, "rebuilt the leader epoch history from the segments");
+            }
+            entries
+        }
+    };
+    entries.retain(|&(_, start)| start < last_base);
+    let mut epochs = EpochHistory::from_entries(Vec::new());
+    for (epoch, start) in entries.into_iter().chain(scan_epochs) {
+        epochs.note(epoch, start);
+    }
+    epochs.trim_start(log_start);
+    if saved.as_deref() == Some(epochs.entries()) {
+        epochs.mark_saved();
+    } else {
+        epochs.save(dir)?;
+    }
     Ok(Recovered {
         segments,
         log_start,
         log_end,
         last_epoch: last_epoch.unwrap_or(-1),
+        epochs,
     })
 }
 

@@ -73,6 +73,13 @@ impl PartitionLog {
                 std::fs::File::open(&self.dir)?.sync_all()?;
             }
         }
+        if !victims.is_empty() {
+            let mut st = self.state.borrow_mut();
+            let start = st.log_start;
+            st.epochs.trim_start(start);
+            drop(st);
+            self.save_epochs()?;
+        }
         Ok(victims.len())
     }
 }

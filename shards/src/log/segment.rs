@@ -239,6 +239,8 @@ pub struct ScanOutcome {
     /// Why the scan stopped before the end of the file, if it did.
     pub stopped: Option<String>,
     pub last_epoch: Option<i32>,
+    /// (epoch, first offset) at each change of leader epoch in the segment.
+    pub epoch_starts: Vec<(i32, i64)>,
 }
 
 /// Walks the batches of a segment from position 0, verifying each (CRC if `verify_crc`), requiring
@@ -255,6 +257,7 @@ pub async fn scan_segment(
     let mut index = SegmentIndex::new(base_offset);
     let mut pos = 0u64;
     let mut last_epoch: Option<i32> = None;
+    let mut epoch_starts = Vec::new();
     let stopped = loop {
         match cursor.next(pos).await? {
             ScanStep::End => break None,
@@ -284,6 +287,9 @@ pub async fn scan_segment(
                     }
                 }
                 index.note_batch(&header, pos, index_interval);
+                if last_epoch != Some(header.leader_epoch) {
+                    epoch_starts.push((header.leader_epoch, header.base_offset));
+                }
                 last_epoch = Some(header.leader_epoch);
                 pos += header.total_len() as u64;
             }
@@ -293,6 +299,7 @@ pub async fn scan_segment(
         index,
         stopped,
         last_epoch,
+        epoch_starts,
     })
 }
 

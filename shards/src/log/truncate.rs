@@ -9,6 +9,9 @@ use super::recovery::{last_epoch_of, EpochProbe};
 use super::segment::{self, ActiveFile, Cursor, ScanStep, Storage};
 use super::{LogError, PartitionLog};
 
+/// Recent truncations remembered for waiters (see `LogState::truncated_since`).
+const TRUNCATIONS_KEPT: usize = 32;
+
 impl PartitionLog {
     /// Removes every batch at or above `offset` (rounded down to the start of the batch containing it);
     /// durable on return. An offset at or below log_start empties the log (log_end = log_start).
@@ -26,8 +29,14 @@ impl PartitionLog {
         if offset >= end {
             return Ok(());
         }
-        self.flush_locked(true, end).await?;
-        let r = self.truncate_locked(offset).await;
+        // From here until the cut is in place, appends are refused (their offsets would be about to
+        // vanish) and the state the cut is computed from cannot move.
+        self.state.borrow_mut().truncating = true;
+        let r = match self.flush_locked(true, end).await {
+            Ok(()) => self.truncate_locked(offset).await,
+            Err(e) => Err(e),
+        };
+        self.state.borrow_mut().truncating = false;
         if let Err(e) = &r {
             tracing::error!(dir = ?self.dir, error = %e, "truncation failed; closing the log");
             self.closed.set(true);
@@ -187,7 +196,14 @@ impl PartitionLog {
         st.synced_end = point;
         st.last_epoch = last_epoch.unwrap_or(-1);
         st.tail.truncate(point);
+        st.epochs.truncate(point);
+        st.epochs.save(&self.dir)?;
         st.generation += 1;
+        let generation = st.generation;
+        st.truncations.push_back((generation, point));
+        if st.truncations.len() > TRUNCATIONS_KEPT {
+            st.truncations.pop_front();
+        }
         tracing::debug!(dir = ?self.dir, offset = point, "truncated log");
         Ok(())
     }

@@ -1,17 +1,18 @@
 //! Which shard owns a partition, and which CPUs the shards run on.
 
-/// The shard that owns `partition` of the topic with id `topic_id`.
+/// The shard that owns `partition` of the topic named `topic`.
 ///
-/// Deterministic (FNV-1a over the topic id and partition index) so every
-/// shard computes the same owner without asking anyone; the topic id (not its
-/// name) is hashed so a topic deleted and re-created under the same name may
-/// land elsewhere without confusing the two.
-pub fn owner_shard(topic_id: &[u8; 16], partition: i32, shards: usize) -> usize {
+/// Deterministic (FNV-1a over the topic name and partition index) so every
+/// shard computes the same owner without asking anyone. The name (not the
+/// topic id) is hashed: a partition's directory is named after the topic, so
+/// a topic deleted and re-created under the same name lands on the same
+/// shard, which retires the old directory before opening the new one.
+pub fn owner_shard(topic: &[u8], partition: i32, shards: usize) -> usize {
     if shards <= 1 {
         return 0;
     }
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in topic_id.iter().chain(partition.to_be_bytes().iter()) {
+    for byte in topic.iter().chain(partition.to_be_bytes().iter()) {
         hash ^= u64::from(*byte);
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
     }
@@ -43,23 +44,22 @@ mod tests {
 
     #[test]
     fn owner_is_stable_and_in_range() {
-        let id = [7u8; 16];
+        let id = b"orders";
         for shards in 1..8 {
             for partition in 0..64 {
-                let owner = owner_shard(&id, partition, shards);
+                let owner = owner_shard(id, partition, shards);
                 assert!(owner < shards);
-                assert_eq!(owner, owner_shard(&id, partition, shards));
+                assert_eq!(owner, owner_shard(id, partition, shards));
             }
         }
-        assert_eq!(owner_shard(&id, 5, 1), 0);
+        assert_eq!(owner_shard(id, 5, 1), 0);
     }
 
     #[test]
     fn partitions_spread_over_shards() {
-        let id = [42u8; 16];
         let mut counts = [0usize; 4];
         for partition in 0..400 {
-            counts[owner_shard(&id, partition, 4)] += 1;
+            counts[owner_shard(b"events", partition, 4)] += 1;
         }
         assert!(counts.iter().all(|c| *c > 50), "uneven spread: {counts:?}");
     }

@@ -1,0 +1,209 @@
+//! Leader epoch history: the first offset written in each leader epoch, for OffsetForLeaderEpoch (a
+//! follower of a new leader asks where its last epoch ended and truncates the rest).
+//!
+//! Kept in memory, and in `leader-epoch-checkpoint` (checksummed, replaced atomically) whenever a
+//! segment is sealed, the log is truncated or trimmed by retention, and on close. On open, entries at or
+//! past the newest segment's base are rebuilt from its recovery scan, so the file only has to be right
+//! for sealed segments; a missing or damaged file is rebuilt from the segments' batch headers.
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+const FILE_NAME: &str = "leader-epoch-checkpoint";
+const MAGIC: u32 = 0x4348_4550; // "CHEP"
+const ENTRY_LEN: usize = 12;
+
+/// Epochs below zero (no leader epoch, -1) are not recorded, like Kafka.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EpochHistory {
+    /// (epoch, start offset), both strictly increasing.
+    entries: Vec<(i32, i64)>,
+    /// Changed since it was last saved.
+    dirty: bool,
+}
+
+impl EpochHistory {
+    pub fn from_entries(entries: Vec<(i32, i64)>) -> Self {
+        EpochHistory {
+            entries,
+            dirty: true,
+        }
+    }
+
+    pub fn entries(&self) -> &[(i32, i64)] {
+        &self.entries
+    }
+
+    /// Records that the file already holds exactly this history.
+    pub fn mark_saved(&mut self) {
+        self.dirty = false;
+    }
+
+    pub fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+
+    /// A batch of `epoch` starting at `base_offset` was appended.
+    pub fn note(&mut self, epoch: i32, base_offset: i64) {
+        if epoch < 0 || self.entries.last().is_some_and(|&(e, _)| e >= epoch) {
+            return;
+        }
+        self.entries.push((epoch, base_offset));
+        self.dirty = true;
+    }
+
+    /// Forgets epochs that start at or after `end` (truncation).
+    pub fn truncate(&mut self, end: i64) {
+        let keep = self.entries.partition_point(|&(_, start)| start < end);
+        if keep < self.entries.len() {
+            self.entries.truncate(keep);
+            self.dirty = true;
+        }
+    }
+
+    /// Drops epochs that ended before `log_start`; the one in force at `log_start` starts there.
+    pub fn trim_start(&mut self, log_start: i64) {
+        let in_force = self
+            .entries
+            .partition_point(|&(_, start)| start <= log_start);
+        if in_force > 1 {
+            self.entries.drain(..in_force - 1);
+            self.dirty = true;
+        }
+        if let Some(first) = self.entries.first_mut() {
+            if first.1 < log_start {
+                first.1 = log_start;
+                self.dirty = true;
+            }
+        }
+    }
+
+    /// Kafka's OffsetForLeaderEpoch answer: the largest known epoch <= `epoch` and the offset where it
+    /// ended (the next epoch's start, or the log end for the latest); (-1, -1) when undefined.
+    pub fn end_offset_for(&self, epoch: i32, log_end: i64) -> (i32, i64) {
+        const UNDEFINED: (i32, i64) = (-1, -1);
+        if epoch < 0 {
+            return UNDEFINED;
+        }
+        match self.entries.last() {
+            None => UNDEFINED,
+            Some(&(latest, _)) if latest == epoch => (epoch, log_end),
+            Some(_) => {
+                let higher = self.entries.partition_point(|&(e, _)| e <= epoch);
+                match self.entries.get(higher) {
+                    None => UNDEFINED,
+                    Some(&(_, next_start)) if higher == 0 => (epoch, next_start),
+                    Some(&(_, next_start)) => (self.entries[higher - 1].0, next_start),
+                }
+            }
+        }
+    }
+
+    fn path(dir: &Path) -> PathBuf {
+        dir.join(FILE_NAME)
+    }
+
+    /// Replaces the checkpoint file atomically (write, sync, rename, sync the directory).
+    pub fn save(&mut self, dir: &Path) -> io::Result<()> {
+        let mut data = Vec::with_capacity(8 + self.entries.len() * ENTRY_LEN + 4);
+        data.extend_from_slice(&MAGIC.to_le_bytes());
+        data.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
+        for &(epoch, start) in &self.entries {
+            data.extend_from_slice(&epoch.to_le_bytes());
+            data.extend_from_slice(&start.to_le_bytes());
+        }
+        let crc = crc32c::crc32c(&data);
+        data.extend_from_slice(&crc.to_le_bytes());
+        let tmp = dir.join(format!("{FILE_NAME}.tmp"));
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&data)?;
+        f.sync_data()?;
+        std::fs::rename(&tmp, Self::path(dir))?;
+        std::fs::File::open(dir)?.sync_all()?;
+        self.dirty = false;
+        Ok(())
+    }
+
+    /// The saved history; None if the file is missing or damaged.
+    pub fn load(dir: &Path) -> Option<Vec<(i32, i64)>> {
+        let data = std::fs::read(Self::path(dir)).ok()?;
+        if data.len() < 12 {
+            return None;
+        }
+        let (body, crc) = data.split_at(data.len() - 4);
+        if crc32c::crc32c(body).to_le_bytes() != crc {
+            return None;
+        }
+        if u32::from_le_bytes(body[0..4].try_into().ok()?) != MAGIC {
+            return None;
+        }
+        let count = u32::from_le_bytes(body[4..8].try_into().ok()?) as usize;
+        if body.len() != 8 + count.checked_mul(ENTRY_LEN)? {
+            return None;
+        }
+        let mut entries: Vec<(i32, i64)> = Vec::with_capacity(count);
+        for chunk in body[8..].chunks_exact(ENTRY_LEN) {
+            let epoch = i32::from_le_bytes(chunk[0..4].try_into().ok()?);
+            let start = i64::from_le_bytes(chunk[4..12].try_into().ok()?);
+            if entries
+                .last()
+                .is_some_and(|&(e, s)| e >= epoch || s >= start)
+            {
+                return None;
+            }
+            entries.push((epoch, start));
+        }
+        Some(entries)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn history() -> EpochHistory {
+        let mut h = EpochHistory::default();
+        for (epoch, start) in [(-1, 0), (1, 0), (1, 5), (3, 10), (4, 20)] {
+            h.note(epoch, start);
+        }
+        h
+    }
+
+    #[test]
+    fn end_offsets_follow_kafka() {
+        let h = history();
+        assert_eq!(h.entries(), &[(1, 0), (3, 10), (4, 20)]);
+        assert_eq!(h.end_offset_for(4, 30), (4, 30));
+        assert_eq!(h.end_offset_for(3, 30), (3, 20));
+        assert_eq!(h.end_offset_for(2, 30), (1, 10));
+        assert_eq!(h.end_offset_for(0, 30), (0, 0));
+        assert_eq!(h.end_offset_for(5, 30), (-1, -1));
+        assert_eq!(h.end_offset_for(-1, 30), (-1, -1));
+        assert_eq!(EpochHistory::default().end_offset_for(1, 0), (-1, -1));
+    }
+
+    #[test]
+    fn truncate_and_trim() {
+        let mut h = history();
+        h.truncate(20);
+        assert_eq!(h.entries(), &[(1, 0), (3, 10)]);
+        h.trim_start(12);
+        assert_eq!(h.entries(), &[(3, 12)]);
+        h.truncate(12);
+        assert!(h.entries().is_empty());
+    }
+
+    #[test]
+    fn file_round_trips_and_damage_is_detected() {
+        let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+        let mut h = history();
+        h.save(dir.path()).unwrap();
+        assert!(!h.is_dirty());
+        assert_eq!(EpochHistory::load(dir.path()).unwrap(), h.entries());
+        let p = dir.path().join(FILE_NAME);
+        let mut data = std::fs::read(&p).unwrap();
+        data[9] ^= 1;
+        std::fs::write(&p, &data).unwrap();
+        assert!(EpochHistory::load(dir.path()).is_none());
+    }
+}
