@@ -8,6 +8,7 @@ mod config;
 mod control;
 mod kafka;
 mod partitions;
+mod replication;
 mod server;
 mod tools;
 

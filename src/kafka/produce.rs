@@ -318,8 +318,22 @@ fn append_on_owner(
 ) -> LocalFuture<OwnerResults> {
     // Ordered part: partitions whose log is open append now.
     let mut appended: Vec<Appended> = Vec::with_capacity(parts.len());
+    let mut refused = Vec::new();
     for part in parts {
         match shard.partitions.get(&(part.topic_id, part.partition)) {
+            // The leader sees followers fall behind before the controller shrinks the ISR (or
+            // when no controller can): too few in sync means no append at all.
+            Some(partition)
+                if acks == Acks::All
+                    && partition
+                        .leader_state()
+                        .is_some_and(|leader| !leader.enough_in_sync()) =>
+            {
+                refused.push((
+                    part.slot,
+                    PartitionResult::error(ResponseError::NotEnoughReplicas),
+                ));
+            }
             Some(partition) => {
                 let result = partition.append(&part.records);
                 appended.push((part, Some(partition), Some(result)));
@@ -329,7 +343,7 @@ fn append_on_owner(
     }
     let shard = shard.clone();
     Box::pin(async move {
-        let mut out = Vec::with_capacity(appended.len());
+        let mut out = refused;
         for (part, partition, result) in appended {
             // A log not open yet (the topic was just created): open it, then append.
             let (partition, result) = match (partition, result) {
@@ -360,7 +374,14 @@ fn append_on_owner(
             let waited = match acks {
                 Acks::None => Ok(()),
                 Acks::Leader => with_timeout(timeout, partition.wait_durable(end)).await,
-                Acks::All => with_timeout(timeout, partition.wait_replicated(end)).await,
+                Acks::All => {
+                    async { partition.wait_replicated(end, timeout).await }
+                        .or(async {
+                            glommio::timer::sleep(timeout).await;
+                            Err(ResponseError::RequestTimedOut.code())
+                        })
+                        .await
+                }
             };
             let result = match waited {
                 Ok(()) => PartitionResult {

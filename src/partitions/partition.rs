@@ -11,6 +11,8 @@ use tracing::warn;
 
 use super::offset_watch::OffsetWatch;
 use crate::control::{PartitionInfo, TopicInfo};
+use crate::replication::ack_tracker::AckFailure;
+use crate::replication::leader::LeaderState;
 
 pub struct Partition {
     pub topic: String,
@@ -32,6 +34,13 @@ pub struct Partition {
     topic_configs: RefCell<BTreeMap<String, String>>,
     /// Whether a task is already waiting for the log's next durable point.
     flushing: Cell<bool>,
+    /// Set while this broker leads the partition (replication).
+    leader: RefCell<Option<Rc<LeaderState>>>,
+    /// This replica follows another broker: its high watermark comes from the leader.
+    following: Cell<bool>,
+    /// The leader epoch whose leader this follower has checked its log against (truncating what
+    /// that leader never had); pushes of any other epoch wait for that check.
+    validated_epoch: Cell<Option<i32>>,
 }
 
 impl Partition {
@@ -62,7 +71,45 @@ impl Partition {
             isr: RefCell::new(info.isr.clone()),
             topic_configs: RefCell::new(topic.configs.clone()),
             flushing: Cell::new(false),
+            leader: RefCell::new(None),
+            following: Cell::new(false),
+            validated_epoch: Cell::new(None),
         }
+    }
+
+    pub fn leader_epoch(&self) -> i32 {
+        self.leader_epoch.get()
+    }
+
+    /// The leader state while this broker leads the partition.
+    pub fn leader_state(&self) -> Option<Rc<LeaderState>> {
+        self.leader.borrow().clone()
+    }
+
+    pub fn set_leader_state(&self, state: Option<Rc<LeaderState>>) {
+        if state.is_some() {
+            self.following.set(false);
+        }
+        *self.leader.borrow_mut() = state;
+    }
+
+    /// This replica now follows another broker.
+    pub fn set_follower(&self) {
+        self.following.set(true);
+    }
+
+    pub fn validated_epoch(&self) -> Option<i32> {
+        self.validated_epoch.get()
+    }
+
+    pub fn set_validated_epoch(&self, epoch: i32) {
+        self.validated_epoch.set(Some(epoch));
+    }
+
+    /// A follower learns the leader's high watermark (never beyond its own log).
+    pub fn follow_high_watermark(&self, leader_high_watermark: i64) {
+        self.high_watermark
+            .advance(leader_high_watermark.min(self.log.log_end_offset()));
     }
 
     pub fn high_watermark(&self) -> i64 {
@@ -98,6 +145,9 @@ impl Partition {
     /// watermark advances even when nobody waits (acks=0).
     pub fn append(self: &Rc<Self>, records: &[u8]) -> Result<AppendInfo, LogError> {
         let info = self.log.append(records, self.leader_epoch.get())?;
+        if let Some(leader) = self.leader.borrow().as_ref() {
+            leader.appended.advance(info.last_offset + 1);
+        }
         self.start_flusher();
         Ok(info)
     }
@@ -131,11 +181,20 @@ impl Partition {
         .detach();
     }
 
-    /// The log became durable further: when no other replica is in sync,
-    /// that is the high watermark.
+    /// The log became durable further: the leader acknowledges it to itself;
+    /// without a leader state, when no other replica is in sync, that is the
+    /// high watermark.
     fn on_durable(&self) {
-        if self.only_in_sync_replica() {
-            self.high_watermark.advance(self.log.durable_end_offset());
+        let durable = self.log.durable_end_offset();
+        let leader = self.leader.borrow().clone();
+        match leader {
+            Some(leader) => {
+                let hw = leader.on_ack(leader.me, durable);
+                self.high_watermark.advance(hw);
+            }
+            None if self.following.get() => {}
+            None if self.only_in_sync_replica() => self.high_watermark.advance(durable),
+            None => {}
         }
     }
 
@@ -146,12 +205,21 @@ impl Partition {
         Ok(())
     }
 
-    /// acks=all: resolves once the high watermark reached `end_offset`.
-    pub async fn wait_replicated(&self, end_offset: i64) -> Result<(), LogError> {
-        if self.high_watermark.wait_at_least(end_offset).await {
-            Ok(())
-        } else {
-            Err(LogError::Closed)
+    /// acks=all: resolves once the high watermark reached `end_offset`, or
+    /// with the Kafka error code saying why not (the caller bounds the wait).
+    pub async fn wait_replicated(
+        &self,
+        end_offset: i64,
+        timeout: std::time::Duration,
+    ) -> Result<(), i16> {
+        let leader = self.leader.borrow().clone();
+        match leader {
+            Some(leader) => leader
+                .wait(end_offset, timeout)
+                .await
+                .map_err(AckFailure::code),
+            None if self.high_watermark.wait_at_least(end_offset).await => Ok(()),
+            None => Err(AckFailure::NotLeader.code()),
         }
     }
 
@@ -168,6 +236,9 @@ impl Partition {
 
     /// Ends every wait on this partition (it is being closed or deleted).
     pub fn close_waits(&self) {
+        if let Some(leader) = self.leader.borrow_mut().take() {
+            leader.stop();
+        }
         self.high_watermark.close();
     }
 }

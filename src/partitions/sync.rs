@@ -51,14 +51,18 @@ pub async fn apply_image(shard: &Rc<Shard>, image: &MetadataImage) {
                 Some(open) => {
                     open.update_config(&topic.configs, config.clone());
                     open.set_replica_state(info.leader_epoch, &info.isr);
+                    crate::replication::apply(shard, &open, topic, info);
                 }
                 None => {
-                    if let Err(e) = shard
+                    match shard
                         .partitions
                         .get_or_open(topic, info, config.clone())
                         .await
                     {
-                        warn!(topic = %topic.name, partition = info.index, "cannot open partition log: {e}");
+                        Ok(open) => crate::replication::apply(shard, &open, topic, info),
+                        Err(e) => {
+                            warn!(topic = %topic.name, partition = info.index, "cannot open partition log: {e}")
+                        }
                     }
                 }
             }

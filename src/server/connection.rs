@@ -28,6 +28,10 @@ const READ_CHUNK: usize = 16 * 1024;
 /// Serves one connection until the peer closes it, it misbehaves, or the
 /// broker shuts down (then in-flight requests are answered first).
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
+    // A leader broker's replication link arrives on the Kafka listener too.
+    if crate::replication::follower::is_replication(&stream).await {
+        return crate::replication::follower::serve(shard, stream).await;
+    }
     let peer = stream
         .peer_addr()
         .map_or_else(|_| "unknown".to_string(), |a| a.to_string());

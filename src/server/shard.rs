@@ -27,6 +27,7 @@ pub struct Shard {
     pub control: ControlHandle,
     pub partitions: PartitionRegistry,
     pub shutdown: Shutdown,
+    pub replication: crate::replication::ShardReplication,
 }
 
 impl Shard {
@@ -48,6 +49,8 @@ pub struct ShardStart {
     pub mesh: Option<JobMeshBuilder<Shard>>,
     /// Shards done serving connections; logs close once all are.
     pub drained: Arc<AtomicUsize>,
+    /// `replica.lag.time.max.ms`.
+    pub replica_lag_time_max_ms: u64,
 }
 
 /// Runs shard `id` until shutdown: open its partitions, accept connections,
@@ -69,6 +72,7 @@ pub async fn run(id: usize, start: ShardStart) -> Result<(), String> {
         control: start.control.clone(),
         partitions: PartitionRegistry::new(start.data_dir.clone(), start.node_id),
         shutdown: start.shutdown.clone(),
+        replication: crate::replication::ShardReplication::new(start.replica_lag_time_max_ms),
     });
     shard.mesh.serve(&shard);
 

@@ -1,0 +1,64 @@
+//! OffsetForLeaderEpoch on a partition log, from the log's leader epoch history (persisted in its
+//! `leader-epoch-checkpoint`, rebuilt on recovery).
+
+use chronik_shards::log::PartitionLog;
+
+use super::epochs::{UNDEFINED_EPOCH, UNDEFINED_OFFSET};
+
+/// (the largest epoch <= `requested` in the log, the offset where it ended): the first offset of
+/// a newer epoch, or the log end. Undefined for an empty log or a negative epoch.
+///
+/// Unlike Kafka's cache, which records a new leader's epoch as soon as it leads, the log records
+/// an epoch only once a batch of it is written: a follower asking about an epoch newer than the
+/// log's last batch (a leader deposed before replicating it) is told where the log's newest epoch
+/// ends, which is where its log ends, instead of "undefined" (which would empty the follower).
+pub fn end_offset_for(log: &PartitionLog, requested: i32) -> (i32, i64) {
+    let end = log.log_end_offset();
+    if requested < 0 || log.log_start_offset() >= end {
+        return (UNDEFINED_EPOCH, UNDEFINED_OFFSET);
+    }
+    let last = log.last_leader_epoch();
+    if last >= 0 && last < requested {
+        return (last, end);
+    }
+    log.end_offset_for_epoch(requested)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chronik_shards::log::batch::build_test_batch;
+    use chronik_shards::log::LogConfig;
+
+    #[test]
+    fn answers_from_the_log_and_never_empties_a_follower_for_an_unwritten_epoch() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t-0");
+        glommio::LocalExecutorBuilder::default()
+            .io_memory(1 << 20)
+            .spawn(move || async move {
+                let log = PartitionLog::open(path, LogConfig::default())
+                    .await
+                    .unwrap();
+                assert_eq!(end_offset_for(&log, 0), (UNDEFINED_EPOCH, UNDEFINED_OFFSET));
+                // Epoch 1: offsets 0..4, epoch 3: 4..6.
+                log.append(&build_test_batch(0, 2, 0, b"a"), 1).unwrap();
+                log.append(&build_test_batch(0, 2, 0, b"b"), 1).unwrap();
+                log.append(&build_test_batch(0, 2, 0, b"c"), 3).unwrap();
+                assert_eq!(end_offset_for(&log, 1), (1, 4));
+                assert_eq!(end_offset_for(&log, 2), (1, 4));
+                assert_eq!(end_offset_for(&log, 3), (3, 6));
+                assert_eq!(end_offset_for(&log, 0), (0, 0));
+                // Epoch 5 was never written here (its leader was deposed first).
+                assert_eq!(end_offset_for(&log, 5), (3, 6));
+                assert_eq!(
+                    end_offset_for(&log, -1),
+                    (UNDEFINED_EPOCH, UNDEFINED_OFFSET)
+                );
+                log.close().await.unwrap();
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+}

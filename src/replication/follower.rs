@@ -1,0 +1,305 @@
+//! The follower side: a replication connection accepted on the Kafka listener. Each frame goes
+//! to the shard owning its partition (in arrival order) and its Ack comes back on the same
+//! connection once the appended batches are durable here.
+
+use std::rc::Rc;
+
+use bytes::{Bytes, BytesMut};
+use chronik_shards::log::LogError;
+use chronik_shards::runtime::mesh::LocalFuture;
+use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::FutureExt;
+use glommio::channels::local_channel;
+use glommio::net::TcpStream;
+use tracing::{debug, info, warn};
+
+use super::epoch_lookup;
+use super::epochs;
+use super::wire::{self, Frame, WirePartition};
+use crate::partitions::Partition;
+use crate::server::shard::Shard;
+
+const READ_CHUNK: usize = 64 * 1024;
+/// Acks queued for the writer before reading pauses.
+const MAX_PENDING_ACKS: usize = 1024;
+
+/// Whether the connection starts with a replication Hello (peeked, not consumed).
+pub async fn is_replication(stream: &TcpStream) -> bool {
+    let mut first = [0u8; wire::HELLO_BYTES];
+    match stream.peek(&mut first).await {
+        Ok(n) => wire::is_hello(&first[..n]),
+        Err(_) => false,
+    }
+}
+
+/// Serves a replication connection until the leader closes it or the broker stops.
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let (mut reader, mut writer) = futures_lite::io::split(stream);
+    let mut hello = [0u8; wire::HELLO_BYTES];
+    if reader.read_exact(&mut hello).await.is_err() {
+        return;
+    }
+    let leader = i32::from_be_bytes([hello[6], hello[7], hello[8], hello[9]]);
+    info!(
+        shard = shard.id,
+        leader, "replication link from leader accepted"
+    );
+    let (ack_tx, ack_rx) = local_channel::new_bounded::<Bytes>(MAX_PENDING_ACKS);
+    let writer_task = glommio::spawn_local(async move {
+        while let Some(ack) = ack_rx.recv().await {
+            if writer.write_all(&ack).await.is_err() {
+                return;
+            }
+        }
+        let _ = writer.close().await;
+    });
+    let ack_tx = Rc::new(ack_tx);
+    let mut buf = BytesMut::with_capacity(READ_CHUNK);
+    let mut chunk = vec![0u8; READ_CHUNK];
+    'read: loop {
+        let n = async { reader.read(&mut chunk).await.ok() }
+            .or(async {
+                shard.shutdown.wait().await;
+                None
+            })
+            .await;
+        match n {
+            None | Some(0) => break,
+            Some(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+        loop {
+            let frame = match wire::decode(&mut buf) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(e) => {
+                    warn!(leader, "closing replication link: {e}");
+                    break 'read;
+                }
+            };
+            let part = match &frame {
+                Frame::Push { part, .. } | Frame::EpochEnd { part, .. } => *part,
+                Frame::Ack { .. } => {
+                    warn!(leader, "closing replication link: an ack from the leader");
+                    break 'read;
+                }
+            };
+            let Some(owner) = owner_of(&shard, &part) else {
+                let ack = status_ack(&part, &frame, wire::ACK_RETRY);
+                if send_ack(&ack_tx, ack).await.is_err() {
+                    break 'read;
+                }
+                continue;
+            };
+            let sent = shard
+                .mesh
+                .send(owner, move |owner: &Rc<Shard>| handle(owner, frame))
+                .await;
+            let reply = match sent {
+                Ok(reply) => reply,
+                Err(e) => {
+                    warn!("forwarding replication to shard {owner}: {e}");
+                    break 'read;
+                }
+            };
+            let ack_tx = ack_tx.clone();
+            glommio::spawn_local(async move {
+                if let Ok(ack) = reply.await {
+                    let _ = send_ack(&ack_tx, ack).await;
+                }
+            })
+            .detach();
+        }
+    }
+    drop(ack_tx);
+    let _ = writer_task.await;
+    debug!(leader, "replication link from leader closed");
+}
+
+async fn send_ack(tx: &local_channel::LocalSender<Bytes>, ack: Frame) -> Result<(), ()> {
+    let bytes = wire::encode(&ack).map_err(|_| ())?;
+    tx.send(bytes).await.map_err(|_| ())
+}
+
+fn owner_of(shard: &Shard, part: &WirePartition) -> Option<usize> {
+    let image = shard.control.image();
+    let topic = image.topic_by_id(part.topic_id)?;
+    Some(shard.owner_of(&topic.name, part.partition))
+}
+
+fn status_ack(part: &WirePartition, frame: &Frame, status: i16) -> Frame {
+    let leader_epoch = match frame {
+        Frame::Push { leader_epoch, .. }
+        | Frame::EpochEnd { leader_epoch, .. }
+        | Frame::Ack { leader_epoch, .. } => *leader_epoch,
+    };
+    Frame::Ack {
+        part: *part,
+        leader_epoch,
+        status,
+        log_end: -1,
+        durable_end: -1,
+        last_epoch: -1,
+    }
+}
+
+fn ack_of(partition: &Partition, part: WirePartition, leader_epoch: i32, status: i16) -> Frame {
+    Frame::Ack {
+        part,
+        leader_epoch,
+        status,
+        log_end: partition.log.log_end_offset(),
+        durable_end: partition.log.durable_end_offset(),
+        last_epoch: partition.log.last_leader_epoch(),
+    }
+}
+
+/// Whether this replica follows the sender in `leader_epoch`; the status to answer if not.
+fn check_leader(partition: &Partition, leader_epoch: i32) -> Result<(), i16> {
+    let known = partition.leader_epoch();
+    if leader_epoch < known {
+        Err(wire::ACK_FENCED)
+    } else if leader_epoch > known || partition.leader_state().is_some() {
+        // Our metadata has not caught up with this leader yet.
+        Err(wire::ACK_RETRY)
+    } else {
+        Ok(())
+    }
+}
+
+/// Runs on the owning shard: the synchronous part (checks, append) now, in arrival order; the
+/// returned future resolves to the Ack.
+fn handle(shard: &Rc<Shard>, frame: Frame) -> LocalFuture<Frame> {
+    let part = match &frame {
+        Frame::Push { part, .. } | Frame::EpochEnd { part, .. } | Frame::Ack { part, .. } => *part,
+    };
+    let Some(partition) = shard.partitions.get(&(part.topic_id, part.partition)) else {
+        let ack = status_ack(&part, &frame, wire::ACK_RETRY);
+        return Box::pin(async move { ack });
+    };
+    match frame {
+        Frame::Push {
+            leader_epoch,
+            high_watermark,
+            base_offset,
+            records,
+            ..
+        } => on_push(
+            partition,
+            part,
+            leader_epoch,
+            high_watermark,
+            base_offset,
+            records,
+        ),
+        Frame::EpochEnd {
+            leader_epoch,
+            epoch,
+            end_offset,
+            ..
+        } => Box::pin(on_epoch_end(
+            partition,
+            part,
+            leader_epoch,
+            epoch,
+            end_offset,
+        )),
+        Frame::Ack { leader_epoch, .. } => {
+            let ack = ack_of(&partition, part, leader_epoch, wire::ACK_RETRY);
+            Box::pin(async move { ack })
+        }
+    }
+}
+
+fn on_push(
+    partition: Rc<Partition>,
+    part: WirePartition,
+    leader_epoch: i32,
+    high_watermark: i64,
+    base_offset: i64,
+    records: Bytes,
+) -> LocalFuture<Frame> {
+    let ready = |partition: &Partition, status| {
+        let ack = ack_of(partition, part, leader_epoch, status);
+        Box::pin(async move { ack }) as LocalFuture<Frame>
+    };
+    if let Err(status) = check_leader(&partition, leader_epoch) {
+        return ready(&partition, status);
+    }
+    if partition.validated_epoch() != Some(leader_epoch) {
+        return ready(&partition, wire::ACK_CHECK_EPOCH);
+    }
+    let log_end = partition.log.log_end_offset();
+    if base_offset == -1 && records.is_empty() {
+        partition.follow_high_watermark(high_watermark);
+        return ready(&partition, wire::ACK_OK);
+    }
+    if base_offset != log_end {
+        return ready(&partition, wire::ACK_OUT_OF_ORDER);
+    }
+    if records.is_empty() {
+        partition.follow_high_watermark(high_watermark);
+        return ready(&partition, wire::ACK_OK);
+    }
+    let info = match partition.log.append_replica(&records) {
+        Ok(info) => info,
+        Err(LogError::Truncating) => return ready(&partition, wire::ACK_RETRY),
+        Err(e @ LogError::InvalidBatch(_)) => {
+            debug!(topic = %partition.topic, partition = partition.index, "replica append refused: {e}");
+            return ready(&partition, wire::ACK_OUT_OF_ORDER);
+        }
+        Err(e) => {
+            warn!(topic = %partition.topic, partition = partition.index, "replica append failed: {e}");
+            return ready(&partition, wire::ACK_STORAGE_ERROR);
+        }
+    };
+    partition.follow_high_watermark(high_watermark);
+    let end = info.last_offset + 1;
+    Box::pin(async move {
+        let status = match partition.log.wait_durable(end).await {
+            Ok(()) => wire::ACK_OK,
+            Err(LogError::OffsetOutOfRange { .. }) => wire::ACK_OUT_OF_ORDER,
+            Err(e) => {
+                warn!(topic = %partition.topic, partition = partition.index, "replica flush failed: {e}");
+                wire::ACK_STORAGE_ERROR
+            }
+        };
+        ack_of(&partition, part, leader_epoch, status)
+    })
+}
+
+/// The leader's end of our last epoch: cut what it never had, then accept its pushes.
+async fn on_epoch_end(
+    partition: Rc<Partition>,
+    part: WirePartition,
+    leader_epoch: i32,
+    epoch: i32,
+    end_offset: i64,
+) -> Frame {
+    if let Err(status) = check_leader(&partition, leader_epoch) {
+        return ack_of(&partition, part, leader_epoch, status);
+    }
+    let log = &partition.log;
+    let my_end = log.log_end_offset();
+    let mine = epoch_lookup::end_offset_for(log, epoch);
+    let cut = epochs::truncation_offset((epoch, end_offset), log.last_leader_epoch(), my_end, mine);
+    if cut < my_end {
+        info!(
+            topic = %partition.topic,
+            partition = partition.index,
+            leader_epoch,
+            from = cut,
+            to = my_end,
+            "truncating what the new leader does not have"
+        );
+        if let Err(e) = log.truncate_to(cut).await {
+            warn!(topic = %partition.topic, partition = partition.index, "truncation failed: {e}");
+            return ack_of(&partition, part, leader_epoch, wire::ACK_STORAGE_ERROR);
+        }
+    }
+    if let Err(status) = check_leader(&partition, leader_epoch) {
+        return ack_of(&partition, part, leader_epoch, status);
+    }
+    partition.set_validated_epoch(leader_epoch);
+    ack_of(&partition, part, leader_epoch, wire::ACK_OK)
+}

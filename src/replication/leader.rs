@@ -1,0 +1,479 @@
+//! A partition's leader side: the ack tracker and ISR tracker, and one push task per follower
+//! that sends the log's stored batches from where that follower's log ends.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chronik_shards::log::LogError;
+use chronik_shards::runtime::oneshot;
+use futures_lite::FutureExt;
+use tracing::{debug, info, warn};
+
+use super::ack_tracker::{AckFailure, AckTracker, Completion};
+use super::epoch_lookup;
+use super::isr::IsrTracker;
+use super::wire::{self, Frame, WirePartition};
+use crate::control::PartitionInfo;
+use crate::partitions::offset_watch::OffsetWatch;
+use crate::partitions::Partition;
+use crate::server::shard::Shard;
+
+/// Most bytes of batches in one push.
+const MAX_PUSH_BYTES: usize = 1 << 20;
+/// A follower with nothing new to receive still hears from its leader this often (high
+/// watermark, liveness, position check).
+const HEARTBEAT: Duration = Duration::from_millis(250);
+/// Pause before probing again after a follower asked to retry or the link failed.
+const RETRY_DELAY: Duration = Duration::from_millis(100);
+/// How often the leader checks timeouts and the ISR.
+const HOUSEKEEPING: Duration = Duration::from_millis(100);
+
+type Waiter = oneshot::Sender<Result<(), AckFailure>>;
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Where the leader stands with one follower.
+pub struct FollowerCursor {
+    pub broker: i32,
+    /// The follower's log end as the next push expects it; None until a probe told us.
+    next: Cell<Option<i64>>,
+    /// The follower asked for the end of this epoch before appending (divergence check).
+    check_epoch: Cell<Option<i32>>,
+    /// Wait before the next probe.
+    back_off: Cell<bool>,
+    /// Bumped to wake the push task.
+    kick: OffsetWatch,
+}
+
+impl FollowerCursor {
+    fn kick(&self) {
+        self.kick.advance(self.kick.get() + 1);
+    }
+
+    /// The link to the follower broke: start over with a probe.
+    pub fn reset(&self) {
+        self.next.set(None);
+        self.back_off.set(true);
+        self.kick();
+    }
+}
+
+/// The state of a partition this broker leads in `epoch`.
+pub struct LeaderState {
+    pub me: i32,
+    pub epoch: i32,
+    pub part: WirePartition,
+    topic: String,
+    tracker: RefCell<AckTracker<Waiter>>,
+    isr: RefCell<IsrTracker>,
+    pub followers: Vec<Rc<FollowerCursor>>,
+    /// Advanced on every append, so push tasks wake for new data.
+    pub appended: OffsetWatch,
+    stopped: Cell<bool>,
+    min_insync: Cell<usize>,
+}
+
+impl LeaderState {
+    /// Becomes leader of `partition` as `info` says and starts pushing to its followers.
+    pub fn start(
+        shard: &Rc<Shard>,
+        partition: &Rc<Partition>,
+        info: &PartitionInfo,
+        min_insync: i32,
+        lag_max_ms: u64,
+    ) -> Rc<LeaderState> {
+        let me = shard.node_id;
+        let durable = partition.log.durable_end_offset();
+        // What this replica knew to be replicated, never more than it has itself.
+        let start_hw = partition.high_watermark().min(durable);
+        let mut tracker = AckTracker::new(me, &info.isr, min_insync, start_hw);
+        tracker.on_ack(me, durable);
+        let now = now_ms();
+        let followers: Vec<Rc<FollowerCursor>> = info
+            .replicas
+            .iter()
+            .filter(|r| **r != me)
+            .map(|r| {
+                Rc::new(FollowerCursor {
+                    broker: *r,
+                    next: Cell::new(None),
+                    check_epoch: Cell::new(None),
+                    back_off: Cell::new(false),
+                    kick: OffsetWatch::new(0),
+                })
+            })
+            .collect();
+        let state = Rc::new(LeaderState {
+            me,
+            epoch: info.leader_epoch,
+            part: WirePartition {
+                topic_id: partition.key.0,
+                partition: partition.index,
+            },
+            topic: partition.topic.clone(),
+            tracker: RefCell::new(tracker),
+            isr: RefCell::new(IsrTracker::new(
+                me,
+                &info.replicas,
+                &info.isr,
+                lag_max_ms,
+                now,
+            )),
+            followers,
+            appended: OffsetWatch::new(partition.log.log_end_offset()),
+            stopped: Cell::new(false),
+            min_insync: Cell::new(usize::try_from(min_insync).unwrap_or(0)),
+        });
+        info!(
+            topic = %partition.topic,
+            partition = partition.index,
+            epoch = info.leader_epoch,
+            isr = ?info.isr,
+            high_watermark = state.high_watermark(),
+            "leading partition"
+        );
+        for cursor in &state.followers {
+            glommio::spawn_local(push_loop(
+                shard.clone(),
+                partition.clone(),
+                state.clone(),
+                cursor.clone(),
+            ))
+            .detach();
+        }
+        glommio::spawn_local(housekeeping(
+            shard.clone(),
+            partition.clone(),
+            state.clone(),
+        ))
+        .detach();
+        state
+    }
+
+    pub fn high_watermark(&self) -> i64 {
+        self.tracker.borrow().high_watermark()
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.stopped.get()
+    }
+
+    /// Leadership ended (new epoch elsewhere, partition closed): fail the waiters, stop pushing.
+    pub fn stop(&self) {
+        if self.stopped.replace(true) {
+            return;
+        }
+        let failed = self.tracker.borrow_mut().fail_all(AckFailure::NotLeader);
+        complete(failed);
+        self.appended.close();
+        for cursor in &self.followers {
+            cursor.kick.close();
+        }
+    }
+
+    /// A replica (this broker included) acknowledged `durable_end`; returns the high watermark.
+    pub fn on_ack(&self, replica: i32, durable_end: i64) -> i64 {
+        let done = self.tracker.borrow_mut().on_ack(replica, durable_end);
+        complete(done);
+        self.high_watermark()
+    }
+
+    /// The committed ISR and min.insync.replicas from a new image of the same epoch.
+    pub fn update(&self, isr: &[i32], min_insync: i32, lag_max_ms: u64) -> i64 {
+        let mut done = self.tracker.borrow_mut().set_isr(isr);
+        done.extend(self.tracker.borrow_mut().set_min_insync(min_insync));
+        self.min_insync
+            .set(usize::try_from(min_insync).unwrap_or(0));
+        complete(done);
+        let mut tracker = self.isr.borrow_mut();
+        tracker.set_isr(isr);
+        tracker.set_lag_max_ms(lag_max_ms);
+        self.high_watermark()
+    }
+
+    /// Whether enough ISR members are caught up for an acks=all append (min.insync.replicas),
+    /// judged by lag before the controller has removed the laggards.
+    pub fn enough_in_sync(&self) -> bool {
+        let min = self.min_insync.get();
+        self.isr.borrow().in_sync_count(now_ms()) >= min
+    }
+
+    /// acks=all: resolves once the high watermark reaches `end_offset`, or with why not.
+    pub async fn wait(&self, end_offset: i64, timeout: Duration) -> Result<(), AckFailure> {
+        let (tx, rx) = oneshot::channel();
+        let deadline = now_ms() + timeout.as_millis() as u64;
+        let immediate = self.tracker.borrow_mut().wait(end_offset, deadline, tx);
+        if let Some(c) = immediate {
+            return c.result;
+        }
+        rx.await.unwrap_or(Err(AckFailure::NotLeader))
+    }
+}
+
+fn complete(done: Vec<Completion<Waiter>>) {
+    for c in done {
+        c.waiter.send(c.result);
+    }
+}
+
+/// Handles a follower's Ack arriving on a link.
+pub fn on_ack_frame(shard: &Rc<Shard>, follower: i32, frame: Frame) {
+    let Frame::Ack {
+        part,
+        leader_epoch,
+        status,
+        log_end,
+        durable_end,
+        last_epoch,
+    } = frame
+    else {
+        return;
+    };
+    let Some(partition) = shard.partitions.get(&(part.topic_id, part.partition)) else {
+        return;
+    };
+    let Some(leader) = partition.leader_state() else {
+        return;
+    };
+    if leader.epoch != leader_epoch {
+        return;
+    }
+    let Some(cursor) = leader.followers.iter().find(|c| c.broker == follower) else {
+        return;
+    };
+    match status {
+        wire::ACK_OK => {
+            let hw = leader.on_ack(follower, durable_end);
+            partition.high_watermark_watch().advance(hw);
+            leader.isr.borrow_mut().on_ack(
+                follower,
+                durable_end,
+                partition.log.log_end_offset(),
+                now_ms(),
+            );
+            if cursor.next.get().is_none() {
+                cursor.next.set(Some(log_end));
+            }
+        }
+        wire::ACK_OUT_OF_ORDER => cursor.next.set(Some(log_end)),
+        wire::ACK_CHECK_EPOCH => {
+            cursor.next.set(None);
+            cursor.check_epoch.set(Some(last_epoch));
+        }
+        wire::ACK_FENCED => {
+            warn!(
+                topic = %leader.topic,
+                partition = part.partition,
+                follower,
+                epoch = leader_epoch,
+                "follower knows a newer leader epoch"
+            );
+            cursor.next.set(None);
+            cursor.back_off.set(true);
+        }
+        _ => {
+            cursor.next.set(None);
+            cursor.back_off.set(true);
+        }
+    }
+    cursor.kick();
+}
+
+/// Waits for the cursor's kick, new data, or `timeout`; false when leadership ended.
+async fn wait_for_work(
+    leader: &LeaderState,
+    cursor: &FollowerCursor,
+    data_beyond: Option<i64>,
+    timeout: Duration,
+) -> bool {
+    let kick = cursor.kick.get() + 1;
+    let data = async {
+        match data_beyond {
+            Some(next) => {
+                leader.appended.wait_at_least(next + 1).await;
+            }
+            None => futures_lite::future::pending::<()>().await,
+        }
+    };
+    async {
+        cursor.kick.wait_at_least(kick).await;
+    }
+    .or(data)
+    .or(async {
+        glommio::timer::sleep(timeout).await;
+    })
+    .await;
+    !leader.is_stopped()
+}
+
+/// Pushes the partition's log to one follower for as long as this leadership lasts.
+async fn push_loop(
+    shard: Rc<Shard>,
+    partition: Rc<Partition>,
+    leader: Rc<LeaderState>,
+    cursor: Rc<FollowerCursor>,
+) {
+    while !leader.is_stopped() {
+        if cursor.back_off.replace(false) {
+            glommio::timer::sleep(RETRY_DELAY).await;
+            continue;
+        }
+        let Some(link) = shard.replication.link(&shard, cursor.broker).await else {
+            glommio::timer::sleep(RETRY_DELAY * 5).await;
+            continue;
+        };
+        if let Some(epoch) = cursor.check_epoch.take() {
+            let (end_epoch, end_offset) = epoch_lookup::end_offset_for(&partition.log, epoch);
+            let frame = Frame::EpochEnd {
+                part: leader.part,
+                leader_epoch: leader.epoch,
+                epoch: end_epoch,
+                end_offset,
+            };
+            if send_frame(&link, &frame).await {
+                wait_for_work(&leader, &cursor, None, HEARTBEAT * 4).await;
+            } else {
+                cursor.reset();
+            }
+            continue;
+        }
+        let hw = leader.high_watermark();
+        let Some(next) = cursor.next.get() else {
+            // Probe: the follower answers with its log end (or asks for the epoch check).
+            let probe = wire::push_header(&leader.part, leader.epoch, hw, -1, 0);
+            let sent = match probe {
+                Ok(header) => link.send(&[header]).await,
+                Err(_) => false,
+            };
+            if !sent {
+                cursor.reset();
+                continue;
+            }
+            wait_for_work(&leader, &cursor, None, HEARTBEAT).await;
+            continue;
+        };
+        let end = partition.log.log_end_offset();
+        if next >= end {
+            let idle = !wait_for_work(&leader, &cursor, Some(end.max(next)), HEARTBEAT).await;
+            if idle || leader.is_stopped() {
+                break;
+            }
+            if cursor.next.get() == Some(next) && partition.log.log_end_offset() == end {
+                // Nothing new: a heartbeat that also checks the follower's position.
+                leader.isr.borrow_mut().on_idle(end, now_ms());
+                let ok = match wire::push_header(&leader.part, leader.epoch, hw, next, 0) {
+                    Ok(header) => link.send(&[header]).await,
+                    Err(_) => false,
+                };
+                if !ok {
+                    cursor.reset();
+                }
+            }
+            continue;
+        }
+        let batches = match partition.log.read(next, MAX_PUSH_BYTES, end).await {
+            Ok(batches) => batches,
+            Err(LogError::Closed) => break,
+            Err(e) => {
+                debug!(topic = %leader.topic, partition = partition.index, next, "read for follower failed: {e}");
+                cursor.reset();
+                continue;
+            }
+        };
+        let Some(last) = batches.last() else {
+            cursor.reset();
+            continue;
+        };
+        let next_after = match chronik_shards::log::batch::BatchHeader::parse(last) {
+            Ok(h) => h.next_offset(),
+            Err(_) => {
+                cursor.reset();
+                continue;
+            }
+        };
+        let first_base = batches
+            .first()
+            .and_then(|b| chronik_shards::log::batch::BatchHeader::parse(b).ok())
+            .map_or(next, |h| h.base_offset);
+        let len: usize = batches.iter().map(Bytes::len).sum();
+        let header = match wire::push_header(&leader.part, leader.epoch, hw, first_base, len) {
+            Ok(header) => header,
+            Err(e) => {
+                warn!(topic = %leader.topic, partition = partition.index, "push too large: {e}");
+                cursor.reset();
+                continue;
+            }
+        };
+        let mut buffers = Vec::with_capacity(batches.len() + 1);
+        buffers.push(header);
+        buffers.extend(batches);
+        if cursor.next.get() != Some(next) {
+            continue; // an ack moved the cursor while reading
+        }
+        cursor.next.set(Some(next_after));
+        if !link.send(&buffers).await {
+            cursor.reset();
+        }
+    }
+}
+
+async fn send_frame(link: &super::link::Link, frame: &Frame) -> bool {
+    match wire::encode(frame) {
+        Ok(bytes) => link.send(&[bytes]).await,
+        Err(_) => false,
+    }
+}
+
+/// Timeouts of waiting requests and ISR changes, while the leadership lasts.
+async fn housekeeping(shard: Rc<Shard>, partition: Rc<Partition>, leader: Rc<LeaderState>) {
+    while !leader.is_stopped() {
+        glommio::timer::sleep(HOUSEKEEPING).await;
+        if leader.is_stopped() {
+            break;
+        }
+        let now = now_ms();
+        let timed_out = leader.tracker.borrow_mut().on_tick(now);
+        complete(timed_out);
+        let hw = leader.high_watermark();
+        let image = shard.control.image();
+        let change = leader
+            .isr
+            .borrow_mut()
+            .poll(hw, now, |broker| image.is_live(broker));
+        let Some(change) = change else {
+            continue;
+        };
+        info!(
+            topic = %leader.topic,
+            partition = partition.index,
+            epoch = leader.epoch,
+            isr = ?change.isr,
+            "proposing an ISR change"
+        );
+        // In its own task: without a controller the proposal waits, timeouts must not.
+        let (shard, partition, leader) = (shard.clone(), partition.clone(), leader.clone());
+        glommio::spawn_local(async move {
+            let result = shard
+                .control
+                .alter_partition_isr(
+                    leader.topic.clone(),
+                    partition.index,
+                    leader.epoch,
+                    change.isr,
+                )
+                .await;
+            if let Err(e) = result {
+                debug!(topic = %leader.topic, partition = partition.index, "ISR change refused: {e}");
+                glommio::timer::sleep(HOUSEKEEPING * 5).await;
+                leader.isr.borrow_mut().proposal_failed();
+            }
+        })
+        .detach();
+    }
+}

@@ -1,0 +1,96 @@
+//! Partition replication (DESIGN.md, "Produce path and acks" and "Replication").
+//!
+//! The decisions are pure state machines, tested without I/O:
+//! - `ack_tracker`: per partition on its leader, the acknowledged durable ends, the high
+//!   watermark and the acks=all requests waiting on it;
+//! - `isr`: when the leader asks the controller to shrink or expand the ISR;
+//! - `epochs`: leader epoch answers (OffsetForLeaderEpoch) and the follower's truncation rule;
+//! - `wire`: the framing of the replication connection.
+//!
+//! Around them, the I/O: `leader` (one push task per follower, acks into the tracker), `link`
+//! (one connection per (shard, follower broker)), `follower` (the accepting side: append,
+//! flush, ack; truncate on a new leader epoch first), `epoch_lookup` (epoch ends on a log).
+
+pub mod ack_tracker;
+pub mod epoch_lookup;
+pub mod epochs;
+pub mod follower;
+pub mod isr;
+pub mod leader;
+pub mod link;
+pub mod wire;
+
+use std::rc::Rc;
+
+use crate::control::{topic_config, PartitionInfo, TopicInfo};
+use crate::partitions::Partition;
+use crate::server::shard::Shard;
+
+/// `replica.lag.time.max.ms` when not configured (Kafka's default).
+pub const DEFAULT_REPLICA_LAG_TIME_MAX_MS: u64 = 30_000;
+
+/// A shard's replication state: its links to follower brokers.
+pub struct ShardReplication {
+    links: link::Links,
+    /// `replica.lag.time.max.ms`.
+    pub lag_max_ms: u64,
+}
+
+impl ShardReplication {
+    pub fn new(lag_max_ms: u64) -> Self {
+        ShardReplication {
+            links: link::Links::default(),
+            lag_max_ms,
+        }
+    }
+
+    /// The live link to a follower broker, connecting if needed.
+    pub async fn link(&self, shard: &Rc<Shard>, broker: i32) -> Option<Rc<link::Link>> {
+        self.links.get(shard, broker).await
+    }
+}
+
+/// Acts on a partition's metadata: lead it (start or update the leader state) or follow.
+pub fn apply(
+    shard: &Rc<Shard>,
+    partition: &Rc<Partition>,
+    topic: &TopicInfo,
+    info: &PartitionInfo,
+) {
+    let min_insync = topic_config::min_insync_replicas(topic, shard.control.defaults());
+    let lag = shard.replication.lag_max_ms;
+    let current = partition.leader_state();
+    if info.leader == shard.node_id {
+        match current {
+            Some(leader) if leader.epoch == info.leader_epoch && !leader.is_stopped() => {
+                let hw = leader.update(&info.isr, min_insync, lag);
+                partition.high_watermark_watch().advance(hw);
+            }
+            _ => {
+                if let Some(old) = current {
+                    old.stop();
+                }
+                let leader = leader::LeaderState::start(shard, partition, info, min_insync, lag);
+                partition
+                    .high_watermark_watch()
+                    .advance(leader.high_watermark());
+                partition.set_leader_state(Some(leader));
+            }
+        }
+    } else {
+        if let Some(old) = current {
+            old.stop();
+            partition.set_leader_state(None);
+        }
+        partition.set_follower();
+    }
+}
+
+/// `replica.lag.time.max.ms` for this process: the `CHRONIK_REPLICA_LAG_TIME_MAX_MS`
+/// environment variable (tests lower it), else Kafka's default.
+pub fn replica_lag_time_max_ms() -> u64 {
+    std::env::var("CHRONIK_REPLICA_LAG_TIME_MAX_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(DEFAULT_REPLICA_LAG_TIME_MAX_MS)
+}

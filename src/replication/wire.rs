@@ -1,0 +1,402 @@
+//! The replication wire between a leader's shard and a follower broker.
+//!
+//! The leader's shard opens a TCP connection to the follower's Kafka listener and sends a Hello
+//! shaped like a Kafka request frame with a private api key ([`HELLO_API_KEY`]), which the
+//! listener uses to hand the connection to replication. From then on (integers big-endian):
+//!
+//! ```text
+//! frame    = length:u32 kind:u8 body          (length counts kind and body)
+//! Push     (1) = part leader_epoch:i32 high_watermark:i64 base_offset:i64
+//!                records_len:u32 records      (stored RecordBatches, byte for byte)
+//! Ack      (2) = part leader_epoch:i32 status:i16 log_end:i64 durable_end:i64 last_epoch:i32
+//! EpochEnd (3) = part leader_epoch:i32 epoch:i32 end_offset:i64
+//! part         = topic_id:16 partition:i32
+//! ```
+//!
+//! Leader to follower: Push (batches starting at `base_offset`, which must be the follower's log
+//! end; no records is a probe that only asks for an Ack) and EpochEnd (OffsetForLeaderEpoch's
+//! answer for the follower's last epoch, after an Ack with [`ACK_CHECK_EPOCH`]). Follower to
+//! leader: Ack, for each Push and EpochEnd. A Push is written as its fixed header followed by the
+//! records as the log stored them, so batch bytes are never copied or re-encoded on the leader;
+//! the decoder hands them out as a slice of the read buffer. `leader_epoch` fences stale leaders.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use uuid::Uuid;
+
+/// Frames above this are refused (a push carries at most a read's worth of batches).
+pub const MAX_FRAME_BYTES: usize = 64 << 20;
+
+/// The api key of the Hello frame (not a Kafka api key).
+pub const HELLO_API_KEY: i16 = 0x7250;
+
+/// Ack statuses.
+pub const ACK_OK: i16 = 0;
+/// The push did not start at the follower's log end (`log_end` says where it is).
+pub const ACK_OUT_OF_ORDER: i16 = 1;
+/// The follower knows a newer leader epoch: the sender is a stale leader.
+pub const ACK_FENCED: i16 = 2;
+/// The follower has not seen this leader epoch in its metadata yet, or does not host the
+/// partition: try again shortly.
+pub const ACK_RETRY: i16 = 3;
+/// First push of a new leader epoch: the follower needs the leader's end of its last epoch
+/// (`last_epoch`) before it appends anything.
+pub const ACK_CHECK_EPOCH: i16 = 4;
+/// The follower's log failed.
+pub const ACK_STORAGE_ERROR: i16 = 5;
+
+const KIND_PUSH: u8 = 1;
+const KIND_ACK: u8 = 2;
+const KIND_EPOCH_END: u8 = 3;
+
+/// A partition on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WirePartition {
+    pub topic_id: Uuid,
+    pub partition: i32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Frame {
+    Push {
+        part: WirePartition,
+        leader_epoch: i32,
+        high_watermark: i64,
+        base_offset: i64,
+        records: Bytes,
+    },
+    Ack {
+        part: WirePartition,
+        leader_epoch: i32,
+        status: i16,
+        log_end: i64,
+        durable_end: i64,
+        last_epoch: i32,
+    },
+    EpochEnd {
+        part: WirePartition,
+        leader_epoch: i32,
+        epoch: i32,
+        end_offset: i64,
+    },
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum WireError {
+    TooLarge(usize),
+    UnknownKind(u8),
+    Malformed(&'static str),
+}
+
+impl std::fmt::Display for WireError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WireError::TooLarge(n) => write!(f, "replication frame of {n} bytes is too large"),
+            WireError::UnknownKind(k) => write!(f, "unknown replication frame kind {k}"),
+            WireError::Malformed(what) => write!(f, "malformed replication frame: {what}"),
+        }
+    }
+}
+
+const PART_BYTES: usize = 16 + 4;
+const PUSH_FIXED: usize = PART_BYTES + 4 + 8 + 8 + 4;
+const ACK_BODY: usize = PART_BYTES + 4 + 2 + 8 + 8 + 4;
+const EPOCH_END_BODY: usize = PART_BYTES + 4 + 4 + 8;
+
+/// The Hello a leader's shard sends first: a Kafka-shaped frame (length, api key) naming the
+/// leader broker.
+pub fn hello(leader: i32) -> Bytes {
+    let mut out = BytesMut::with_capacity(10);
+    out.put_i32(6);
+    out.put_i16(HELLO_API_KEY);
+    out.put_i32(leader);
+    out.freeze()
+}
+
+/// Whether the first bytes of a connection are a replication Hello.
+pub fn is_hello(first: &[u8]) -> bool {
+    first.len() >= 6
+        && first[..4] == 6i32.to_be_bytes()
+        && first[4..6] == HELLO_API_KEY.to_be_bytes()
+}
+
+/// Length of the Hello frame.
+pub const HELLO_BYTES: usize = 10;
+
+fn put_part(out: &mut BytesMut, part: &WirePartition) {
+    out.put_slice(part.topic_id.as_bytes());
+    out.put_i32(part.partition);
+}
+
+fn get_part(body: &mut Bytes) -> WirePartition {
+    let mut id = [0u8; 16];
+    body.copy_to_slice(&mut id);
+    WirePartition {
+        topic_id: Uuid::from_bytes(id),
+        partition: body.get_i32(),
+    }
+}
+
+/// The header of a Push; write it, then the records, as one vectored write.
+pub fn push_header(
+    part: &WirePartition,
+    leader_epoch: i32,
+    high_watermark: i64,
+    base_offset: i64,
+    records_len: usize,
+) -> Result<Bytes, WireError> {
+    let length = 1 + PUSH_FIXED + records_len;
+    if length > MAX_FRAME_BYTES {
+        return Err(WireError::TooLarge(length));
+    }
+    let mut out = BytesMut::with_capacity(5 + PUSH_FIXED);
+    out.put_u32(length as u32);
+    out.put_u8(KIND_PUSH);
+    put_part(&mut out, part);
+    out.put_i32(leader_epoch);
+    out.put_i64(high_watermark);
+    out.put_i64(base_offset);
+    out.put_u32(records_len as u32);
+    Ok(out.freeze())
+}
+
+/// Encodes a frame into one buffer (Push copies its records: use [`push_header`] on hot paths).
+pub fn encode(frame: &Frame) -> Result<Bytes, WireError> {
+    let mut out = BytesMut::new();
+    match frame {
+        Frame::Push {
+            part,
+            leader_epoch,
+            high_watermark,
+            base_offset,
+            records,
+        } => {
+            out.extend_from_slice(&push_header(
+                part,
+                *leader_epoch,
+                *high_watermark,
+                *base_offset,
+                records.len(),
+            )?);
+            out.extend_from_slice(records);
+        }
+        Frame::Ack {
+            part,
+            leader_epoch,
+            status,
+            log_end,
+            durable_end,
+            last_epoch,
+        } => {
+            out.put_u32((1 + ACK_BODY) as u32);
+            out.put_u8(KIND_ACK);
+            put_part(&mut out, part);
+            out.put_i32(*leader_epoch);
+            out.put_i16(*status);
+            out.put_i64(*log_end);
+            out.put_i64(*durable_end);
+            out.put_i32(*last_epoch);
+        }
+        Frame::EpochEnd {
+            part,
+            leader_epoch,
+            epoch,
+            end_offset,
+        } => {
+            out.put_u32((1 + EPOCH_END_BODY) as u32);
+            out.put_u8(KIND_EPOCH_END);
+            put_part(&mut out, part);
+            out.put_i32(*leader_epoch);
+            out.put_i32(*epoch);
+            out.put_i64(*end_offset);
+        }
+    }
+    Ok(out.freeze())
+}
+
+/// Takes one whole frame off the front of `buf`, if it holds one. Records come out as a slice of
+/// the buffer, not a copy.
+pub fn decode(buf: &mut BytesMut) -> Result<Option<Frame>, WireError> {
+    if buf.len() < 4 {
+        return Ok(None);
+    }
+    let length = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+    if length > MAX_FRAME_BYTES {
+        return Err(WireError::TooLarge(length));
+    }
+    if length == 0 {
+        return Err(WireError::Malformed("empty frame"));
+    }
+    if buf.len() < 4 + length {
+        buf.reserve(4 + length - buf.len());
+        return Ok(None);
+    }
+    buf.advance(4);
+    let mut body = buf.split_to(length).freeze();
+    let kind = body.get_u8();
+    let need = |body: &Bytes, n: usize| {
+        if body.len() == n {
+            Ok(())
+        } else {
+            Err(WireError::Malformed("wrong length for its kind"))
+        }
+    };
+    let frame = match kind {
+        KIND_PUSH => {
+            if body.len() < PUSH_FIXED {
+                return Err(WireError::Malformed("short push"));
+            }
+            let part = get_part(&mut body);
+            let leader_epoch = body.get_i32();
+            let high_watermark = body.get_i64();
+            let base_offset = body.get_i64();
+            let records_len = body.get_u32() as usize;
+            need(&body, records_len)?;
+            Frame::Push {
+                part,
+                leader_epoch,
+                high_watermark,
+                base_offset,
+                records: body,
+            }
+        }
+        KIND_ACK => {
+            need(&body, ACK_BODY)?;
+            Frame::Ack {
+                part: get_part(&mut body),
+                leader_epoch: body.get_i32(),
+                status: body.get_i16(),
+                log_end: body.get_i64(),
+                durable_end: body.get_i64(),
+                last_epoch: body.get_i32(),
+            }
+        }
+        KIND_EPOCH_END => {
+            need(&body, EPOCH_END_BODY)?;
+            Frame::EpochEnd {
+                part: get_part(&mut body),
+                leader_epoch: body.get_i32(),
+                epoch: body.get_i32(),
+                end_offset: body.get_i64(),
+            }
+        }
+        other => return Err(WireError::UnknownKind(other)),
+    };
+    Ok(Some(frame))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part() -> WirePartition {
+        WirePartition {
+            topic_id: Uuid::from_u128(0x1234),
+            partition: 7,
+        }
+    }
+
+    fn frames() -> Vec<Frame> {
+        vec![
+            Frame::Push {
+                part: part(),
+                leader_epoch: 3,
+                high_watermark: 99,
+                base_offset: 120,
+                records: Bytes::from_static(b"batch bytes as stored"),
+            },
+            Frame::Push {
+                part: part(),
+                leader_epoch: 0,
+                high_watermark: 0,
+                base_offset: -1,
+                records: Bytes::new(),
+            },
+            Frame::Ack {
+                part: part(),
+                leader_epoch: 3,
+                status: ACK_CHECK_EPOCH,
+                log_end: 1 << 40,
+                durable_end: 1 << 39,
+                last_epoch: 2,
+            },
+            Frame::EpochEnd {
+                part: part(),
+                leader_epoch: 4,
+                epoch: -1,
+                end_offset: -1,
+            },
+        ]
+    }
+
+    #[test]
+    fn round_trip_byte_by_byte() {
+        let mut wire = BytesMut::new();
+        for f in frames() {
+            wire.extend_from_slice(&encode(&f).unwrap());
+        }
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        for b in wire.iter() {
+            buf.put_u8(*b);
+            while let Some(f) = decode(&mut buf).unwrap() {
+                out.push(f);
+            }
+        }
+        assert_eq!(out, frames());
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn push_header_then_records_is_a_push() {
+        let records = Bytes::from_static(b"0123456789");
+        let header = push_header(&part(), 1, 5, 40, records.len()).unwrap();
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&header);
+        buf.extend_from_slice(&records);
+        let decoded = decode(&mut buf).unwrap().unwrap();
+        assert_eq!(
+            decoded,
+            Frame::Push {
+                part: part(),
+                leader_epoch: 1,
+                high_watermark: 5,
+                base_offset: 40,
+                records
+            }
+        );
+    }
+
+    #[test]
+    fn hello_is_recognised_and_kafka_frames_are_not() {
+        let h = hello(3);
+        assert_eq!(h.len(), HELLO_BYTES);
+        assert!(is_hello(&h));
+        assert!(!is_hello(&h[..5]));
+        // ApiVersions v3 request header: length, api key 18.
+        assert!(!is_hello(&[0, 0, 0, 6, 0, 18, 0, 3]));
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (vec![0, 0, 0, 0], "empty"),
+            (vec![0xff, 0xff, 0xff, 0xff], "too large"),
+            (vec![0, 0, 0, 1, 9], "unknown kind"),
+            (vec![0, 0, 0, 3, KIND_ACK, 0, 0], "short ack"),
+            (vec![0, 0, 0, 2, KIND_PUSH, 0], "short push"),
+            (vec![0, 0, 0, 2, KIND_EPOCH_END, 0], "short epoch end"),
+        ];
+        for (bytes, what) in cases {
+            let mut buf = BytesMut::from(&bytes[..]);
+            assert!(decode(&mut buf).is_err(), "{what}");
+        }
+        // A push whose records length disagrees with the frame length.
+        let mut bad = BytesMut::new();
+        bad.extend_from_slice(&push_header(&part(), 1, 5, 0, 10).unwrap());
+        bad.extend_from_slice(b"short");
+        let len = (bad.len() - 4) as u32;
+        bad[..4].copy_from_slice(&len.to_be_bytes());
+        assert!(decode(&mut bad).is_err());
+        assert!(push_header(&part(), 1, 5, 0, MAX_FRAME_BYTES).is_err());
+    }
+}
