@@ -109,6 +109,43 @@ fn produce_and_fetch_to_a_non_leader_name_the_current_leader() {
         assert!(Instant::now() < deadline, "no leaders: {metadata:?}");
         std::thread::sleep(Duration::from_millis(100));
     };
+    // `chronik cluster status` reports what Metadata says, from any broker (once its image
+    // has the topic too).
+    let expected: Vec<(i64, i64)> = metadata.topics[0]
+        .partitions
+        .iter()
+        .map(|p| (i64::from(p.leader_id.0), i64::from(p.leader_epoch)))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = Command::new(env!("CARGO_BIN_EXE_chronik"))
+            .args(["cluster", "status", "--json", "--bootstrap"])
+            .arg(nodes[2].addr.to_string())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(status["brokers"].as_array().unwrap().len(), 3);
+        let reported: Vec<(i64, i64)> = status["topics"][0]["partitions"]
+            .as_array()
+            .map(|ps| {
+                ps.iter()
+                    .map(|p| {
+                        (
+                            p["leader"].as_i64().unwrap(),
+                            p["leader_epoch"].as_i64().unwrap(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if status["topics"][0]["name"] == "led" && reported == expected {
+            break;
+        }
+        assert!(Instant::now() < deadline, "status disagrees: {status}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
     let partition = &metadata.topics[0].partitions[0];
     let (leader, epoch) = (partition.leader_id.0, partition.leader_epoch);
     let leader_broker = metadata
