@@ -70,3 +70,19 @@ def test_admin_validate_only_creates_nothing(broker):
     client = admin(broker.bootstrap)
     client.create_topics([NewTopic("dry-run", 2, 1)], validate_only=True)["dry-run"].result(30)
     assert "dry-run" not in client.list_topics(timeout=30).topics
+
+
+def test_admin_delete_then_recreate_serves_only_new_data(broker):
+    from clients import consume_partitions, produce_all
+    from records import make_records
+
+    client = admin(broker.bootstrap)
+    client.create_topics([NewTopic("reborn", 2, 1)])["reborn"].result(30)
+    produce_all(broker.bootstrap, "reborn", make_records(200, seed=1), lambda i: i % 2)
+    client.delete_topics(["reborn"], operation_timeout=30)["reborn"].result(30)
+    client.create_topics([NewTopic("reborn", 1, 1)])["reborn"].result(30)
+    fresh = make_records(10, seed=2)
+    delivered = produce_all(broker.bootstrap, "reborn", fresh, lambda i: 0)
+    assert sorted(off for _, off in delivered.values()) == list(range(10))
+    msgs = consume_partitions(broker.bootstrap, "reborn", [0], 10)
+    assert [m.value() for m in msgs] == [r.value for r in fresh]

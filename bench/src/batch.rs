@@ -1,0 +1,128 @@
+//! Record batches as the benchmark sends them.
+
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::indexmap::IndexMap;
+use kafka_protocol::records::{
+    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
+    NO_PARTITION_LEADER_EPOCH, NO_PRODUCER_EPOCH, NO_PRODUCER_ID,
+};
+
+use crate::client::ClientError;
+
+/// A payload of `size` bytes that does not compress (brokers and disks
+/// must not get an easier job than real data gives them).
+pub fn payload(size: usize) -> Bytes {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut out = Vec::with_capacity(size);
+    while out.len() < size {
+        // xorshift64*
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        let v = x.wrapping_mul(0x2545_f491_4f6c_dd1d);
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out.truncate(size);
+    Bytes::from(out)
+}
+
+/// One uncompressed v2 RecordBatch of `count` records with `value`, keyed
+/// by `key(i)`. Offsets and sequences both run 0.. so the encoder emits a
+/// single batch.
+pub fn encode(
+    count: u32,
+    value: &Bytes,
+    key: impl Fn(u32) -> Option<Bytes>,
+) -> Result<Bytes, ClientError> {
+    let timestamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0);
+    let records: Vec<Record> = (0..count)
+        .map(|i| Record {
+            transactional: false,
+            control: false,
+            delete_horizon: false,
+            partition_leader_epoch: NO_PARTITION_LEADER_EPOCH,
+            producer_id: NO_PRODUCER_ID,
+            producer_epoch: NO_PRODUCER_EPOCH,
+            timestamp_type: TimestampType::Creation,
+            offset: i64::from(i),
+            sequence: i as i32,
+            timestamp,
+            key: key(i),
+            value: Some(value.clone()),
+            headers: IndexMap::new(),
+        })
+        .collect();
+    let mut buf = BytesMut::new();
+    RecordBatchEncoder::encode(
+        &mut buf,
+        &records,
+        &RecordEncodeOptions {
+            version: 2,
+            compression: Compression::None,
+        },
+    )
+    .map_err(|e| ClientError::Encode(e.to_string()))?;
+    Ok(buf.freeze())
+}
+
+/// The key an e2e record carries: the run's nonce and its send time as
+/// nanoseconds since the run's base instant.
+pub fn e2e_key(nonce: u64, base: Instant, at: Instant) -> Bytes {
+    let nanos = at.saturating_duration_since(base).as_nanos() as u64;
+    let mut k = Vec::with_capacity(16);
+    k.extend_from_slice(&nonce.to_be_bytes());
+    k.extend_from_slice(&nanos.to_be_bytes());
+    Bytes::from(k)
+}
+
+/// The send time an e2e key carries, if it belongs to this run.
+pub fn parse_e2e_key(key: &[u8], nonce: u64) -> Option<u64> {
+    if key.len() != 16 || key[..8] != nonce.to_be_bytes() {
+        return None;
+    }
+    let mut n = [0u8; 8];
+    n.copy_from_slice(&key[8..]);
+    Some(u64::from_be_bytes(n))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kafka_protocol::records::RecordBatchDecoder;
+
+    #[test]
+    fn one_batch_with_every_record() {
+        let value = payload(100);
+        let mut bytes = encode(10, &value, |i| Some(Bytes::from(vec![i as u8]))).unwrap();
+        let info = RecordBatchDecoder::decode_batch_info(&mut bytes.clone()).unwrap();
+        assert_eq!(info.len(), 1, "a single batch");
+        assert_eq!(info[0].record_count, 10);
+        let sets = RecordBatchDecoder::decode_all(&mut bytes).unwrap();
+        let records = &sets[0].records;
+        assert_eq!(records.len(), 10);
+        assert_eq!(records[3].key.as_deref(), Some(&[3u8][..]));
+        assert_eq!(records[3].value.as_ref(), Some(&value));
+    }
+
+    #[test]
+    fn payload_is_sized_and_not_constant() {
+        let p = payload(1000);
+        assert_eq!(p.len(), 1000);
+        assert!(p.iter().collect::<std::collections::HashSet<_>>().len() > 100);
+    }
+
+    #[test]
+    fn e2e_keys_round_trip_and_reject_other_runs() {
+        let base = Instant::now();
+        let at = base + std::time::Duration::from_micros(1234);
+        let k = e2e_key(7, base, at);
+        assert_eq!(parse_e2e_key(&k, 7), Some(1_234_000));
+        assert_eq!(parse_e2e_key(&k, 8), None);
+        assert_eq!(parse_e2e_key(b"short", 7), None);
+    }
+}
