@@ -3,9 +3,8 @@
 //! the logs go; SIGINT (Ctrl-C) or SIGTERM stops them all (SIGTERM each, then
 //! SIGKILL after a grace period).
 
-use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,6 +13,7 @@ use anyhow::{bail, Context, Result};
 use kafka_protocol::messages::{ApiKey, MetadataRequest, MetadataResponse};
 
 use super::kafka_client::KafkaClient;
+use chronik_bench::local_cluster::{self, BrokerSpec, Stopped};
 
 /// How long a broker gets to exit after SIGTERM before SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(30);
@@ -38,18 +38,9 @@ pub struct DevClusterArgs {
     pub cores: usize,
 }
 
-/// One broker of the plan.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NodePlan {
-    pub id: i32,
-    pub listen: String,
-    pub rpc: String,
-    pub data_dir: PathBuf,
-    pub log: PathBuf,
-}
-
-/// Ports, directories and arguments of every broker.
-pub fn plan(nodes: u16, base_dir: &Path, base_port: u16) -> Result<Vec<NodePlan>> {
+/// Ports and directories of every broker: broker N listens on BASE+N-1, its
+/// control plane on BASE+100+N-1.
+pub fn plan(nodes: u16, base_dir: &Path, base_port: u16) -> Result<Vec<BrokerSpec>> {
     if nodes == 0 {
         bail!("--nodes must be at least 1");
     }
@@ -58,41 +49,14 @@ pub fn plan(nodes: u16, base_dir: &Path, base_port: u16) -> Result<Vec<NodePlan>
         bail!("--base-port {base_port} leaves no room for {nodes} Kafka and rpc ports");
     }
     Ok((0..nodes)
-        .map(|i| NodePlan {
+        .map(|i| BrokerSpec {
             id: i32::from(i) + 1,
             listen: format!("127.0.0.1:{}", base_port + i),
-            rpc: format!("127.0.0.1:{}", base_port + 100 + i),
+            rpc: Some(format!("127.0.0.1:{}", base_port + 100 + i)),
             data_dir: base_dir.join(format!("node{}", i + 1)),
             log: base_dir.join(format!("node{}.log", i + 1)),
         })
         .collect())
-}
-
-/// `--peers` for the plan: every node's rpc address as ID@HOST:PORT.
-pub fn peers(plan: &[NodePlan]) -> String {
-    plan.iter()
-        .map(|n| format!("{}@{}", n.id, n.rpc))
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-/// The `chronik start` arguments of one node.
-pub fn start_args(node: &NodePlan, peers: &str, cores: usize) -> Vec<String> {
-    vec![
-        "start".into(),
-        "--node-id".into(),
-        node.id.to_string(),
-        "--listen".into(),
-        node.listen.clone(),
-        "--rpc".into(),
-        node.rpc.clone(),
-        "--peers".into(),
-        peers.into(),
-        "--data-dir".into(),
-        node.data_dir.display().to_string(),
-        "--cores".into(),
-        cores.to_string(),
-    ]
 }
 
 /// Runs the command; returns the process exit code.
@@ -120,30 +84,11 @@ fn run(args: &DevClusterArgs) -> Result<()> {
             .context("installing signal handlers")?;
     }
     let binary = std::env::current_exe().context("finding this executable")?;
-    let peers = peers(&nodes);
+    let peers = local_cluster::peers(&nodes, '@');
+    let extra = ["--cores".to_string(), args.cores.to_string()];
     let mut children = Children(Vec::new());
     for node in &nodes {
-        std::fs::create_dir_all(&node.data_dir)
-            .with_context(|| format!("creating {}", node.data_dir.display()))?;
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&node.log)
-            .with_context(|| format!("opening {}", node.log.display()))?;
-        let mut command = Command::new(&binary);
-        command
-            .args(start_args(node, &peers, args.cores))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        if std::env::var_os("RUST_LOG").is_none() {
-            command.env("RUST_LOG", "info");
-        }
-        // Own process group: Ctrl-C in the terminal reaches only this
-        // process, which then stops the brokers in order.
-        std::os::unix::process::CommandExt::process_group(&mut command, 0);
-        let child = command
-            .spawn()
+        let child = local_cluster::spawn(&binary, node, Some(&peers), &extra)
             .with_context(|| format!("starting broker {}", node.id))?;
         children.0.push((node.clone(), child));
     }
@@ -166,7 +111,7 @@ fn run(args: &DevClusterArgs) -> Result<()> {
             "  broker {}: kafka {}  rpc {}  log {}",
             node.id,
             node.listen,
-            node.rpc,
+            node.rpc.as_deref().unwrap_or("-"),
             node.log.display()
         );
     }
@@ -195,7 +140,7 @@ fn run(args: &DevClusterArgs) -> Result<()> {
 }
 
 /// Waits until the first broker's Metadata lists every broker.
-fn wait_ready(nodes: &[NodePlan], children: &mut Children, stop: &AtomicBool) -> Result<()> {
+fn wait_ready(nodes: &[BrokerSpec], children: &mut Children, stop: &AtomicBool) -> Result<()> {
     let deadline = Instant::now() + READY_TIMEOUT;
     let mut last = String::from("no answer yet");
     while Instant::now() < deadline {
@@ -240,42 +185,25 @@ fn tail(path: &Path, lines: usize) -> String {
 }
 
 /// The running brokers; stopped on drop too (an error path, a panic).
-struct Children(Vec<(NodePlan, Child)>);
+struct Children(Vec<(BrokerSpec, Child)>);
 
 impl Children {
     /// SIGTERM to each, wait up to the grace period, then SIGKILL.
     fn stop(&mut self) {
-        for (_, child) in &self.0 {
-            if let Ok(pid) = i32::try_from(child.id()) {
-                // SAFETY: kill(2) on a child we spawned and have not reaped yet.
-                unsafe {
-                    libc::kill(pid, libc::SIGTERM);
+        let mut children: Vec<(i32, Child)> = self
+            .0
+            .drain(..)
+            .map(|(node, child)| (node.id, child))
+            .collect();
+        for (id, outcome) in local_cluster::stop_all(&mut children, STOP_GRACE) {
+            match outcome {
+                Stopped::Exited(status) if !status.success() => {
+                    eprintln!("broker {id} exited with {status}")
                 }
+                Stopped::Exited(_) => {}
+                Stopped::Killed => eprintln!("broker {id} did not stop in time; killed it"),
             }
         }
-        let deadline = Instant::now() + STOP_GRACE;
-        for (node, child) in &mut self.0 {
-            loop {
-                match child.try_wait() {
-                    Ok(Some(status)) => {
-                        if !status.success() {
-                            eprintln!("broker {} exited with {status}", node.id);
-                        }
-                        break;
-                    }
-                    Ok(None) if Instant::now() < deadline => {
-                        std::thread::sleep(Duration::from_millis(50))
-                    }
-                    _ => {
-                        eprintln!("broker {} did not stop in time; killing it", node.id);
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        break;
-                    }
-                }
-            }
-        }
-        self.0.clear();
     }
 }
 
@@ -295,18 +223,13 @@ mod tests {
         assert_eq!(nodes.len(), 3);
         assert_eq!(nodes[2].id, 3);
         assert_eq!(nodes[2].listen, "127.0.0.1:19094");
-        assert_eq!(nodes[2].rpc, "127.0.0.1:19194");
+        assert_eq!(nodes[2].rpc.as_deref(), Some("127.0.0.1:19194"));
         assert_eq!(nodes[0].data_dir, PathBuf::from("/tmp/dev/node1"));
         assert_eq!(nodes[0].log, PathBuf::from("/tmp/dev/node1.log"));
         assert_eq!(
-            peers(&nodes),
+            local_cluster::peers(&nodes, '@'),
             "1@127.0.0.1:19192,2@127.0.0.1:19193,3@127.0.0.1:19194"
         );
-        let args = start_args(&nodes[1], &peers(&nodes), 1);
-        assert_eq!(&args[..3], &["start", "--node-id", "2"]);
-        assert!(args
-            .windows(2)
-            .any(|w| w[0] == "--rpc" && w[1] == "127.0.0.1:19193"));
         assert!(plan(0, Path::new("/tmp"), 19092).is_err());
         assert!(plan(3, Path::new("/tmp"), 65500).is_err());
     }
