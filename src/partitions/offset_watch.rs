@@ -33,6 +33,14 @@ impl OffsetWatch {
         }
     }
 
+    /// Moves the offset back to `value` if it is above it (a follower cut its log below what it
+    /// had been told was replicated). Waiters keep waiting for their own targets.
+    pub fn lower_to(&self, value: i64) {
+        if value < self.value.get() {
+            self.value.set(value);
+        }
+    }
+
     /// Ends every wait, now and later (the partition went away).
     pub fn close(&self) {
         self.closed.set(true);
@@ -93,6 +101,11 @@ mod tests {
                 watch.advance(5);
                 watch.advance(3);
                 assert_eq!(watch.get(), 5);
+                watch.lower_to(7);
+                assert_eq!(watch.get(), 5);
+                watch.lower_to(4);
+                assert_eq!(watch.get(), 4);
+                watch.advance(5);
                 glommio::yield_if_needed().await;
                 watch.advance(10);
                 assert!(waiter.await);

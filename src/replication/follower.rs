@@ -23,13 +23,17 @@ const READ_CHUNK: usize = 64 * 1024;
 /// Acks queued for the writer before reading pauses.
 const MAX_PENDING_ACKS: usize = 1024;
 
-/// Whether the connection starts with a replication Hello (peeked, not consumed).
-pub async fn is_replication(stream: &TcpStream) -> bool {
+/// Whether the connection starts with a replication Hello (peeked, not consumed). A connection
+/// that sends nothing until shutdown is not one (the Kafka path then closes it).
+pub async fn is_replication(shard: &Shard, stream: &TcpStream) -> bool {
     let mut first = [0u8; wire::HELLO_BYTES];
-    match stream.peek(&mut first).await {
-        Ok(n) => wire::is_hello(&first[..n]),
-        Err(_) => false,
-    }
+    let peeked = async { stream.peek(&mut first).await.ok() }
+        .or(async {
+            shard.shutdown.wait().await;
+            None
+        })
+        .await;
+    peeked.is_some_and(|n| wire::is_hello(&first[..n]))
 }
 
 /// Serves a replication connection until the leader closes it or the broker stops.
@@ -296,6 +300,10 @@ async fn on_epoch_end(
             warn!(topic = %partition.topic, partition = partition.index, "truncation failed: {e}");
             return ack_of(&partition, part, leader_epoch, wire::ACK_STORAGE_ERROR);
         }
+        // Nothing above the cut may count as replicated here any more.
+        partition
+            .high_watermark_watch()
+            .lower_to(log.log_end_offset());
     }
     if let Err(status) = check_leader(&partition, leader_epoch) {
         return ack_of(&partition, part, leader_epoch, status);

@@ -29,7 +29,7 @@ const READ_CHUNK: usize = 16 * 1024;
 /// broker shuts down (then in-flight requests are answered first).
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     // A leader broker's replication link arrives on the Kafka listener too.
-    if crate::replication::follower::is_replication(&stream).await {
+    if crate::replication::follower::is_replication(&shard, &stream).await {
         return crate::replication::follower::serve(shard, stream).await;
     }
     let peer = stream

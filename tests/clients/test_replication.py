@@ -315,3 +315,18 @@ def test_failover_under_load_loses_nothing(tmp_path):
         c.stop_all()
         for b in c.brokers.values():
             b.assert_no_panic()
+
+
+def test_silent_connection_does_not_hold_up_shutdown(make_broker):
+    """The listener peeks at each connection's first bytes for a replication Hello: a connection
+    that never sends anything must not keep the broker from stopping."""
+    import socket
+
+    b = make_broker().start()
+    silent = socket.create_connection(("127.0.0.1", b.port))
+    try:
+        started = time.monotonic()
+        assert b.stop(timeout=15) == 0
+        assert time.monotonic() - started < 15
+    finally:
+        silent.close()

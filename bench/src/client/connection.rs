@@ -26,6 +26,7 @@ pub type PartitionOffset = (i32, Result<i64, i16>);
 pub struct Connection {
     stream: TcpStream,
     next_correlation: i32,
+    timeout: Duration,
     /// Versions negotiated with this broker at connect time.
     pub versions: Versions,
 }
@@ -39,6 +40,7 @@ impl Connection {
         let mut conn = Connection {
             stream,
             next_correlation: 1,
+            timeout,
             versions: Versions::default(),
         };
         conn.versions = conn.negotiate()?;
@@ -82,7 +84,21 @@ impl Connection {
         wire::write_frame(&mut self.stream, &frame)?;
         let key = api_key::<R>()?;
         loop {
-            let mut body = wire::read_frame(&mut self.stream)?.ok_or(ClientError::Closed)?;
+            let frame = wire::read_frame(&mut self.stream).map_err(|e| match e {
+                ClientError::Io(io)
+                    if matches!(
+                        io.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    ClientError::Other(format!(
+                        "no answer to {key:?} v{version} within {:?}",
+                        self.timeout
+                    ))
+                }
+                other => other,
+            })?;
+            let mut body = frame.ok_or(ClientError::Closed)?;
             let got = wire::decode_response_header(&mut body, key, version)?;
             if got == correlation {
                 return wire::decode_response::<R>(&mut body, version);
