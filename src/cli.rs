@@ -19,6 +19,24 @@ pub enum Command {
     /// Benchmarks: load generation against a broker, storage latency.
     #[command(subcommand)]
     Bench(chronik_bench::BenchCommand),
+    /// Inspects a running cluster.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+    /// Local tools for trying chronik out.
+    #[command(subcommand)]
+    Dev(DevCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Brokers, controller, and per topic the partition leaders, epochs, replicas and ISR.
+    Status(crate::tools::cluster_status::StatusArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DevCommand {
+    /// Starts N brokers on loopback as one cluster; Ctrl-C stops them all.
+    Cluster(crate::tools::dev_cluster::DevClusterArgs),
 }
 
 /// `chronik start` flags. Each may also be given in the `--config` TOML file
@@ -43,7 +61,7 @@ pub struct StartArgs {
     /// Control-plane (Raft) address of this broker, cluster mode.
     #[arg(long)]
     pub rpc: Option<String>,
-    /// Control-plane peers, cluster mode: ID=HOST:PORT,ID=HOST:PORT,...
+    /// Control-plane peers, cluster mode: every node's --rpc address as ID@HOST:PORT,ID@HOST:PORT,...
     #[arg(long)]
     pub peers: Option<String>,
     /// CPU the control thread is pinned to [default: unpinned].

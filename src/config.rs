@@ -59,7 +59,7 @@ struct FileConfig {
     control_core: Option<usize>,
 }
 
-/// `peers` in the file: either "1=h:p,2=h:p" or ["1=h:p", "2=h:p"].
+/// `peers` in the file: either "1@h:p,2@h:p" or ["1@h:p", "2@h:p"] (`=` works too).
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 enum PeersValue {
@@ -181,10 +181,11 @@ fn split_host_port(key: &'static str, text: &str) -> Result<(String, u16), Confi
     Ok((host.to_string(), port))
 }
 
+/// One peer: `ID@HOST:PORT` (the documented form) or `ID=HOST:PORT`.
 fn parse_peer(text: &str) -> Result<(i32, SocketAddr), ConfigError> {
     let (id, addr) = text
-        .split_once('=')
-        .ok_or_else(|| invalid("peers", text.to_string(), "expected ID=HOST:PORT"))?;
+        .split_once(['@', '='])
+        .ok_or_else(|| invalid("peers", text.to_string(), "expected ID@HOST:PORT"))?;
     let id: i32 = id
         .trim()
         .parse()
@@ -233,7 +234,7 @@ mod tests {
         let mut file = tempfile::NamedTempFile::new().unwrap();
         writeln!(
             file,
-            "node-id = 3\ndata-dir = \"/tmp/x\"\nlisten = \"127.0.0.1:9500\"\ncores = 1\npeers = [\"1=127.0.0.1:9601\", \"2=127.0.0.1:9602\"]"
+            "node-id = 3\ndata-dir = \"/tmp/x\"\nlisten = \"127.0.0.1:9500\"\ncores = 1\npeers = [\"1@127.0.0.1:9601\", \"2=127.0.0.1:9602\"]"
         )
         .unwrap();
         let args = StartArgs {
@@ -250,6 +251,23 @@ mod tests {
         assert_eq!(config.cores, 1);
         assert_eq!(config.peers.len(), 2);
         assert_eq!(config.peers[1].0, 2);
+    }
+
+    #[test]
+    fn peers_take_id_at_host_port() {
+        let args = StartArgs {
+            peers: Some("1@127.0.0.1:9601, 2@127.0.0.1:9602,3=127.0.0.1:9603".into()),
+            ..StartArgs::default()
+        };
+        let config = BrokerConfig::resolve(&args, 2).unwrap();
+        let ids: Vec<i32> = config.peers.iter().map(|p| p.0).collect();
+        assert_eq!(ids, vec![1, 2, 3]);
+        assert_eq!(config.peers[1].1, "127.0.0.1:9602".parse().unwrap());
+        let args = StartArgs {
+            peers: Some("1:127.0.0.1:9601".into()),
+            ..StartArgs::default()
+        };
+        assert!(BrokerConfig::resolve(&args, 2).is_err());
     }
 
     #[test]

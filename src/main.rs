@@ -10,6 +10,7 @@ mod kafka;
 mod partitions;
 mod replication;
 mod server;
+mod tools;
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
@@ -22,6 +23,10 @@ fn main() {
             start(&args)
         }
         cli::Command::Bench(command) => chronik_bench::run(command),
+        cli::Command::Cluster(cli::ClusterCommand::Status(args)) => {
+            tools::cluster_status::main(&args)
+        }
+        cli::Command::Dev(cli::DevCommand::Cluster(args)) => tools::dev_cluster::main(&args),
     };
     std::process::exit(code);
 }
@@ -44,7 +49,7 @@ fn start(args: &cli::StartArgs) -> i32 {
     }
 }
 
-/// Logs to stderr, filtered by RUST_LOG (default `info`).
+/// Logs to stderr, filtered by RUST_LOG (default `info`), coloured only on a terminal.
 ///
 /// glommio probes each block device for io_uring polled I/O on the first
 /// DmaFile open and logs an error when the device (a virtio disk, say) does
@@ -60,8 +65,11 @@ fn init_logging() {
             filter = filter.add_directive(directive);
         }
     }
+    // Colours only on a terminal: log files stay plain text for grep.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .init();
 }

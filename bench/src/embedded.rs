@@ -11,6 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::client::{ClientError, ClusterMap, Connection};
+use crate::local_cluster::{self, BrokerSpec, Stopped};
 
 /// How long a broker gets to exit after SIGTERM before SIGKILL.
 const GRACE: Duration = Duration::from_secs(5);
@@ -109,33 +110,22 @@ impl EmbeddedCluster {
         };
         for i in 0..n {
             let id = (i + 1) as i32;
-            let data = cluster.dir.path().join(format!("n{id}"));
-            std::fs::create_dir_all(&data)?;
-            let log = cluster.dir.path().join(format!("n{id}.log"));
-            let out = File::create(&log)?;
-            let mut cmd = Command::new(&options.binary);
-            cmd.arg("start")
-                .arg("--node-id")
-                .arg(id.to_string())
-                .arg("--listen")
-                .arg(format!("127.0.0.1:{}", kafka[i]))
-                .arg("--data-dir")
-                .arg(&data);
-            if n > 1 {
-                cmd.arg("--rpc")
-                    .arg(format!("127.0.0.1:{}", rpc[i]))
-                    .arg("--peers")
-                    .arg(&peers);
-            }
-            cmd.args(&options.extra_args)
-                .stdin(Stdio::null())
-                .stdout(out.try_clone()?)
-                .stderr(out);
+            let spec = BrokerSpec {
+                id,
+                listen: format!("127.0.0.1:{}", kafka[i]),
+                rpc: (n > 1).then(|| format!("127.0.0.1:{}", rpc[i])),
+                data_dir: cluster.dir.path().join(format!("n{id}")),
+                log: cluster.dir.path().join(format!("n{id}.log")),
+            };
             // Own process group: a terminal's Ctrl-C reaches only the bench,
             // which then stops the brokers in order.
-            std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-            let child = cmd.spawn()?;
-            cluster.brokers.push(Broker { id, child, log });
+            let child =
+                local_cluster::spawn(&options.binary, &spec, Some(&peers), &options.extra_args)?;
+            cluster.brokers.push(Broker {
+                id,
+                child,
+                log: spec.log,
+            });
         }
         cluster.wait_ready(n)?;
         Ok(cluster)
@@ -209,32 +199,13 @@ impl EmbeddedCluster {
     }
 
     fn stop(&mut self) {
-        for b in &self.brokers {
-            if let Ok(pid) = i32::try_from(b.child.id()) {
-                // SAFETY: plain kill(2) on a child we spawned and have not reaped.
-                unsafe {
-                    libc::kill(pid, libc::SIGTERM);
-                }
+        let mut children: Vec<(i32, Child)> =
+            self.brokers.drain(..).map(|b| (b.id, b.child)).collect();
+        for (id, outcome) in local_cluster::stop_all(&mut children, GRACE) {
+            if outcome == Stopped::Killed {
+                tracing::warn!(broker = id, "broker ignored SIGTERM; killing it");
             }
         }
-        let deadline = Instant::now() + GRACE;
-        for b in &mut self.brokers {
-            loop {
-                match b.child.try_wait() {
-                    Ok(Some(_)) => break,
-                    Ok(None) if Instant::now() < deadline => {
-                        std::thread::sleep(Duration::from_millis(50))
-                    }
-                    _ => {
-                        tracing::warn!(broker = b.id, "broker ignored SIGTERM; killing it");
-                        let _ = b.child.kill();
-                        let _ = b.child.wait();
-                        break;
-                    }
-                }
-            }
-        }
-        self.brokers.clear();
     }
 }
 

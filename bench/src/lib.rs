@@ -14,6 +14,7 @@ pub mod floor;
 pub mod floor_sampler;
 pub mod interrupt;
 pub mod load;
+pub mod local_cluster;
 pub mod log_bench;
 pub mod machine;
 pub mod pacing;

@@ -971,6 +971,17 @@ impl ControlNode {
             let (next, result) = state_machine::apply(&image, entry.index, &envelope.command);
             image = Arc::new(next);
             match &result {
+                Ok(Outcome::TopicCreated(topic)) if self.proposed_here(envelope.proposal) => {
+                    // Once per topic, on the controller that proposed it: tests and operators
+                    // count these lines.
+                    tracing::info!(
+                        index = entry.index,
+                        topic = %topic.name,
+                        id = %topic.id,
+                        partitions = topic.partitions.len(),
+                        "topic created"
+                    )
+                }
                 Ok(_) => {
                     tracing::debug!(index = entry.index, command = ?envelope.command, "applied")
                 }
@@ -981,6 +992,11 @@ impl ControlNode {
             self.resolve(envelope.proposal, result);
         }
         self.image = image;
+    }
+
+    /// Whether this node, in this incarnation, proposed the entry.
+    fn proposed_here(&self, proposal: Option<ProposalId>) -> bool {
+        proposal.is_some_and(|p| p.node == self.config.node_id && p.incarnation == self.incarnation)
     }
 
     /// Decides the part of a batch an applied entry answers, if this node (this incarnation)

@@ -15,11 +15,15 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_lite::FutureExt;
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
-use kafka_protocol::messages::{FetchRequest, FetchResponse, ResponseKind, TopicName};
+use kafka_protocol::messages::fetch_response::{
+    FetchableTopicResponse, LeaderIdAndEpoch, NodeEndpoint, PartitionData,
+};
+use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse, ResponseKind, TopicName};
+use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use uuid::Uuid;
 
+use super::leader_hint::{self, CurrentLeader};
 use super::splice::Splices;
 use super::{errors, Reply};
 use crate::control::topic_config;
@@ -76,6 +80,8 @@ pub async fn handle(shard: &Rc<Shard>, request: FetchRequest, version: i16) -> R
     let mut layout: Vec<(TopicName, Uuid, Vec<i32>)> = Vec::with_capacity(request.topics.len());
     // Each partition: either what to read, or its error.
     let mut parts: Vec<Result<Wanted, i16>> = Vec::new();
+    // KIP-951 (v12+): with NOT_LEADER_OR_FOLLOWER, who leads the partition now.
+    let mut leaders: Vec<Option<CurrentLeader>> = Vec::new();
     for topic in &request.topics {
         let info = if version >= 13 {
             image
@@ -109,11 +115,32 @@ pub async fn handle(shard: &Rc<Shard>, request: FetchRequest, version: i16) -> R
                         .unwrap_or(0),
                 })
             });
+            let hint = match (&wanted, info) {
+                (Err(code), Ok(info)) if *code == ResponseError::NotLeaderOrFollower.code() => {
+                    leader_hint::current_leader(info, partition.partition)
+                }
+                _ => None,
+            };
+            leaders.push(hint.filter(|_| version >= 12));
             parts.push(wanted);
         }
         layout.push((topic.topic.clone(), topic.topic_id, indexes));
     }
 
+    if version >= 16 {
+        let ids = leaders.iter().flatten().map(|l| l.leader_id);
+        response.node_endpoints = leader_hint::endpoints(&image, ids)
+            .into_iter()
+            .map(|(id, host, port, rack)| {
+                let mut endpoint = NodeEndpoint::default();
+                endpoint.node_id = BrokerId(id);
+                endpoint.host = StrBytes::from_string(host);
+                endpoint.port = i32::from(port);
+                endpoint.rack = rack.map(StrBytes::from_string);
+                endpoint
+            })
+            .collect();
+    }
     let max_bytes = usize::try_from(request.max_bytes).unwrap_or(0);
     let min_bytes = usize::try_from(request.min_bytes).unwrap_or(0);
     let max_wait = Duration::from_millis(u64::try_from(request.max_wait_ms).unwrap_or(0));
@@ -134,6 +161,7 @@ pub async fn handle(shard: &Rc<Shard>, request: FetchRequest, version: i16) -> R
             wait_for_data(&shard, &parts, &answers, deadline).await;
         };
         let mut answers = answers.into_iter();
+        let mut leaders = leaders.into_iter();
         let mut splices = Splices::default();
         for (name, topic_id, indexes) in layout {
             let mut topic = FetchableTopicResponse::default();
@@ -151,6 +179,12 @@ pub async fn handle(shard: &Rc<Shard>, request: FetchRequest, version: i16) -> R
                 partition.last_stable_offset = answer.high_watermark;
                 partition.log_start_offset = answer.log_start_offset;
                 partition.records = Some(splices.records(answer.records));
+                if let Some(leader) = leaders.next().flatten() {
+                    let mut current = LeaderIdAndEpoch::default();
+                    current.leader_id = BrokerId(leader.leader_id);
+                    current.leader_epoch = leader.leader_epoch;
+                    partition.current_leader = current;
+                }
                 topic.partitions.push(partition);
             }
             response.responses.push(topic);

@@ -12,6 +12,7 @@ pub mod configs;
 pub mod errors;
 pub mod fetch;
 pub mod frame;
+pub mod leader_hint;
 pub mod list_offsets;
 pub mod metadata;
 pub mod produce;

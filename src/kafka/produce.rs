@@ -10,12 +10,17 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_lite::FutureExt;
-use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
-use kafka_protocol::messages::{ProduceRequest, ProduceResponse, ResponseKind, TopicName};
+use kafka_protocol::messages::produce_response::{
+    LeaderIdAndEpoch, NodeEndpoint, PartitionProduceResponse, TopicProduceResponse,
+};
+use kafka_protocol::messages::{
+    BrokerId, ProduceRequest, ProduceResponse, ResponseKind, TopicName,
+};
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use uuid::Uuid;
 
+use super::leader_hint::{self, CurrentLeader, Endpoint};
 use super::{errors, topics, Reply};
 use crate::control::{topic_config, TopicInfo};
 use crate::partitions::Partition;
@@ -60,6 +65,8 @@ struct PartitionResult {
     error_message: Option<String>,
     base_offset: i64,
     log_start_offset: i64,
+    /// KIP-951: with NOT_LEADER_OR_FOLLOWER, who leads the partition now.
+    current_leader: Option<CurrentLeader>,
 }
 
 impl PartitionResult {
@@ -73,6 +80,7 @@ impl PartitionResult {
             error_message,
             base_offset: -1,
             log_start_offset: -1,
+            current_leader: None,
         }
     }
 }
@@ -158,11 +166,31 @@ pub async fn handle(shard: &Rc<Shard>, request: ProduceRequest, version: i16) ->
                             records,
                         });
                 }
-                Err(code) => topic_results.push(Some(PartitionResult::error(code))),
+                Err(code) => {
+                    let mut result = PartitionResult::error(code);
+                    if code == ResponseError::NotLeaderOrFollower {
+                        result.current_leader = info
+                            .as_ref()
+                            .ok()
+                            .and_then(|info| leader_hint::current_leader(info, data.index));
+                    }
+                    topic_results.push(Some(result));
+                }
             }
         }
         results.push(topic_results);
     }
+    // Produce v10+ carries the endpoints of the leaders named above.
+    let leader_endpoints = if version >= 10 {
+        let leaders = results
+            .iter()
+            .flatten()
+            .flatten()
+            .filter_map(|r| r.current_leader.map(|l| l.leader_id));
+        leader_hint::endpoints(&image, leaders)
+    } else {
+        Vec::new()
+    };
 
     // Queue the appends on their owners, in request order per owner.
     let acks = acks.unwrap_or(Acks::Leader);
@@ -205,7 +233,7 @@ pub async fn handle(shard: &Rc<Shard>, request: ProduceRequest, version: i16) ->
                 Err(e) => tracing::warn!("produce answer lost: {e}"),
             }
         }
-        build_response(topic_data, results)
+        build_response(topic_data, results, leader_endpoints)
     };
 
     if acks == Acks::None {
@@ -239,8 +267,20 @@ fn dedup(mut names: Vec<String>) -> Vec<String> {
 fn build_response(
     topic_data: Vec<(TopicName, Uuid, Vec<i32>)>,
     results: Vec<Vec<Option<PartitionResult>>>,
+    leader_endpoints: Vec<Endpoint>,
 ) -> ProduceResponse {
     let mut response = ProduceResponse::default();
+    response.node_endpoints = leader_endpoints
+        .into_iter()
+        .map(|(id, host, port, rack)| {
+            let mut endpoint = NodeEndpoint::default();
+            endpoint.node_id = BrokerId(id);
+            endpoint.host = StrBytes::from_string(host);
+            endpoint.port = i32::from(port);
+            endpoint.rack = rack.map(StrBytes::from_string);
+            endpoint
+        })
+        .collect();
     for ((name, topic_id, indexes), topic_results) in topic_data.into_iter().zip(results) {
         let mut topic = TopicProduceResponse::default();
         topic.name = name;
@@ -255,6 +295,12 @@ fn build_response(
             partition.base_offset = result.base_offset;
             partition.log_append_time_ms = -1;
             partition.log_start_offset = result.log_start_offset;
+            if let Some(leader) = result.current_leader {
+                let mut current = LeaderIdAndEpoch::default();
+                current.leader_id = BrokerId(leader.leader_id);
+                current.leader_epoch = leader.leader_epoch;
+                partition.current_leader = current;
+            }
             topic.partition_responses.push(partition);
         }
         response.responses.push(topic);
@@ -343,6 +389,7 @@ fn append_on_owner(
                     error_message: None,
                     base_offset: info.base_offset,
                     log_start_offset: partition.log.log_start_offset(),
+                    current_leader: None,
                 },
                 Err(code) => PartitionResult::error_code(code, None),
             };

@@ -74,6 +74,12 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
             None => break, // shutting down: answer what is queued, read nothing more
             Some(Ok(Some(frame))) => frame,
             Some(Ok(None)) => break, // peer closed
+            // A socket error (a client that resets instead of closing) is the
+            // peer's business, not a broker problem; a bad frame is worth a warning.
+            Some(Err(reason)) if reason.starts_with("read failed") => {
+                debug!(%peer, "closing connection: {reason}");
+                break;
+            }
             Some(Err(reason)) => {
                 warn!(%peer, "closing connection: {reason}");
                 break;

@@ -103,8 +103,12 @@ pub fn run(config: BrokerConfig) -> Result<(), String> {
         }
     }
     futures_lite::future::block_on(control.shutdown());
+    // Only a controller proposes: this count shows which brokers ever were one.
+    let proposals_made = control.proposals_made();
     if result.is_ok() {
-        info!("chronik stopped cleanly");
+        info!(proposals_made, "chronik stopped cleanly");
+    } else {
+        info!(proposals_made, "chronik stopped after a failure");
     }
     result
 }

@@ -1,0 +1,226 @@
+//! Cluster mode over the wire: three real `chronik start` processes on
+//! loopback, raw kafka-protocol requests.
+
+mod common;
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{batch, fetch_request, produce_request, Client};
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::StrBytes;
+
+/// NOT_LEADER_OR_FOLLOWER.
+const NOT_LEADER: i16 = 6;
+
+struct Node {
+    addr: SocketAddr,
+    child: Child,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts `n` brokers forming one cluster and waits until each lists all of them.
+fn start_cluster(dir: &Path, n: usize) -> Vec<Node> {
+    let kafka: Vec<u16> = (0..n).map(|_| free_port()).collect();
+    let rpc: Vec<u16> = (0..n).map(|_| free_port()).collect();
+    let peers = (0..n)
+        .map(|i| format!("{}@127.0.0.1:{}", i + 1, rpc[i]))
+        .collect::<Vec<_>>()
+        .join(",");
+    let nodes: Vec<Node> = (0..n)
+        .map(|i| {
+            let log = std::fs::File::create(dir.join(format!("node{}.log", i + 1))).unwrap();
+            let child = Command::new(env!("CARGO_BIN_EXE_chronik"))
+                .args(["start", "--node-id", &(i + 1).to_string(), "--cores", "1"])
+                .args(["--listen", &format!("127.0.0.1:{}", kafka[i])])
+                .args(["--rpc", &format!("127.0.0.1:{}", rpc[i])])
+                .args(["--peers", &peers])
+                .arg("--data-dir")
+                .arg(dir.join(format!("node{}", i + 1)))
+                .env("RUST_LOG", "info")
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap();
+            Node {
+                addr: format!("127.0.0.1:{}", kafka[i]).parse().unwrap(),
+                child,
+            }
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    for node in &nodes {
+        loop {
+            assert!(Instant::now() < deadline, "the cluster did not form");
+            let listed = Client::try_connect(node.addr)
+                .ok()
+                .map(|mut c| c.metadata(&[]).brokers.len());
+            if listed == Some(n) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    nodes
+}
+
+fn create_topic(client: &mut Client, name: &str, partitions: i32, replication: i16) {
+    let mut topic = create_topics_request::CreatableTopic::default();
+    topic.name = TopicName(StrBytes::from_string(name.to_string()));
+    topic.num_partitions = partitions;
+    topic.replication_factor = replication;
+    let mut request = CreateTopicsRequest::default();
+    request.topics = vec![topic];
+    request.timeout_ms = 30_000;
+    let response: CreateTopicsResponse = client.call(ApiKey::CreateTopics, 7, &request);
+    assert_eq!(response.topics[0].error_code, 0, "{response:?}");
+}
+
+#[test]
+fn produce_and_fetch_to_a_non_leader_name_the_current_leader() {
+    let tmp = tempfile::tempdir().unwrap();
+    let nodes = start_cluster(tmp.path(), 3);
+    create_topic(&mut Client::connect(nodes[1].addr), "led", 3, 3);
+
+    // Every broker answers Metadata from its own image: wait until the first one has leaders.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let metadata = loop {
+        let metadata = Client::connect(nodes[0].addr).metadata(&["led"]);
+        let topic = &metadata.topics[0];
+        if topic.error_code == 0 && topic.partitions.iter().all(|p| p.leader_id.0 > 0) {
+            break metadata;
+        }
+        assert!(Instant::now() < deadline, "no leaders: {metadata:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // `chronik cluster status` reports what Metadata says, from any broker (once its image
+    // has the topic too).
+    let expected: Vec<(i64, i64)> = metadata.topics[0]
+        .partitions
+        .iter()
+        .map(|p| (i64::from(p.leader_id.0), i64::from(p.leader_epoch)))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = Command::new(env!("CARGO_BIN_EXE_chronik"))
+            .args(["cluster", "status", "--json", "--bootstrap"])
+            .arg(nodes[2].addr.to_string())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(status["brokers"].as_array().unwrap().len(), 3);
+        let reported: Vec<(i64, i64)> = status["topics"][0]["partitions"]
+            .as_array()
+            .map(|ps| {
+                ps.iter()
+                    .map(|p| {
+                        (
+                            p["leader"].as_i64().unwrap(),
+                            p["leader_epoch"].as_i64().unwrap(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if status["topics"][0]["name"] == "led" && reported == expected {
+            break;
+        }
+        assert!(Instant::now() < deadline, "status disagrees: {status}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let partition = &metadata.topics[0].partitions[0];
+    let (leader, epoch) = (partition.leader_id.0, partition.leader_epoch);
+    let leader_broker = metadata
+        .brokers
+        .iter()
+        .find(|b| b.node_id.0 == leader)
+        .unwrap();
+    let non_leader = nodes
+        .iter()
+        .find(|n| n.addr.port() as i32 != leader_broker.port)
+        .unwrap();
+    let mut client = Client::connect(non_leader.addr);
+    let records = batch(&[b"not here"], 1);
+
+    // Produce v10+: error, current leader and its endpoint.
+    let request = produce_request("led", 1, &[(0, records.clone())]);
+    let response: ProduceResponse = client.call(ApiKey::Produce, 10, &request);
+    let answer = &response.responses[0].partition_responses[0];
+    assert_eq!(answer.error_code, NOT_LEADER);
+    assert_eq!(
+        (
+            answer.current_leader.leader_id.0,
+            answer.current_leader.leader_epoch
+        ),
+        (leader, epoch)
+    );
+    assert_eq!(response.node_endpoints.len(), 1, "{response:?}");
+    let endpoint = &response.node_endpoints[0];
+    assert_eq!(endpoint.node_id.0, leader);
+    assert_eq!(
+        (endpoint.host.as_str(), endpoint.port),
+        (leader_broker.host.as_str(), leader_broker.port)
+    );
+    // Produce v9 carries no leader: the error alone.
+    let response: ProduceResponse = client.call(ApiKey::Produce, 9, &request);
+    assert_eq!(
+        response.responses[0].partition_responses[0].error_code,
+        NOT_LEADER
+    );
+
+    // Fetch v12: error and current leader; v16 adds the endpoint.
+    let request = fetch_request(&[("led", 0, 0, 1 << 20)], 0, 1, 1 << 20);
+    let response: FetchResponse = client.call(ApiKey::Fetch, 12, &request);
+    let answer = &response.responses[0].partitions[0];
+    assert_eq!(answer.error_code, NOT_LEADER);
+    assert_eq!(
+        (
+            answer.current_leader.leader_id.0,
+            answer.current_leader.leader_epoch
+        ),
+        (leader, epoch)
+    );
+    assert!(response.node_endpoints.is_empty());
+    let mut request = request;
+    request.topics[0].topic_id = metadata.topics[0].topic_id;
+    let response: FetchResponse = client.call(ApiKey::Fetch, 16, &request);
+    let answer = &response.responses[0].partitions[0];
+    assert_eq!(answer.error_code, NOT_LEADER);
+    assert_eq!(answer.current_leader.leader_id.0, leader);
+    assert_eq!(response.node_endpoints.len(), 1, "{response:?}");
+    assert_eq!(response.node_endpoints[0].node_id.0, leader);
+    assert_eq!(response.node_endpoints[0].port, leader_broker.port);
+
+    // The leader itself takes the produce.
+    let mut at_leader = Client::connect(
+        nodes
+            .iter()
+            .find(|n| n.addr.port() as i32 == leader_broker.port)
+            .unwrap()
+            .addr,
+    );
+    let request = produce_request("led", 1, &[(0, records)]);
+    let response: ProduceResponse = at_leader.call(ApiKey::Produce, 10, &request);
+    let answer = &response.responses[0].partition_responses[0];
+    assert_eq!((answer.error_code, answer.base_offset), (0, 0));
+    assert_eq!(answer.current_leader.leader_id.0, -1);
+    assert!(response.node_endpoints.is_empty());
+}
