@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_lite::FutureExt;
@@ -26,10 +26,13 @@ use crate::control::{topic_config, TopicInfo};
 use crate::partitions::Partition;
 use crate::server::shard::Shard;
 use chronik_shards::log::{AppendInfo, LogError};
-use chronik_shards::runtime::mesh::{LocalFuture, Reply as MeshReply};
+use chronik_shards::runtime::mesh::{LocalFuture, MeshError, Reply as MeshReply};
 
 /// The shortest wait for durability before a produce times out.
 const MIN_ACK_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long past the request deadline the asking shard waits for an owner's
+/// answer before answering REQUEST_TIMED_OUT itself.
+const ANSWER_GRACE: Duration = Duration::from_millis(500);
 
 /// What the producer waits for.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -57,6 +60,9 @@ type Appended = (
     Option<Rc<Partition>>,
     Option<Result<AppendInfo, LogError>>,
 );
+
+/// The request slots sent to one owner, with its pending answer.
+type OwnerReply<F> = (Vec<(usize, usize)>, F);
 
 /// One partition's answer (Send: it travels back from the owner shard).
 #[derive(Clone, Debug)]
@@ -194,16 +200,18 @@ pub async fn handle(shard: &Rc<Shard>, request: ProduceRequest, version: i16) ->
 
     // Queue the appends on their owners, in request order per owner.
     let acks = acks.unwrap_or(Acks::Leader);
-    let mut replies: Vec<MeshReply<OwnerResults>> = Vec::new();
+    let deadline = Instant::now() + timeout;
+    let mut replies: Vec<OwnerReply<MeshReply<OwnerResults>>> = Vec::new();
     for (owner, parts) in work {
+        let slots: Vec<(usize, usize)> = parts.iter().map(|part| part.slot).collect();
         let sent = shard
             .mesh
             .send(owner, move |owner_shard: &Rc<Shard>| {
-                append_on_owner(owner_shard, parts, acks, timeout)
+                append_on_owner(owner_shard, parts, acks, deadline)
             })
             .await;
         match sent {
-            Ok(reply) => replies.push(reply),
+            Ok(reply) => replies.push((slots, reply)),
             Err(e) => {
                 tracing::warn!("forwarding produce to shard {owner}: {e}");
                 return Reply::Close(format!("shard {owner} unavailable: {e}"));
@@ -223,16 +231,10 @@ pub async fn handle(shard: &Rc<Shard>, request: ProduceRequest, version: i16) ->
         })
         .collect();
     let collect = async move {
-        for reply in replies {
-            match reply.await {
-                Ok(parts) => {
-                    for ((t, p), result) in parts {
-                        results[t][p] = Some(result);
-                    }
-                }
-                Err(e) => tracing::warn!("produce answer lost: {e}"),
-            }
-        }
+        // The owners bound their waits by `deadline`; this bound (a little
+        // later, so their own answers win) holds even if an owner never
+        // answers, so the connection's in-order responses never stall.
+        collect_answers(replies, deadline + ANSWER_GRACE, &mut results).await;
         build_response(topic_data, results, leader_endpoints)
     };
 
@@ -256,6 +258,47 @@ pub async fn handle(shard: &Rc<Shard>, request: ProduceRequest, version: i16) ->
     Reply::Later(Box::pin(
         async move { ResponseKind::Produce(collect.await) },
     ))
+}
+
+/// Fills `results` with the owners' answers; a part whose owner did not
+/// answer by `deadline` is REQUEST_TIMED_OUT (its append may still happen).
+async fn collect_answers<F>(
+    replies: Vec<OwnerReply<F>>,
+    deadline: Instant,
+    results: &mut [Vec<Option<PartitionResult>>],
+) where
+    F: std::future::Future<Output = Result<OwnerResults, MeshError>>,
+{
+    for (slots, reply) in replies {
+        let answer = until(deadline, async { Ok(reply.await) }).await;
+        match answer {
+            Ok(Ok(parts)) => {
+                for ((t, p), result) in parts {
+                    results[t][p] = Some(result);
+                }
+            }
+            Ok(Err(e)) => tracing::warn!("produce answer lost: {e}"),
+            Err(code) => {
+                tracing::debug!("produce answer missing at the request deadline");
+                for (t, p) in slots {
+                    results[t][p] = Some(PartitionResult::error_code(code, None));
+                }
+            }
+        }
+    }
+}
+
+/// Runs `wait` until `deadline`; past it, REQUEST_TIMED_OUT. The timer is
+/// polled with the wait, so it fires even when nothing ever wakes `wait`.
+async fn until<T>(
+    deadline: Instant,
+    wait: impl std::future::Future<Output = Result<T, i16>>,
+) -> Result<T, i16> {
+    wait.or(async {
+        glommio::timer::sleep(deadline.saturating_duration_since(Instant::now())).await;
+        Err(ResponseError::RequestTimedOut.code())
+    })
+    .await
 }
 
 fn dedup(mut names: Vec<String>) -> Vec<String> {
@@ -314,7 +357,7 @@ fn append_on_owner(
     shard: &Rc<Shard>,
     parts: Vec<AppendWork>,
     acks: Acks,
-    timeout: Duration,
+    deadline: Instant,
 ) -> LocalFuture<OwnerResults> {
     // Ordered part: partitions whose log is open append now.
     let mut appended: Vec<Appended> = Vec::with_capacity(parts.len());
@@ -348,13 +391,19 @@ fn append_on_owner(
             // A log not open yet (the topic was just created): open it, then append.
             let (partition, result) = match (partition, result) {
                 (Some(partition), Some(result)) => (partition, result),
-                _ => match open_partition(&shard, part.topic_id, part.partition).await {
+                _ => match until(deadline, async {
+                    open_partition(&shard, part.topic_id, part.partition)
+                        .await
+                        .map_err(|code| code.code())
+                })
+                .await
+                {
                     Ok(partition) => {
                         let result = partition.append(&part.records);
                         (partition, result)
                     }
                     Err(code) => {
-                        out.push((part.slot, PartitionResult::error(code)));
+                        out.push((part.slot, PartitionResult::error_code(code, None)));
                         continue;
                     }
                 },
@@ -371,16 +420,22 @@ fn append_on_owner(
                 }
             };
             let end = info.last_offset + 1;
+            // One deadline for the whole request: the parts wait one after
+            // another, so a per-part timeout would add up.
             let waited = match acks {
                 Acks::None => Ok(()),
-                Acks::Leader => with_timeout(timeout, partition.wait_durable(end)).await,
+                Acks::Leader => {
+                    until(deadline, async {
+                        partition
+                            .wait_durable(end)
+                            .await
+                            .map_err(|e| errors::log_error_code(&e))
+                    })
+                    .await
+                }
                 Acks::All => {
-                    async { partition.wait_replicated(end, timeout).await }
-                        .or(async {
-                            glommio::timer::sleep(timeout).await;
-                            Err(ResponseError::RequestTimedOut.code())
-                        })
-                        .await
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    until(deadline, partition.wait_replicated(end, left)).await
                 }
             };
             let result = match waited {
@@ -397,19 +452,6 @@ fn append_on_owner(
         }
         out
     })
-}
-
-/// Waits for `wait`, mapping its failure and a timeout to Kafka error codes.
-async fn with_timeout(
-    timeout: Duration,
-    wait: impl std::future::Future<Output = Result<(), LogError>>,
-) -> Result<(), i16> {
-    async { wait.await.map_err(|e| errors::log_error_code(&e)) }
-        .or(async {
-            glommio::timer::sleep(timeout).await;
-            Err(ResponseError::RequestTimedOut.code())
-        })
-        .await
 }
 
 /// Opens a partition this shard owns but has not opened yet.
@@ -439,4 +481,88 @@ async fn open_partition(
                 ResponseError::KafkaStorageError
             }
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run<F, T>(test: F)
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: std::future::Future<Output = ()> + 'static,
+    {
+        glommio::LocalExecutorBuilder::default()
+            .io_memory(1 << 20)
+            .spawn(test)
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
+    fn answered(base_offset: i64) -> PartitionResult {
+        PartitionResult {
+            error_code: errors::NONE,
+            error_message: None,
+            base_offset,
+            log_start_offset: 0,
+        }
+    }
+
+    /// An owner that never answers (its task never woken, or stuck before its own
+    /// timer) must not hold the response: its parts time out at the deadline, the
+    /// others keep their answers.
+    #[test]
+    fn an_owner_that_never_answers_times_out_at_the_deadline() {
+        run(|| async {
+            let mut results = vec![vec![None, None], vec![None]];
+            let stuck: LocalFuture<Result<OwnerResults, MeshError>> =
+                Box::pin(futures_lite::future::pending());
+            let fine: LocalFuture<Result<OwnerResults, MeshError>> =
+                Box::pin(async { Ok(vec![((0, 1), answered(7))]) });
+            let replies = vec![(vec![(0, 0), (1, 0)], stuck), (vec![(0, 1)], fine)];
+            let deadline = Instant::now() + Duration::from_millis(20);
+            collect_answers(replies, deadline, &mut results).await;
+            let timed_out = ResponseError::RequestTimedOut.code();
+            assert_eq!(results[0][0].as_ref().unwrap().error_code, timed_out);
+            assert_eq!(results[1][0].as_ref().unwrap().error_code, timed_out);
+            assert_eq!(results[0][1].as_ref().unwrap().base_offset, 7);
+            assert_eq!(results[0][1].as_ref().unwrap().error_code, errors::NONE);
+        });
+    }
+
+    /// A lost owner answer (work abandoned) is left unset: build_response turns it
+    /// into UNKNOWN_SERVER_ERROR rather than waiting.
+    #[test]
+    fn an_abandoned_answer_is_not_waited_for() {
+        run(|| async {
+            let mut results = vec![vec![None]];
+            let canceled: LocalFuture<Result<OwnerResults, MeshError>> =
+                Box::pin(async { Err(MeshError::Canceled(1)) });
+            let deadline = Instant::now() + Duration::from_secs(3600);
+            collect_answers(vec![(vec![(0, 0)], canceled)], deadline, &mut results).await;
+            assert!(results[0][0].is_none());
+        });
+    }
+
+    /// Parts of one request wait one after another on their owner against one
+    /// deadline: once it passed, a later part's wait ends at once instead of
+    /// getting a fresh timeout of its own.
+    #[test]
+    fn waits_share_the_request_deadline() {
+        run(|| async {
+            let deadline = Instant::now() + Duration::from_millis(10);
+            let first = until(deadline, futures_lite::future::pending::<Result<(), i16>>()).await;
+            assert_eq!(first, Err(ResponseError::RequestTimedOut.code()));
+            assert!(Instant::now() >= deadline);
+            let second = until(deadline, futures_lite::future::pending::<Result<(), i16>>()).await;
+            assert_eq!(second, Err(ResponseError::RequestTimedOut.code()));
+            // A wait that ends in time keeps its own outcome.
+            let ready = until(Instant::now() + Duration::from_secs(3600), async {
+                Err::<(), i16>(errors::NONE + 1)
+            })
+            .await;
+            assert_eq!(ready, Err(1));
+        });
+    }
 }
