@@ -506,6 +506,7 @@ mod tests {
             error_message: None,
             base_offset,
             log_start_offset: 0,
+            current_leader: None,
         }
     }
 
