@@ -4,7 +4,7 @@
 
 use std::rc::Rc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use chronik_shards::log::LogError;
 use chronik_shards::runtime::mesh::LocalFuture;
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
@@ -19,7 +19,6 @@ use super::wire::{self, Frame, WirePartition};
 use crate::partitions::Partition;
 use crate::server::shard::Shard;
 
-const READ_CHUNK: usize = 64 * 1024;
 /// Acks queued for the writer before reading pauses.
 const MAX_PENDING_ACKS: usize = 1024;
 
@@ -59,61 +58,48 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         let _ = writer.close().await;
     });
     let ack_tx = Rc::new(ack_tx);
-    let mut buf = BytesMut::with_capacity(READ_CHUNK);
-    let mut chunk = vec![0u8; READ_CHUNK];
+    let mut frames = wire::FrameReader::new(reader);
     'read: loop {
-        let n = async { reader.read(&mut chunk).await.ok() }
-            .or(async {
-                shard.shutdown.wait().await;
-                None
-            })
+        let frame = match frames.next(&shard.shutdown).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break,
+            Err(e) => {
+                warn!(leader, "closing replication link: {e}");
+                break 'read;
+            }
+        };
+        let part = match &frame {
+            Frame::Push { part, .. } | Frame::EpochEnd { part, .. } => *part,
+            Frame::Ack { .. } => {
+                warn!(leader, "closing replication link: an ack from the leader");
+                break 'read;
+            }
+        };
+        let Some(owner) = owner_of(&shard, &part) else {
+            let ack = status_ack(&part, &frame, wire::ACK_RETRY);
+            if send_ack(&ack_tx, ack).await.is_err() {
+                break 'read;
+            }
+            continue;
+        };
+        let sent = shard
+            .mesh
+            .send(owner, move |owner: &Rc<Shard>| handle(owner, frame))
             .await;
-        match n {
-            None | Some(0) => break,
-            Some(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-        loop {
-            let frame = match wire::decode(&mut buf) {
-                Ok(Some(frame)) => frame,
-                Ok(None) => break,
-                Err(e) => {
-                    warn!(leader, "closing replication link: {e}");
-                    break 'read;
-                }
-            };
-            let part = match &frame {
-                Frame::Push { part, .. } | Frame::EpochEnd { part, .. } => *part,
-                Frame::Ack { .. } => {
-                    warn!(leader, "closing replication link: an ack from the leader");
-                    break 'read;
-                }
-            };
-            let Some(owner) = owner_of(&shard, &part) else {
-                let ack = status_ack(&part, &frame, wire::ACK_RETRY);
-                if send_ack(&ack_tx, ack).await.is_err() {
-                    break 'read;
-                }
-                continue;
-            };
-            let sent = shard
-                .mesh
-                .send(owner, move |owner: &Rc<Shard>| handle(owner, frame))
-                .await;
-            let reply = match sent {
-                Ok(reply) => reply,
-                Err(e) => {
-                    warn!("forwarding replication to shard {owner}: {e}");
-                    break 'read;
-                }
-            };
-            let ack_tx = ack_tx.clone();
-            glommio::spawn_local(async move {
-                if let Ok(ack) = reply.await {
-                    let _ = send_ack(&ack_tx, ack).await;
-                }
-            })
-            .detach();
-        }
+        let reply = match sent {
+            Ok(reply) => reply,
+            Err(e) => {
+                warn!("forwarding replication to shard {owner}: {e}");
+                break 'read;
+            }
+        };
+        let ack_tx = ack_tx.clone();
+        glommio::spawn_local(async move {
+            if let Ok(ack) = reply.await {
+                let _ = send_ack(&ack_tx, ack).await;
+            }
+        })
+        .detach();
     }
     drop(ack_tx);
     let _ = writer_task.await;

@@ -8,8 +8,8 @@ use std::io::IoSlice;
 use std::rc::Rc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use futures_lite::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use bytes::Bytes;
+use futures_lite::io::{AsyncWriteExt, ReadHalf, WriteHalf};
 use futures_lite::FutureExt;
 use glommio::net::TcpStream;
 use glommio::sync::Semaphore;
@@ -20,7 +20,6 @@ use super::wire::{self, Frame};
 use crate::server::shard::Shard;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-const READ_CHUNK: usize = 64 * 1024;
 
 pub struct Link {
     broker: i32,
@@ -145,34 +144,19 @@ impl Links {
     }
 }
 
-async fn read_acks(shard: Rc<Shard>, link: Rc<Link>, mut reader: ReadHalf<TcpStream>) {
-    let mut buf = BytesMut::with_capacity(READ_CHUNK);
-    let mut chunk = vec![0u8; READ_CHUNK];
-    'read: loop {
-        let n = async { reader.read(&mut chunk).await.ok() }
-            .or(async {
-                shard.shutdown.wait().await;
-                None
-            })
-            .await;
-        match n {
-            None | Some(0) => break,
-            Some(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-        loop {
-            match wire::decode(&mut buf) {
-                Ok(Some(frame @ Frame::Ack { .. })) => {
-                    leader::on_ack_frame(&shard, link.broker, frame)
-                }
-                Ok(Some(_)) => {
-                    debug!(follower = link.broker, "unexpected frame from a follower");
-                    break 'read;
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    debug!(follower = link.broker, "replication link: {e}");
-                    break 'read;
-                }
+async fn read_acks(shard: Rc<Shard>, link: Rc<Link>, reader: ReadHalf<TcpStream>) {
+    let mut frames = wire::FrameReader::new(reader);
+    loop {
+        match frames.next(&shard.shutdown).await {
+            Ok(Some(frame @ Frame::Ack { .. })) => leader::on_ack_frame(&shard, link.broker, frame),
+            Ok(Some(_)) => {
+                debug!(follower = link.broker, "unexpected frame from a follower");
+                break;
+            }
+            Ok(None) => break,
+            Err(e) => {
+                debug!(follower = link.broker, "replication link: {e}");
+                break;
             }
         }
     }

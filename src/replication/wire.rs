@@ -284,6 +284,52 @@ pub fn decode(buf: &mut BytesMut) -> Result<Option<Frame>, WireError> {
     Ok(Some(frame))
 }
 
+/// Bytes read from a link at a time.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Reads frames off one replication link, on either side, until the peer
+/// closes it or the process shuts down: the one read loop both ends share.
+pub struct FrameReader<R> {
+    reader: R,
+    buf: BytesMut,
+    chunk: Vec<u8>,
+}
+
+impl<R: futures_lite::AsyncRead + Unpin> FrameReader<R> {
+    pub fn new(reader: R) -> Self {
+        Self {
+            reader,
+            buf: BytesMut::with_capacity(READ_CHUNK),
+            chunk: vec![0u8; READ_CHUNK],
+        }
+    }
+
+    /// The next whole frame; `Ok(None)` once the link is closed, fails, or
+    /// `shutdown` is triggered while waiting for more bytes.
+    pub async fn next(
+        &mut self,
+        shutdown: &chronik_shards::runtime::Shutdown,
+    ) -> Result<Option<Frame>, WireError> {
+        use futures_lite::{AsyncReadExt, FutureExt};
+        loop {
+            if let Some(frame) = decode(&mut self.buf)? {
+                return Ok(Some(frame));
+            }
+            let (reader, chunk) = (&mut self.reader, &mut self.chunk);
+            let n = async { reader.read(chunk).await.ok() }
+                .or(async {
+                    shutdown.wait().await;
+                    None
+                })
+                .await;
+            match n {
+                None | Some(0) => return Ok(None),
+                Some(n) => self.buf.extend_from_slice(&self.chunk[..n]),
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
