@@ -1,5 +1,6 @@
-//! Property test: random appends, flushes, truncations, retention, clean and unclean reopenings, reads
-//! and timestamp lookups, checked against a simple in-memory model of the log.
+//! Property test: random appends, flushes, truncations, retention, full restarts at an offset, log start
+//! advances, clean and unclean reopenings, reads and timestamp lookups, checked against a simple
+//! in-memory model of the log.
 
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -19,6 +20,10 @@ enum Op {
     Timestamp(i64),
     Retention(u64),
     Epoch(i32),
+    /// `truncate_fully_and_start_at(end + delta)` (clamped at 0: sometimes below the log start).
+    Restart(i64),
+    /// `advance_log_start` to a fraction (0..=1200) of the way from log start to log end.
+    AdvanceStart(u16),
     CloseReopen,
     DropReopen,
 }
@@ -33,6 +38,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0i64..110).prop_map(Op::Timestamp),
         1 => (1000u64..6000).prop_map(Op::Retention),
         1 => (-1i32..12).prop_map(Op::Epoch),
+        1 => (-50i64..200).prop_map(Op::Restart),
+        1 => (0u16..=1200).prop_map(Op::AdvanceStart),
         1 => Just(Op::CloseReopen),
         1 => Just(Op::DropReopen),
     ]
@@ -236,6 +243,33 @@ async fn run_ops(dir: PathBuf, tail: usize, ops: Vec<Op>) {
                     model.end_offset_for(e),
                     "epoch {e}"
                 );
+            }
+            Op::Restart(delta) => {
+                let offset = (model.end + delta).max(0);
+                log.truncate_fully_and_start_at(offset).await.unwrap();
+                model.batches.clear();
+                model.start = offset;
+                model.end = offset;
+                check_all(&log, &model).await;
+                assert_eq!(log.durable_end_offset(), offset);
+            }
+            Op::AdvanceStart(frac) => {
+                let offset = pick(&model, frac);
+                log.advance_log_start(offset).await.unwrap();
+                let start = log.log_start_offset();
+                assert!(
+                    start >= model.start && start <= offset.max(model.start),
+                    "start {start} after advancing from {} to {offset}",
+                    model.start
+                );
+                assert_eq!(log.log_end_offset(), model.end);
+                if start > model.start {
+                    let i = model.batches.iter().position(|b| b.base == start);
+                    let i =
+                        i.unwrap_or_else(|| panic!("log start {start} is not a batch boundary"));
+                    model.batches.drain(..i);
+                    model.start = start;
+                }
             }
             Op::CloseReopen => {
                 log.close().await.unwrap();

@@ -4,13 +4,15 @@
 //! offset, written with O_DIRECT in 4096-byte-aligned blocks and made durable by group commit. See
 //! `/shared/DESIGN.md` ("Partition log") and the modules: `batch` (frame rules), `segment` (files and
 //! scans), `index` (sparse indexes), `commit` (flushing), `recovery` (open), `read` (fetch and
-//! timestamp lookup), `retention`, `truncate`, `tail` (in-memory tail), `epochs` (leader epoch
-//! history for OffsetForLeaderEpoch).
+//! timestamp lookup), `retention`, `truncate`, `log_start` (restarting the log at an offset, following
+//! a leader's log start), `tail` (in-memory tail), `epochs` (leader epoch history for
+//! OffsetForLeaderEpoch).
 //!
 //! On disk, per partition directory: `<base offset, 20 digits>.log` holds batches back to back exactly
 //! as the log returns them; sealed segments also have `.index` (relative offset -> position) and
 //! `.timeindex` (max timestamp -> relative offset) files with a checksummed trailer;
-//! `leader-epoch-checkpoint` holds where each leader epoch began. Only the newest
+//! `leader-epoch-checkpoint` holds where each leader epoch began; `log-restart` exists only while the
+//! log is being emptied and restarted at an offset (see `log_start`). Only the newest
 //! segment is ever written; it is preallocated in 64 MiB steps and cut to its logical size when sealed
 //! or closed. log_start is the base offset of the oldest segment file.
 //!
@@ -34,6 +36,7 @@ mod config;
 mod epochs;
 mod error;
 mod index;
+mod log_start;
 mod read;
 mod recovery;
 mod retention;

@@ -9,7 +9,7 @@ use std::rc::Rc;
 use super::epochs::EpochHistory;
 use super::index::SegmentIndex;
 use super::segment::{self, ActiveFile, Cursor, ScanStep, Segment, Source, Storage};
-use super::{now_ms, LogConfig, LogError};
+use super::{log_start, now_ms, LogConfig, LogError};
 
 pub(super) struct Recovered {
     pub segments: BTreeMap<i64, Segment>,
@@ -21,6 +21,7 @@ pub(super) struct Recovered {
 
 pub(super) async fn recover(dir: &Path, cfg: &LogConfig) -> Result<Recovered, LogError> {
     std::fs::create_dir_all(dir)?;
+    log_start::finish_interrupted_restart(dir)?;
     let mut bases = Vec::new();
     let mut strays = Vec::new();
     for entry in std::fs::read_dir(dir)? {

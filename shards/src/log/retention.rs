@@ -55,7 +55,13 @@ impl PartitionLog {
             }
             victims
         };
-        for base in &victims {
+        self.delete_oldest_segments(&victims).await
+    }
+
+    /// Deletes the given oldest segments, oldest first and one at a time durably, then moves log_start
+    /// and trims the leader epoch history. The caller holds both locks.
+    pub(super) async fn delete_oldest_segments(&self, victims: &[i64]) -> Result<usize, LogError> {
+        for base in victims {
             let seg = {
                 let mut st = self.state.borrow_mut();
                 let seg = st.segments.remove(base);
@@ -66,7 +72,7 @@ impl PartitionLog {
                 seg
             };
             if let Some(seg) = seg {
-                tracing::debug!(segment = ?seg.path, "deleting segment past retention");
+                tracing::debug!(segment = ?seg.path, "deleting segment");
                 std::fs::remove_file(&seg.path)?;
                 SegmentIndex::remove_files(&seg.path)?;
                 // One at a time, durably: a crash must leave a suffix of the segments, never a gap.

@@ -10,7 +10,7 @@ use super::segment::{self, ActiveFile, Cursor, ScanStep, Storage};
 use super::{LogError, PartitionLog};
 
 /// Recent truncations remembered for waiters (see `LogState::truncated_since`).
-const TRUNCATIONS_KEPT: usize = 32;
+pub(super) const TRUNCATIONS_KEPT: usize = 32;
 
 impl PartitionLog {
     /// Removes every batch at or above `offset` (rounded down to the start of the batch containing it);
