@@ -58,6 +58,12 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         let _ = writer.close().await;
     });
     let ack_tx = Rc::new(ack_tx);
+    if send_ack(&ack_tx, wire::version_announcement())
+        .await
+        .is_err()
+    {
+        return;
+    }
     let mut frames = wire::FrameReader::new(reader);
     'read: loop {
         let frame = match frames.next(&shard.shutdown).await {
@@ -69,7 +75,9 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
             }
         };
         let part = match &frame {
-            Frame::Push { part, .. } | Frame::EpochEnd { part, .. } => *part,
+            Frame::Push { part, .. }
+            | Frame::EpochEnd { part, .. }
+            | Frame::LogStart { part, .. } => *part,
             Frame::Ack { .. } => {
                 warn!(leader, "closing replication link: an ack from the leader");
                 break 'read;
@@ -118,14 +126,9 @@ fn owner_of(shard: &Shard, part: &WirePartition) -> Option<usize> {
 }
 
 fn status_ack(part: &WirePartition, frame: &Frame, status: i16) -> Frame {
-    let leader_epoch = match frame {
-        Frame::Push { leader_epoch, .. }
-        | Frame::EpochEnd { leader_epoch, .. }
-        | Frame::Ack { leader_epoch, .. } => *leader_epoch,
-    };
     Frame::Ack {
         part: *part,
-        leader_epoch,
+        leader_epoch: frame.leader_epoch(),
         status,
         log_end: -1,
         durable_end: -1,
@@ -160,9 +163,7 @@ fn check_leader(partition: &Partition, leader_epoch: i32) -> Result<(), i16> {
 /// Runs on the owning shard: the synchronous part (checks, append) now, in arrival order; the
 /// returned future resolves to the Ack.
 fn handle(shard: &Rc<Shard>, frame: Frame) -> LocalFuture<Frame> {
-    let part = match &frame {
-        Frame::Push { part, .. } | Frame::EpochEnd { part, .. } | Frame::Ack { part, .. } => *part,
-    };
+    let part = frame.part();
     let Some(partition) = shard.partitions.get(&(part.topic_id, part.partition)) else {
         let ack = status_ack(&part, &frame, wire::ACK_RETRY);
         return Box::pin(async move { ack });
@@ -194,6 +195,11 @@ fn handle(shard: &Rc<Shard>, frame: Frame) -> LocalFuture<Frame> {
             epoch,
             end_offset,
         )),
+        Frame::LogStart {
+            leader_epoch,
+            log_start,
+            ..
+        } => Box::pin(on_log_start(partition, part, leader_epoch, log_start)),
         Frame::Ack { leader_epoch, .. } => {
             let ack = ack_of(&partition, part, leader_epoch, wire::ACK_RETRY);
             Box::pin(async move { ack })
@@ -295,5 +301,68 @@ async fn on_epoch_end(
         return ack_of(&partition, part, leader_epoch, status);
     }
     partition.set_validated_epoch(leader_epoch);
+    ack_of(&partition, part, leader_epoch, wire::ACK_OK)
+}
+
+/// The leader's log start offset. A log that ends below it can never be caught up by appending (the
+/// leader no longer has those offsets): empty it and restart it there, like Kafka's
+/// `truncateFullyAndStartAt`. A log that reaches it drops its segments wholly below it, so
+/// ListOffsets earliest agrees across replicas after a failover.
+async fn on_log_start(
+    partition: Rc<Partition>,
+    part: WirePartition,
+    leader_epoch: i32,
+    log_start: i64,
+) -> Frame {
+    if let Err(status) = check_leader(&partition, leader_epoch) {
+        return ack_of(&partition, part, leader_epoch, status);
+    }
+    let log = &partition.log;
+    let (my_start, my_end) = (log.log_start_offset(), log.log_end_offset());
+    if log_start > my_end {
+        info!(
+            topic = %partition.topic,
+            partition = partition.index,
+            leader_epoch,
+            log_end = my_end,
+            leader_log_start = log_start,
+            "log ends below the leader's log start: emptying it to start there"
+        );
+        if let Err(e) = log.truncate_fully_and_start_at(log_start).await {
+            warn!(topic = %partition.topic, partition = partition.index, "log restart failed: {e}");
+            return ack_of(&partition, part, leader_epoch, wire::ACK_STORAGE_ERROR);
+        }
+        // Nothing is left below the leader's log start, here or there.
+        partition.high_watermark_watch().advance(log_start);
+        if let Err(status) = check_leader(&partition, leader_epoch) {
+            return ack_of(&partition, part, leader_epoch, status);
+        }
+        // An empty log cannot diverge from the leader's.
+        partition.set_validated_epoch(leader_epoch);
+    } else if log_start > my_start {
+        match log.advance_log_start(log_start).await {
+            Ok(0) => {}
+            Ok(removed) => debug!(
+                topic = %partition.topic,
+                partition = partition.index,
+                removed,
+                leader_log_start = log_start,
+                "deleted segments below the leader's log start"
+            ),
+            Err(e) => {
+                warn!(topic = %partition.topic, partition = partition.index, "deleting segments below the leader's log start failed: {e}");
+                return ack_of(&partition, part, leader_epoch, wire::ACK_STORAGE_ERROR);
+            }
+        }
+    } else if log_start < my_start {
+        // Only retention here running ahead of the leader's does this; nothing to do.
+        debug!(
+            topic = %partition.topic,
+            partition = partition.index,
+            log_start = my_start,
+            leader_log_start = log_start,
+            "log starts above the leader's log start"
+        );
+    }
     ack_of(&partition, part, leader_epoch, wire::ACK_OK)
 }

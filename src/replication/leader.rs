@@ -47,6 +47,8 @@ pub struct FollowerCursor {
     check_epoch: Cell<Option<i32>>,
     /// Wait before the next probe.
     back_off: Cell<bool>,
+    /// The leader's log start the follower was last told of (LogStart), 0 if none.
+    told_log_start: Cell<i64>,
     /// Bumped to wake the push task.
     kick: OffsetWatch,
 }
@@ -60,6 +62,7 @@ impl FollowerCursor {
     pub fn reset(&self) {
         self.next.set(None);
         self.back_off.set(true);
+        self.told_log_start.set(0);
         self.kick();
     }
 }
@@ -105,6 +108,7 @@ impl LeaderState {
                     next: Cell::new(None),
                     check_epoch: Cell::new(None),
                     back_off: Cell::new(false),
+                    told_log_start: Cell::new(0),
                     kick: OffsetWatch::new(0),
                 })
             })
@@ -358,6 +362,48 @@ async fn push_loop(
             wait_for_work(&leader, &cursor, None, HEARTBEAT).await;
             continue;
         };
+        let log_start = partition.log.log_start_offset();
+        if next < log_start {
+            // Those offsets are gone here (retention): the follower restarts its log at our log
+            // start, acks, and the pushes go on from there.
+            if !link.knows_log_start() {
+                debug!(
+                    topic = %leader.topic,
+                    partition = partition.index,
+                    follower = cursor.broker,
+                    next,
+                    log_start,
+                    "follower is below the log start and has not announced LogStart support"
+                );
+                cursor.next.set(None);
+                cursor.back_off.set(true);
+                continue;
+            }
+            info!(
+                topic = %leader.topic,
+                partition = partition.index,
+                follower = cursor.broker,
+                follower_log_end = next,
+                log_start,
+                "follower is below the log start: it restarts its log there"
+            );
+            cursor.next.set(None);
+            cursor.told_log_start.set(log_start);
+            if send_log_start(&link, &leader, log_start).await {
+                wait_for_work(&leader, &cursor, None, HEARTBEAT * 4).await;
+            } else {
+                cursor.reset();
+            }
+            continue;
+        }
+        if log_start > cursor.told_log_start.get() && link.knows_log_start() {
+            // Retention moved the log start: the follower drops its segments below it too.
+            cursor.told_log_start.set(log_start);
+            if !send_log_start(&link, &leader, log_start).await {
+                cursor.reset();
+                continue;
+            }
+        }
         let end = partition.log.log_end_offset();
         if next >= end {
             let idle = !wait_for_work(&leader, &cursor, Some(end.max(next)), HEARTBEAT).await;
@@ -421,6 +467,15 @@ async fn push_loop(
             cursor.reset();
         }
     }
+}
+
+async fn send_log_start(link: &super::link::Link, leader: &LeaderState, log_start: i64) -> bool {
+    let frame = Frame::LogStart {
+        part: leader.part,
+        leader_epoch: leader.epoch,
+        log_start,
+    };
+    send_frame(link, &frame).await
 }
 
 async fn send_frame(link: &super::link::Link, frame: &Frame) -> bool {

@@ -26,6 +26,8 @@ pub struct Link {
     writer: RefCell<Option<WriteHalf<TcpStream>>>,
     write_lock: Semaphore,
     alive: Cell<bool>,
+    /// The wire version the follower announced; 0 until it does (older followers never do).
+    peer_version: Cell<i64>,
 }
 
 impl Link {
@@ -49,6 +51,11 @@ impl Link {
 
     pub fn is_alive(&self) -> bool {
         self.alive.get()
+    }
+
+    /// Whether the follower understands LogStart frames.
+    pub fn knows_log_start(&self) -> bool {
+        self.peer_version.get() >= wire::LOG_START_VERSION
     }
 }
 
@@ -124,6 +131,7 @@ impl Links {
             writer: RefCell::new(Some(writer)),
             write_lock: Semaphore::new(1),
             alive: Cell::new(true),
+            peer_version: Cell::new(0),
         });
         info!(
             shard = shard.id,
@@ -148,7 +156,16 @@ async fn read_acks(shard: Rc<Shard>, link: Rc<Link>, reader: ReadHalf<TcpStream>
     let mut frames = wire::FrameReader::new(reader);
     loop {
         match frames.next(&shard.shutdown).await {
-            Ok(Some(frame @ Frame::Ack { .. })) => leader::on_ack_frame(&shard, link.broker, frame),
+            Ok(Some(frame @ Frame::Ack { .. })) => match wire::announced_version(&frame) {
+                Some(version) => {
+                    debug!(
+                        follower = link.broker,
+                        version, "follower's replication wire version"
+                    );
+                    link.peer_version.set(version);
+                }
+                None => leader::on_ack_frame(&shard, link.broker, frame),
+            },
             Ok(Some(_)) => {
                 debug!(follower = link.broker, "unexpected frame from a follower");
                 break;

@@ -10,6 +10,7 @@
 //!                records_len:u32 records      (stored RecordBatches, byte for byte)
 //! Ack      (2) = part leader_epoch:i32 status:i16 log_end:i64 durable_end:i64 last_epoch:i32
 //! EpochEnd (3) = part leader_epoch:i32 epoch:i32 end_offset:i64
+//! LogStart (4) = part leader_epoch:i32 log_start:i64
 //! part         = topic_id:16 partition:i32
 //! ```
 //!
@@ -19,6 +20,15 @@
 //! leader: Ack, for each Push and EpochEnd. A Push is written as its fixed header followed by the
 //! records as the log stored them, so batch bytes are never copied or re-encoded on the leader;
 //! the decoder hands them out as a slice of the read buffer. `leader_epoch` fences stale leaders.
+//!
+//! LogStart (wire version 1) tells a follower the leader's log start offset: a follower whose log
+//! ends below it empties its log and restarts it there (the leader then pushes from its log start),
+//! one whose log reaches it deletes its segments wholly below it. Versions: right after it accepts
+//! the Hello, a follower announces the wire version it speaks with an Ack on a reserved partition
+//! (nil topic id, partition -1) whose status is [`ACK_VERSION`] and whose `log_end` is the version.
+//! A leader of an older version ignores it (an ack for a partition it does not lead), and a leader
+//! sends LogStart only to followers that announced version 1 or later, so old and new brokers
+//! replicate to each other as before.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use uuid::Uuid;
@@ -44,9 +54,24 @@ pub const ACK_CHECK_EPOCH: i16 = 4;
 /// The follower's log failed.
 pub const ACK_STORAGE_ERROR: i16 = 5;
 
+/// Not about a partition: the follower's wire version, in `log_end` (see the module doc).
+pub const ACK_VERSION: i16 = 6;
+
+/// The wire version this build speaks: 1 added LogStart.
+pub const WIRE_VERSION: i64 = 1;
+/// The first version with LogStart frames.
+pub const LOG_START_VERSION: i64 = 1;
+
+/// The reserved partition of the version announcement.
+const VERSION_PART: WirePartition = WirePartition {
+    topic_id: Uuid::nil(),
+    partition: -1,
+};
+
 const KIND_PUSH: u8 = 1;
 const KIND_ACK: u8 = 2;
 const KIND_EPOCH_END: u8 = 3;
+const KIND_LOG_START: u8 = 4;
 
 /// A partition on the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -78,6 +103,56 @@ pub enum Frame {
         epoch: i32,
         end_offset: i64,
     },
+    LogStart {
+        part: WirePartition,
+        leader_epoch: i32,
+        log_start: i64,
+    },
+}
+
+impl Frame {
+    pub fn part(&self) -> WirePartition {
+        match self {
+            Frame::Push { part, .. }
+            | Frame::Ack { part, .. }
+            | Frame::EpochEnd { part, .. }
+            | Frame::LogStart { part, .. } => *part,
+        }
+    }
+
+    pub fn leader_epoch(&self) -> i32 {
+        match self {
+            Frame::Push { leader_epoch, .. }
+            | Frame::Ack { leader_epoch, .. }
+            | Frame::EpochEnd { leader_epoch, .. }
+            | Frame::LogStart { leader_epoch, .. } => *leader_epoch,
+        }
+    }
+}
+
+/// What a follower sends first on an accepted link: the wire version it speaks.
+pub fn version_announcement() -> Frame {
+    Frame::Ack {
+        part: VERSION_PART,
+        leader_epoch: -1,
+        status: ACK_VERSION,
+        log_end: WIRE_VERSION,
+        durable_end: -1,
+        last_epoch: -1,
+    }
+}
+
+/// The version a follower announced, if `frame` is its announcement.
+pub fn announced_version(frame: &Frame) -> Option<i64> {
+    match frame {
+        Frame::Ack {
+            part,
+            status: ACK_VERSION,
+            log_end,
+            ..
+        } if *part == VERSION_PART => Some(*log_end),
+        _ => None,
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -101,6 +176,7 @@ const PART_BYTES: usize = 16 + 4;
 const PUSH_FIXED: usize = PART_BYTES + 4 + 8 + 8 + 4;
 const ACK_BODY: usize = PART_BYTES + 4 + 2 + 8 + 8 + 4;
 const EPOCH_END_BODY: usize = PART_BYTES + 4 + 4 + 8;
+const LOG_START_BODY: usize = PART_BYTES + 4 + 8;
 
 /// The Hello a leader's shard sends first: a Kafka-shaped frame (length, api key) naming the
 /// leader broker.
@@ -209,6 +285,17 @@ pub fn encode(frame: &Frame) -> Result<Bytes, WireError> {
             out.put_i32(*epoch);
             out.put_i64(*end_offset);
         }
+        Frame::LogStart {
+            part,
+            leader_epoch,
+            log_start,
+        } => {
+            out.put_u32((1 + LOG_START_BODY) as u32);
+            out.put_u8(KIND_LOG_START);
+            put_part(&mut out, part);
+            out.put_i32(*leader_epoch);
+            out.put_i64(*log_start);
+        }
     }
     Ok(out.freeze())
 }
@@ -277,6 +364,14 @@ pub fn decode(buf: &mut BytesMut) -> Result<Option<Frame>, WireError> {
                 leader_epoch: body.get_i32(),
                 epoch: body.get_i32(),
                 end_offset: body.get_i64(),
+            }
+        }
+        KIND_LOG_START => {
+            need(&body, LOG_START_BODY)?;
+            Frame::LogStart {
+                part: get_part(&mut body),
+                leader_epoch: body.get_i32(),
+                log_start: body.get_i64(),
             }
         }
         other => return Err(WireError::UnknownKind(other)),
@@ -371,6 +466,12 @@ mod tests {
                 epoch: -1,
                 end_offset: -1,
             },
+            Frame::LogStart {
+                part: part(),
+                leader_epoch: 5,
+                log_start: 1 << 33,
+            },
+            version_announcement(),
         ]
     }
 
@@ -413,6 +514,30 @@ mod tests {
     }
 
     #[test]
+    fn only_the_announcement_announces_a_version() {
+        assert_eq!(
+            announced_version(&version_announcement()),
+            Some(WIRE_VERSION)
+        );
+        for frame in frames()
+            .into_iter()
+            .filter(|f| *f != version_announcement())
+        {
+            assert_eq!(announced_version(&frame), None, "{frame:?}");
+        }
+        // An ack of a real partition never reads as one, whatever its status.
+        let ack = Frame::Ack {
+            part: part(),
+            leader_epoch: 1,
+            status: ACK_VERSION,
+            log_end: 1,
+            durable_end: 1,
+            last_epoch: 1,
+        };
+        assert_eq!(announced_version(&ack), None);
+    }
+
+    #[test]
     fn hello_is_recognised_and_kafka_frames_are_not() {
         let h = hello(3);
         assert_eq!(h.len(), HELLO_BYTES);
@@ -431,6 +556,7 @@ mod tests {
             (vec![0, 0, 0, 3, KIND_ACK, 0, 0], "short ack"),
             (vec![0, 0, 0, 2, KIND_PUSH, 0], "short push"),
             (vec![0, 0, 0, 2, KIND_EPOCH_END, 0], "short epoch end"),
+            (vec![0, 0, 0, 2, KIND_LOG_START, 0], "short log start"),
         ];
         for (bytes, what) in cases {
             let mut buf = BytesMut::from(&bytes[..]);

@@ -5,7 +5,7 @@ import time
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from cluster import Cluster
@@ -66,11 +66,13 @@ def log_bytes(c: Cluster, node: int, topic: str, partition: int) -> bytes:
     return b"".join(f.read_bytes() for f in sorted(d.glob("*.log")))
 
 
-def read_all(bootstrap: str, topic: str, partition: int, expect: int, timeout=60.0, until_offset=-1):
-    """Reads the partition from offset 0 until `expect` messages and `until_offset` are read."""
+def read_all(bootstrap: str, topic: str, partition: int, expect: int, timeout=60.0, until_offset=-1,
+             start=0):
+    """Reads the partition from `start` (0, or OFFSET_BEGINNING for the log start) until `expect`
+    messages and `until_offset` are read."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"check-{time.monotonic_ns()}",
                          "enable.auto.commit": False})
-    consumer.assign([TopicPartition(topic, partition, 0)])
+    consumer.assign([TopicPartition(topic, partition, start)])
     out = []
     deadline = time.monotonic() + timeout
     while (len(out) < expect or (out[-1][0] if out else -1) < until_offset) \
@@ -330,3 +332,84 @@ def test_silent_connection_does_not_hold_up_shutdown(make_broker):
         assert time.monotonic() - started < 15
     finally:
         silent.close()
+
+
+def segment_files(c: Cluster, node: int, topic: str, partition: int):
+    d = Path(c.brokers[node].data_dir) / f"{topic}-{partition}"
+    return {f.name: f.read_bytes() for f in sorted(d.glob("*.log"))}
+
+
+def watermarks(bootstrap: str, topic: str, partition: int):
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"wm-{time.monotonic_ns()}"})
+    try:
+        return consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=5)
+    finally:
+        consumer.close()
+
+
+def test_follower_below_leader_log_start_catches_up(tmp_path, monkeypatch):
+    """A follower down while retention deletes the leader's oldest segments comes back with a log
+    that ends below the leader's log start: it empties its log, restarts it at the leader's log
+    start, catches up and rejoins the ISR with segments identical to the leader's. After the
+    leader dies, the new leader's log starts at the same offset and serves everything from there."""
+    monkeypatch.setenv("CHRONIK_RETENTION_CHECK_INTERVAL_MS", "300")
+    monkeypatch.setenv("CHRONIK_REPLICA_LAG_TIME_MAX_MS", "3000")
+    c = make_cluster(tmp_path).start()
+    topic = "logstart"
+    try:
+        create_topic(c, topic, 1, config={"segment.bytes": "65536", "retention.bytes": "200000"})
+        lead = leaders(c, topic, 1)[0]
+        follower = next(n for n in c.brokers if n != lead and n != c.controller_id(lead))
+        first, errors = produce_numbered(c.brokers[lead].bootstrap, topic, 1, 50)
+        assert errors == []
+        c.brokers[follower].kill()
+
+        acked = {o: n for o, n in first[0]}
+        p = Producer({"bootstrap.servers": c.brokers[lead].bootstrap, "acks": 1, "linger.ms": 5,
+                      "enable.idempotence": False})
+
+        def on_delivery(err, msg):
+            assert err is None, err
+            acked[msg.offset()] = int(msg.value()[:8])
+
+        for n in range(50, 3050):
+            p.produce(topic, value=str(n).encode().ljust(8) + b"." * 1000, partition=0,
+                      on_delivery=on_delivery)
+            p.poll(0)
+        assert p.flush(60) == 0
+        c.wait_for(lambda: watermarks(c.brokers[lead].bootstrap, topic, 0)[0] > 50, 20,
+                   "retention moved the leader's log start past the follower's log end")
+
+        c.brokers[follower].start_process()
+        c.brokers[follower].wait_ready(60)
+        c.wait_for(lambda: isr_full(c, topic, lead), 30, "the follower back in the ISR")
+        assert "emptying it to start there" in c.brokers[follower].log_text()
+        low, high = watermarks(c.brokers[lead].bootstrap, topic, 0)
+        assert low > 50 and high == 3050, (low, high)
+
+        # Stopped cleanly (files cut to size), every replica holds the same segments, byte for
+        # byte, starting at the leader's log start.
+        c.stop_all()
+        segments = {n: segment_files(c, n, topic, 0) for n in c.brokers}
+        assert min(segments[lead]) == f"{low:020}.log", (low, sorted(segments[lead]))
+        for n in c.brokers:
+            assert sorted(segments[n]) == sorted(segments[lead]), (n, sorted(segments[n]))
+            assert segments[n] == segments[lead], f"broker {n}'s segments differ from the leader's"
+
+        # Without the old leader, the new one starts where it did and serves all of it.
+        c.start()
+        # A sequential clean stop moved leadership along and shrank the ISR: wait until it is full.
+        c.wait_for(lambda: isr_full(c, topic, follower), 30, "every replica in the ISR after a restart")
+        old = leaders(c, topic, follower)[0]
+        c.brokers[old].kill()
+        others = [n for n in c.brokers if n != old]
+        c.wait_for(lambda: leaders(c, topic, others[0]).get(0) in others, 30, "a new leader")
+        new = leaders(c, topic, others[0])[0]
+        assert watermarks(c.brokers[new].bootstrap, topic, 0) == (low, high)
+        got = read_all(c.bootstrap(*others), topic, 0, high - low, timeout=30, start=OFFSET_BEGINNING)
+        assert [o for o, _ in got] == list(range(low, high))
+        assert {o: int(v[:8]) for o, v in got} == {o: n for o, n in acked.items() if o >= low}
+    finally:
+        c.stop_all()
+        for b in c.brokers.values():
+            b.assert_no_panic()
