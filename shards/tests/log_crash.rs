@@ -4,7 +4,9 @@
 //! every batch reported durable is intact and readable at its offsets, and that everything the log
 //! returns is a whole, correct batch. The child also truncates the tail now and then (as a follower
 //! does), so kills land inside truncations too. `CHRONIK_CRASH_KILLS` sets the number of kills
-//! (default 200).
+//! (default 200). A second child empties and restarts its log at a higher offset over and over
+//! (`truncate_fully_and_start_at`), so kills land inside restarts: the log must reopen either as it
+//! was or as restarted, with every batch reported durable since the last finished restart.
 
 use std::cell::Cell;
 use std::io::{BufRead, BufReader, Write};
@@ -18,6 +20,7 @@ use chronik_shards::log::batch::build_test_batch;
 use chronik_shards::log::{LogConfig, LogError, PartitionLog};
 
 const CHILD_ENV: &str = "CHRONIK_CRASH_CHILD";
+const RESTART_CHILD_ENV: &str = "CHRONIK_RESTART_CHILD";
 const APPENDERS: usize = 4;
 /// A truncation after this many durable reports.
 const TRUNCATE_EVERY: u64 = 23;
@@ -170,19 +173,17 @@ enum Event {
     Durable(i64, i64),
     Truncating(i64),
     Truncated(i64),
+    Restarting(i64),
+    Restarted(i64),
 }
 
-/// Runs one child and kills it; returns what it reported, in order.
-fn run_child_and_kill(dir: &Path, rng: &mut Rng) -> Vec<Event> {
+/// Runs one child (the test named `entry`, told the directory through `env`) and kills it; returns
+/// what it reported, in order.
+fn run_child_and_kill(dir: &Path, rng: &mut Rng, entry: &str, env: &str) -> Vec<Event> {
     let exe = std::env::current_exe().unwrap();
     let mut child = Command::new(exe)
-        .args([
-            "--exact",
-            "crash_child_entry",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ENV, dir)
+        .args(["--exact", entry, "--nocapture", "--test-threads=1"])
+        .env(env, dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -204,6 +205,8 @@ fn run_child_and_kill(dir: &Path, rng: &mut Rng) -> Vec<Event> {
                 (Some("DURABLE"), Ok(a)) if a.len() == 2 => events.push(Event::Durable(a[0], a[1])),
                 (Some("TRUNCATING"), Ok(a)) if a.len() == 1 => events.push(Event::Truncating(a[0])),
                 (Some("TRUNCATED"), Ok(a)) if a.len() == 1 => events.push(Event::Truncated(a[0])),
+                (Some("RESTARTING"), Ok(a)) if a.len() == 1 => events.push(Event::Restarting(a[0])),
+                (Some("RESTARTED"), Ok(a)) if a.len() == 1 => events.push(Event::Restarted(a[0])),
                 _ => continue,
             }
             let _ = tx.send(());
@@ -257,6 +260,7 @@ fn required_after(events: &[Event], floor_end: &mut i64) -> Vec<(i64, i64)> {
                 cut(&mut durable, floor_end, point);
                 in_flight = None;
             }
+            Event::Restarting(_) | Event::Restarted(_) => {}
         }
     }
     if let Some(point) = in_flight {
@@ -350,7 +354,7 @@ fn sigkill_never_loses_durable_batches() {
     let mut total_reported = 0usize;
     let mut truncations = 0usize;
     for _ in 0..kills {
-        let events = run_child_and_kill(&dir, &mut rng);
+        let events = run_child_and_kill(&dir, &mut rng, "crash_child_entry", CHILD_ENV);
         truncations += events
             .iter()
             .filter(|e| matches!(e, Event::Truncated(_)))
@@ -374,4 +378,126 @@ fn sigkill_never_loses_durable_batches() {
     eprintln!(
         "crash test: {total_reported} durable batches checked, {truncations} truncations, log end {end}"
     );
+}
+
+/// Child mode for restarts: appends a few batches, reports them durable, then restarts the log a
+/// little above its end (reported before it starts and after it ends), until killed.
+#[test]
+fn restart_child_entry() {
+    let Ok(dir) = std::env::var(RESTART_CHILD_ENV) else {
+        return;
+    };
+    run_on_executor(move || {
+        Box::pin(async move {
+            let log = PartitionLog::open(PathBuf::from(dir), config())
+                .await
+                .unwrap();
+            let say = |line: String| {
+                let mut out = std::io::stdout().lock();
+                writeln!(out, "{line}").unwrap();
+                out.flush().unwrap();
+            };
+            let mut round = 0u64;
+            loop {
+                round += 1;
+                for _ in 0..1 + round % 5 {
+                    let base = log.log_end_offset();
+                    let info = log.append(&expected_batch(base), 1).unwrap();
+                    log.wait_durable(info.last_offset + 1).await.unwrap();
+                    say(format!("DURABLE {} {}", info.base_offset, info.last_offset));
+                }
+                let at = log.log_end_offset() + 1 + (round.wrapping_mul(2654435761) % 50) as i64;
+                say(format!("RESTARTING {at}"));
+                log.truncate_fully_and_start_at(at).await.unwrap();
+                say(format!("RESTARTED {at}"));
+            }
+        })
+    });
+}
+
+#[test]
+fn sigkill_during_restarts_leaves_the_log_before_or_after() {
+    if std::env::var(CHILD_ENV).is_ok() || std::env::var(RESTART_CHILD_ENV).is_ok() {
+        return;
+    }
+    let kills: usize = std::env::var("CHRONIK_CRASH_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(50, |k: usize| (k / 4).max(1));
+    let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let dir = tmp.path().join("restart-0");
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        | 1;
+    eprintln!("restart crash test: {kills} kills, seed {seed}");
+    let mut rng = Rng(seed);
+    // Where the log started when the child was started.
+    let mut start = 0i64;
+    let (mut interrupted, mut finished) = (0usize, 0usize);
+    for _ in 0..kills {
+        let events = run_child_and_kill(&dir, &mut rng, "restart_child_entry", RESTART_CHILD_ENV);
+        // The log start and the durable batches since the last finished restart; a restart still
+        // running at the kill may or may not have happened.
+        let mut durable: Vec<(i64, i64)> = Vec::new();
+        let mut in_flight = None;
+        for e in &events {
+            match *e {
+                Event::Durable(base, last) => durable.push((base, last)),
+                Event::Restarting(at) => in_flight = Some(at),
+                Event::Restarted(at) => {
+                    finished += 1;
+                    start = at;
+                    durable.clear();
+                    in_flight = None;
+                }
+                Event::Truncating(_) | Event::Truncated(_) => unreachable!(),
+            }
+        }
+        let dir = dir.clone();
+        start = run_on_executor(move || {
+            Box::pin(async move {
+                let log = PartitionLog::open(dir, config()).await.unwrap();
+                let (log_start, end) = (log.log_start_offset(), log.log_end_offset());
+                let restarted = match in_flight {
+                    Some(at) if log_start == at => {
+                        assert_eq!(end, at, "a restarted log must be empty");
+                        true
+                    }
+                    _ => false,
+                };
+                if !restarted {
+                    assert_eq!(log_start, start, "log start moved without a restart");
+                    for &(base, last) in &durable {
+                        assert!(last < end, "durable batch {base}..={last} lost: end {end}");
+                    }
+                    let mut cur = log_start;
+                    while cur < end {
+                        let got = log.read(cur, 256 << 10, i64::MAX).await.unwrap();
+                        assert!(!got.is_empty());
+                        for b in got {
+                            let base = i64::from_be_bytes(b[0..8].try_into().unwrap());
+                            assert_eq!(base, cur);
+                            assert!(
+                                is_expected(&b, base),
+                                "batch at {base} is not what was written"
+                            );
+                            cur = next_offset_after(&b);
+                        }
+                    }
+                    assert_eq!(cur, end);
+                }
+                log.close().await.unwrap();
+                log_start
+            })
+        });
+        if in_flight.is_some() {
+            interrupted += 1;
+        }
+    }
+    eprintln!(
+        "restart crash test: {finished} restarts finished, {interrupted} kills during a restart"
+    );
+    assert!(finished > 0, "the child never finished a restart");
 }
