@@ -350,8 +350,10 @@ def watermarks(bootstrap: str, topic: str, partition: int):
 def test_follower_below_leader_log_start_catches_up(tmp_path, monkeypatch):
     """A follower down while retention deletes the leader's oldest segments comes back with a log
     that ends below the leader's log start: it empties its log, restarts it at the leader's log
-    start, catches up and rejoins the ISR with segments identical to the leader's. After the
-    leader dies, the new leader's log starts at the same offset and serves everything from there."""
+    start, catches up and rejoins the ISR. When retention moves the leader's log start again, the
+    follower (whose own retention is held off) deletes its segments below it too: every replica
+    ends with the same segments, byte for byte. After the leader dies, the new leader's log starts
+    at the same offset and serves everything from there."""
     monkeypatch.setenv("CHRONIK_RETENTION_CHECK_INTERVAL_MS", "300")
     monkeypatch.setenv("CHRONIK_REPLICA_LAG_TIME_MAX_MS", "3000")
     c = make_cluster(tmp_path).start()
@@ -363,29 +365,43 @@ def test_follower_below_leader_log_start_catches_up(tmp_path, monkeypatch):
         first, errors = produce_numbered(c.brokers[lead].bootstrap, topic, 1, 50)
         assert errors == []
         c.brokers[follower].kill()
-
         acked = {o: n for o, n in first[0]}
-        p = Producer({"bootstrap.servers": c.brokers[lead].bootstrap, "acks": 1, "linger.ms": 5,
-                      "enable.idempotence": False})
 
-        def on_delivery(err, msg):
-            assert err is None, err
-            acked[msg.offset()] = int(msg.value()[:8])
+        def produce(numbers, acks):
+            p = Producer({"bootstrap.servers": c.brokers[lead].bootstrap, "acks": acks,
+                          "linger.ms": 5, "enable.idempotence": False})
 
-        for n in range(50, 3050):
-            p.produce(topic, value=str(n).encode().ljust(8) + b"." * 1000, partition=0,
-                      on_delivery=on_delivery)
-            p.poll(0)
-        assert p.flush(60) == 0
+            def on_delivery(err, msg):
+                assert err is None, err
+                acked[msg.offset()] = int(msg.value()[:8])
+
+            for n in numbers:
+                p.produce(topic, value=str(n).encode().ljust(8) + b"." * 1000, partition=0,
+                          on_delivery=on_delivery)
+                p.poll(0)
+            assert p.flush(60) == 0
+
+        produce(range(50, 3050), 1)
         c.wait_for(lambda: watermarks(c.brokers[lead].bootstrap, topic, 0)[0] > 50, 20,
                    "retention moved the leader's log start past the follower's log end")
 
+        # The follower's own retention is held off: only the leader's log start moves its start.
+        monkeypatch.setenv("CHRONIK_RETENTION_CHECK_INTERVAL_MS", "3600000")
         c.brokers[follower].start_process()
+        monkeypatch.setenv("CHRONIK_RETENTION_CHECK_INTERVAL_MS", "300")
         c.brokers[follower].wait_ready(60)
         c.wait_for(lambda: isr_full(c, topic, lead), 30, "the follower back in the ISR")
         assert "emptying it to start there" in c.brokers[follower].log_text()
+        restarted_at = watermarks(c.brokers[lead].bootstrap, topic, 0)[0]
+        assert min(segment_files(c, follower, topic, 0)) == f"{restarted_at:020}.log"
+
+        produce(range(3050, 4050), "all")
+        c.wait_for(lambda: watermarks(c.brokers[lead].bootstrap, topic, 0)[0] > restarted_at, 20,
+                   "retention moved the leader's log start again")
         low, high = watermarks(c.brokers[lead].bootstrap, topic, 0)
-        assert low > 50 and high == 3050, (low, high)
+        assert high == 4050
+        c.wait_for(lambda: min(segment_files(c, follower, topic, 0)) == f"{low:020}.log", 20,
+                   "the follower's log start following the leader's")
 
         # Stopped cleanly (files cut to size), every replica holds the same segments, byte for
         # byte, starting at the leader's log start.
