@@ -217,3 +217,34 @@ fn advance_log_start_deletes_only_segments_wholly_below() {
         log.close().await.unwrap();
     });
 }
+
+#[test]
+fn retention_below_a_bound_keeps_what_reaches_past_it() {
+    let dir = tmpdir();
+    let path = dir.path().join("t-0");
+    run(move || async move {
+        let log = PartitionLog::open(
+            path.clone(),
+            LogConfig {
+                retention_bytes: Some(1),
+                ..config()
+            },
+        )
+        .await
+        .unwrap();
+        fill(&log, 20).await;
+        let bases: Vec<i64> = dir_files(&path)
+            .iter()
+            .filter_map(|n| n.strip_suffix(".log").and_then(|s| s.parse().ok()))
+            .collect();
+        assert!(bases.len() >= 4, "{bases:?}");
+        // A bound inside the third segment: only the first two end at or below it.
+        assert_eq!(log.apply_retention_below(0, bases[2] + 1).await.unwrap(), 2);
+        assert_eq!(log.log_start_offset(), bases[2]);
+        assert_eq!(log.apply_retention_below(0, bases[2] + 1).await.unwrap(), 0);
+        // Without a bound, every sealed segment goes.
+        log.apply_retention(0).await.unwrap();
+        assert_eq!(log.log_start_offset(), *bases.last().unwrap());
+        log.close().await.unwrap();
+    });
+}

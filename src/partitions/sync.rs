@@ -132,7 +132,9 @@ pub async fn run_retention(shard: Rc<Shard>) {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
         for partition in shard.partitions.all() {
-            match partition.log.apply_retention(now_ms).await {
+            // Never past the high watermark: what is not committed yet stays.
+            let committed = partition.high_watermark();
+            match partition.log.apply_retention_below(now_ms, committed).await {
                 Ok(0) => {}
                 Ok(removed) => debug!(
                     topic = %partition.topic,

@@ -22,11 +22,22 @@ impl PartitionLog {
     /// Deletes whole sealed segments that are past retention.ms or beyond retention.bytes; advances
     /// log_start. Returns how many segments were deleted.
     pub async fn apply_retention(&self, now_ms: i64) -> Result<usize, LogError> {
-        self.detached(move |log| async move { log.apply_retention_now(now_ms).await })
+        self.apply_retention_below(now_ms, i64::MAX).await
+    }
+
+    /// `apply_retention`, deleting only segments that end at or below `upper_bound`: a replicated
+    /// partition passes its high watermark, so retention never removes what is not yet committed
+    /// (a follower would then be told to restart its log past records no replica still has).
+    pub async fn apply_retention_below(
+        &self,
+        now_ms: i64,
+        upper_bound: i64,
+    ) -> Result<usize, LogError> {
+        self.detached(move |log| async move { log.apply_retention_now(now_ms, upper_bound).await })
             .await
     }
 
-    async fn apply_retention_now(&self, now_ms: i64) -> Result<usize, LogError> {
+    async fn apply_retention_now(&self, now_ms: i64, upper_bound: i64) -> Result<usize, LogError> {
         self.check_open()?;
         let _write = self.file_lock.acquire_permit(1).await?;
         let _sync = self.sync_lock.acquire_permit(1).await?;
@@ -38,7 +49,7 @@ impl PartitionLog {
             let mut victims = Vec::new();
             let last = st.segments.keys().next_back().copied();
             for (&base, seg) in &st.segments {
-                if Some(base) == last || !seg.is_sealed() {
+                if Some(base) == last || !seg.is_sealed() || seg.index.next_offset > upper_bound {
                     break;
                 }
                 let by_time = cfg
