@@ -11,8 +11,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from cluster import Cluster
 
 
-def make_cluster(tmp_path, nodes=3) -> Cluster:
-    c = Cluster(tmp_path, nodes=nodes)
+def make_cluster(tmp_path, nodes=3, extra_args=()) -> Cluster:
+    c = Cluster(tmp_path, nodes=nodes, extra_args=extra_args)
     # The broker reads --peers as ID=HOST:PORT.
     for b in c.brokers.values():
         b.extra_args = [a.replace("@", "=") if "@127." in a else a for a in b.extra_args]
@@ -129,12 +129,11 @@ def send_one(bootstrap: str, topic: str, partition: int, acks, value=b"x", timeo
     return result[0]
 
 
-def test_min_insync_two_brokers_down(tmp_path, monkeypatch):
+def test_min_insync_two_brokers_down(tmp_path):
     """min.insync.replicas=2 with two of three brokers killed: acks=all is refused with
     NOT_ENOUGH_REPLICAS (no controller can shrink the ISR: the leader judges the lag itself),
     acks=1 works where the leader lives; once they return the ISR fills and acks=all works."""
-    monkeypatch.setenv("CHRONIK_REPLICA_LAG_TIME_MAX_MS", "2000")
-    c = make_cluster(tmp_path).start()
+    c = make_cluster(tmp_path, extra_args=["--replica-lag-time-max-ms", "2000"]).start()
     try:
         topic = "minisr"
         create_topic(c, topic, 3, config={"min.insync.replicas": "2"})
