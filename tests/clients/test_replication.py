@@ -440,11 +440,15 @@ def partition_status(bootstrap: str, topic: str, partition: int):
 
 def test_offset_for_leader_epoch_after_failover(tmp_path):
     """After the leader is killed, the new leader answers OffsetForLeaderEpoch for the old epoch
-    with the offset where its own epoch began; a librdkafka consumer reading across the failover
-    validates its position with it (KIP-320) and reads on without a gap, a repeat or a reset."""
+    with the offset where its own epoch began; consumers reading across the failover validate
+    their position with it (KIP-320: librdkafka with v2, kafka-python with v4) and read on
+    without a gap, a repeat or a reset."""
+    from kafka import KafkaConsumer
+    from kafka import TopicPartition as KafkaPythonPartition
+
     c = make_cluster(tmp_path).start()
     topic = "epoch-ends"
-    consumer = None
+    consumer = kp_consumer = None
     try:
         create_topic(c, topic, 1)
         acked, errors = produce_numbered(c.bootstrap(), topic, 1, 100)
@@ -469,8 +473,24 @@ def test_offset_for_leader_epoch_after_failover(tmp_path):
                     continue
                 seen.append((msg.offset(), msg.leader_epoch()))
 
+        kp_consumer = KafkaConsumer(bootstrap_servers=c.bootstrap(), group_id=None,
+                                    enable_auto_commit=False, auto_offset_reset="none",
+                                    metadata_max_age_ms=1000)
+        kp_partition = KafkaPythonPartition(topic, 0)
+        kp_consumer.assign([kp_partition])
+        kp_consumer.seek(kp_partition, 0)
+        kp_seen = []
+
+        def kp_consume(until: int, timeout: float):
+            deadline = time.monotonic() + timeout
+            while len(kp_seen) < until and time.monotonic() < deadline:
+                for records in kp_consumer.poll(200).values():
+                    kp_seen.extend(r.offset for r in records)
+
         consume(100, 30)
         assert [o for o, _ in seen] == list(range(100))
+        kp_consume(100, 30)
+        assert kp_seen == list(range(100))
 
         c.brokers[old].kill()
         c.wait_for(lambda: (partition_status(c.brokers[survivors[0]].bootstrap, topic, 0) or (-1,))[0]
@@ -482,6 +502,9 @@ def test_offset_for_leader_epoch_after_failover(tmp_path):
 
         consume(150, 60)
         assert [o for o, _ in seen] == list(range(150)), "the consumer skipped or repeated"
+        # kafka-python raises on a failed validation with auto_offset_reset="none".
+        kp_consume(150, 60)
+        assert kp_seen == list(range(150)), "kafka-python skipped or repeated"
         bad = [e for e in consumer_errors
                if e.code() in (KafkaError._LOG_TRUNCATION, KafkaError._AUTO_OFFSET_RESET)]
         assert bad == [], f"the consumer's position was not validated: {bad}"
@@ -527,6 +550,8 @@ def test_offset_for_leader_epoch_after_failover(tmp_path):
     finally:
         if consumer is not None:
             consumer.close()
+        if kp_consumer is not None:
+            kp_consumer.close()
         c.stop_all()
         for b in c.brokers.values():
             b.assert_no_panic()
