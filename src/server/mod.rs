@@ -63,6 +63,7 @@ pub fn run(config: BrokerConfig) -> Result<(), String> {
         data_dir = %config.data_dir.display(),
         advertised = %format!("{}:{}", config.advertised.0, config.advertised.1),
         ?cpus,
+        replica_lag_time_max_ms = config.replica_lag_time_max_ms,
         "starting chronik"
     );
     let start = ShardStart {
