@@ -67,6 +67,11 @@ pub struct StartArgs {
     /// CPU the control thread is pinned to [default: unpinned].
     #[arg(long)]
     pub control_core: Option<usize>,
+    /// How long a follower may go without catching up to the leader's log end before the
+    /// leader asks the controller to drop it from the ISR (Kafka's replica.lag.time.max.ms)
+    /// [default: 30000].
+    #[arg(long)]
+    pub replica_lag_time_max_ms: Option<u64>,
     /// TOML file with any of the keys above (node-id, data-dir, listen, ...).
     #[arg(long)]
     pub config: Option<PathBuf>,

@@ -7,6 +7,9 @@ use serde::Deserialize;
 
 use crate::cli::StartArgs;
 
+/// `replica.lag.time.max.ms` when not configured (Kafka's default).
+pub const DEFAULT_REPLICA_LAG_TIME_MAX_MS: u64 = 30_000;
+
 /// Everything `chronik start` needs, resolved and validated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BrokerConfig {
@@ -20,6 +23,8 @@ pub struct BrokerConfig {
     pub rpc: Option<SocketAddr>,
     pub peers: Vec<(i32, SocketAddr)>,
     pub control_core: Option<usize>,
+    /// `replica.lag.time.max.ms`: a follower not caught up for this long leaves the ISR.
+    pub replica_lag_time_max_ms: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +62,8 @@ struct FileConfig {
     peers: Option<PeersValue>,
     #[serde(alias = "control_core")]
     control_core: Option<usize>,
+    #[serde(alias = "replica_lag_time_max_ms")]
+    replica_lag_time_max_ms: Option<u64>,
 }
 
 /// `peers` in the file: either "1@h:p,2@h:p" or ["1@h:p", "2@h:p"] (`=` works too).
@@ -131,6 +138,17 @@ impl BrokerConfig {
             .map(|peer| parse_peer(peer))
             .collect::<Result<Vec<_>, _>>()?;
         let control_core = args.control_core.or(file.control_core);
+        let replica_lag_time_max_ms = args
+            .replica_lag_time_max_ms
+            .or(file.replica_lag_time_max_ms)
+            .unwrap_or(DEFAULT_REPLICA_LAG_TIME_MAX_MS);
+        if replica_lag_time_max_ms == 0 {
+            return Err(invalid(
+                "replica-lag-time-max-ms",
+                replica_lag_time_max_ms.to_string(),
+                "must be > 0",
+            ));
+        }
         Ok(BrokerConfig {
             node_id,
             data_dir,
@@ -140,6 +158,7 @@ impl BrokerConfig {
             rpc,
             peers,
             control_core,
+            replica_lag_time_max_ms,
         })
     }
 }
@@ -227,6 +246,7 @@ mod tests {
         assert_eq!(config.advertised, ("127.0.0.1".to_string(), 9092));
         assert_eq!(config.cores, 4);
         assert!(config.peers.is_empty() && config.rpc.is_none());
+        assert_eq!(config.replica_lag_time_max_ms, 30_000);
     }
 
     #[test]
@@ -234,7 +254,7 @@ mod tests {
         let mut file = tempfile::NamedTempFile::new().unwrap();
         writeln!(
             file,
-            "node-id = 3\ndata-dir = \"/tmp/x\"\nlisten = \"127.0.0.1:9500\"\ncores = 1\npeers = [\"1@127.0.0.1:9601\", \"2=127.0.0.1:9602\"]"
+            "node-id = 3\ndata-dir = \"/tmp/x\"\nlisten = \"127.0.0.1:9500\"\ncores = 1\npeers = [\"1@127.0.0.1:9601\", \"2=127.0.0.1:9602\"]\nreplica-lag-time-max-ms = 2000"
         )
         .unwrap();
         let args = StartArgs {
@@ -251,6 +271,14 @@ mod tests {
         assert_eq!(config.cores, 1);
         assert_eq!(config.peers.len(), 2);
         assert_eq!(config.peers[1].0, 2);
+        assert_eq!(config.replica_lag_time_max_ms, 2000);
+        let args = StartArgs {
+            config: Some(file.path().to_path_buf()),
+            replica_lag_time_max_ms: Some(500),
+            ..StartArgs::default()
+        };
+        let config = BrokerConfig::resolve(&args, 2).unwrap();
+        assert_eq!(config.replica_lag_time_max_ms, 500);
     }
 
     #[test]
@@ -289,6 +317,11 @@ mod tests {
         assert!(BrokerConfig::resolve(&args, 2).is_err());
         let args = StartArgs {
             peers: Some("x=1.2.3.4:5".into()),
+            ..StartArgs::default()
+        };
+        assert!(BrokerConfig::resolve(&args, 2).is_err());
+        let args = StartArgs {
+            replica_lag_time_max_ms: Some(0),
             ..StartArgs::default()
         };
         assert!(BrokerConfig::resolve(&args, 2).is_err());

@@ -143,6 +143,32 @@ fn bad_topic_names_are_invalid_topic_exception() {
 }
 
 #[test]
+fn truncated_offset_for_leader_epoch_closes_the_connection() {
+    let mut broker = start_with_topic("t");
+    for version in 2..=4i16 {
+        let mut client = broker.client();
+        let mut partition = offset_for_leader_epoch_request::OffsetForLeaderPartition::default();
+        partition.leader_epoch = 0;
+        let mut topic = offset_for_leader_epoch_request::OffsetForLeaderTopic::default();
+        topic.topic = TopicName(kafka_protocol::protocol::StrBytes::from_static_str("t"));
+        topic.partitions = vec![partition];
+        let mut request = OffsetForLeaderEpochRequest::default();
+        request.topics = vec![topic];
+        let mut frame = client.encode(ApiKey::OffsetForLeaderEpoch, version, &request);
+        // Cut the last partition's epoch short.
+        frame.truncate(frame.len() - 6);
+        let len = (frame.len() - 4) as u32;
+        frame[0..4].copy_from_slice(&len.to_be_bytes());
+        client.stream.write_all(&frame).unwrap();
+        assert!(client.is_closed_by_peer(), "v{version}");
+    }
+    assert!(broker
+        .log()
+        .contains("malformed OffsetForLeaderEpoch v2 request"));
+    assert_still_serving(&mut broker, "t", 0);
+}
+
+#[test]
 fn missing_partitions_are_unknown_topic_or_partition() {
     let mut broker = start_with_topic("t");
     let mut client = broker.client();

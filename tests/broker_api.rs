@@ -592,3 +592,103 @@ fn produce_with_a_zero_timeout_is_still_acknowledged() {
         );
     }
 }
+
+/// An OffsetForLeaderEpoch request: per partition (index, current leader epoch, epoch asked).
+fn offset_for_leader_epoch_request(
+    topic: &str,
+    partitions: &[(i32, i32, i32)],
+) -> OffsetForLeaderEpochRequest {
+    let mut t = offset_for_leader_epoch_request::OffsetForLeaderTopic::default();
+    t.topic = TopicName(StrBytes::from_string(topic.to_string()));
+    t.partitions = partitions
+        .iter()
+        .map(|&(partition, current_leader_epoch, leader_epoch)| {
+            let mut p = offset_for_leader_epoch_request::OffsetForLeaderPartition::default();
+            p.partition = partition;
+            p.current_leader_epoch = current_leader_epoch;
+            p.leader_epoch = leader_epoch;
+            p
+        })
+        .collect();
+    let mut request = OffsetForLeaderEpochRequest::default();
+    request.replica_id = BrokerId(-1);
+    request.topics = vec![t];
+    request
+}
+
+#[test]
+fn offset_for_leader_epoch_every_version() {
+    let broker = Broker::start();
+    let mut client = broker.client();
+    let versions: ApiVersionsResponse =
+        client.call(ApiKey::ApiVersions, 3, &ApiVersionsRequest::default());
+    let advertised = versions
+        .api_keys
+        .iter()
+        .find(|k| k.api_key == ApiKey::OffsetForLeaderEpoch as i16)
+        .expect("OffsetForLeaderEpoch advertised");
+    assert_eq!((advertised.min_version, advertised.max_version), (2, 4));
+
+    client.create_topic("ends", 2);
+    for i in 0..3 {
+        client.produce("ends", 1, &[(0, batch(&[b"a", b"b"], i))]);
+    }
+    let epoch = client.metadata(&["ends"]).topics[0].partitions[0].leader_epoch;
+    assert_eq!(epoch, 0, "a single broker leads in epoch 0");
+    for version in 2..=4i16 {
+        let request = offset_for_leader_epoch_request(
+            "ends",
+            &[
+                // The current epoch ends at the log end.
+                (0, -1, epoch),
+                (0, epoch, epoch),
+                // An empty partition: its epoch ends at 0.
+                (1, epoch, epoch),
+                // Newer than any epoch here, or none: undefined.
+                (0, -1, epoch + 1),
+                (0, epoch, -1),
+                // The caller knows a newer leader epoch than this broker.
+                (0, epoch + 1, epoch),
+                (7, -1, epoch),
+            ],
+        );
+        let response: OffsetForLeaderEpochResponse =
+            client.call(ApiKey::OffsetForLeaderEpoch, version, &request);
+        assert_eq!(response.throttle_time_ms, 0);
+        assert_eq!(response.topics.len(), 1);
+        assert_eq!(response.topics[0].topic.0.as_str(), "ends");
+        let got: Vec<(i32, i16, i32, i64)> = response.topics[0]
+            .partitions
+            .iter()
+            .map(|p| (p.partition, p.error_code, p.leader_epoch, p.end_offset))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (0, 0, epoch, 6),
+                (0, 0, epoch, 6),
+                (1, 0, epoch, 0),
+                (0, 0, -1, -1),
+                (0, 0, -1, -1),
+                (0, 75, -1, -1),
+                (7, 3, -1, -1),
+            ],
+            "OffsetForLeaderEpoch v{version}"
+        );
+        let request = offset_for_leader_epoch_request("no-such-topic", &[(0, -1, 0)]);
+        let response: OffsetForLeaderEpochResponse =
+            client.call(ApiKey::OffsetForLeaderEpoch, version, &request);
+        let p = &response.topics[0].partitions[0];
+        assert_eq!((p.error_code, p.leader_epoch, p.end_offset), (3, -1, -1));
+    }
+    // Not auto-created by the question.
+    let metadata: MetadataResponse = client.call(ApiKey::Metadata, 1, &{
+        let mut request = MetadataRequest::default();
+        request.topics = None;
+        request
+    });
+    assert!(metadata
+        .topics
+        .iter()
+        .all(|t| t.name.as_ref().unwrap().0.as_str() != "no-such-topic"));
+}

@@ -25,6 +25,8 @@ fn dev_cluster_starts_reports_and_stops_on_sigint() {
                 "3",
                 "--base-port",
                 &port.to_string(),
+                "--replica-lag-time-max-ms",
+                "10000",
             ])
             .arg("--base-dir")
             .arg(&dir)
@@ -103,5 +105,9 @@ fn dev_cluster_starts_reports_and_stops_on_sigint() {
     for n in 1..=3 {
         let log = std::fs::read_to_string(dir.join(format!("node{n}.log"))).unwrap();
         assert!(log.contains("chronik stopped cleanly"), "node {n}:\n{log}");
+        assert!(
+            log.contains("replica_lag_time_max_ms=10000"),
+            "node {n}:\n{log}"
+        );
     }
 }

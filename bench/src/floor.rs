@@ -22,6 +22,10 @@ struct AlignedBuf {
     layout: Layout,
 }
 
+// SAFETY: the buffer exclusively owns its allocation (no aliasing, no thread-bound state), like a
+// `Vec<u8>`.
+unsafe impl Send for AlignedBuf {}
+
 impl AlignedBuf {
     fn new(len: usize) -> io::Result<Self> {
         let layout = Layout::from_size_align(len.max(ALIGN), ALIGN)
@@ -101,20 +105,47 @@ pub fn latency_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("constant histogram bounds are valid")
 }
 
-/// Raw O_DIRECT 4 KiB write + fdatasync latency (ns) on a preallocated file in `dir`, writing
-/// sequentially through the file like a log does.
-pub fn fdatasync_floor(dir: &Path, samples: usize) -> io::Result<Histogram<u64>> {
-    let blocks = 16384u64; // 64 MiB, reused cyclically
-    let scratch = ScratchFile::create(dir, "fsync", blocks * ALIGN as u64)?;
-    let mut buf = AlignedBuf::new(ALIGN)?;
-    buf.as_mut_slice().fill(0x5a);
-    let mut hist = latency_histogram();
-    for i in 0..samples as u64 {
-        let pos = (i % blocks) * ALIGN as u64;
+/// Raw O_DIRECT 4 KiB write + fdatasync on a preallocated file, one sample at a time, writing
+/// sequentially through the file like a log does (64 MiB, reused cyclically). Taking samples one by one
+/// lets a benchmark interleave them with what it compares against the floor, so both see the same
+/// moments of the machine.
+pub struct FsyncProbe {
+    scratch: ScratchFile,
+    buf: AlignedBuf,
+    next: u64,
+}
+
+impl FsyncProbe {
+    const BLOCKS: u64 = 16384;
+
+    pub fn new(dir: &Path) -> io::Result<Self> {
+        let scratch = ScratchFile::create(dir, "fsync", Self::BLOCKS * ALIGN as u64)?;
+        let mut buf = AlignedBuf::new(ALIGN)?;
+        buf.as_mut_slice().fill(0x5a);
+        Ok(FsyncProbe {
+            scratch,
+            buf,
+            next: 0,
+        })
+    }
+
+    /// One write + fdatasync; its latency in ns.
+    pub fn sample(&mut self) -> io::Result<u64> {
+        let pos = (self.next % Self::BLOCKS) * ALIGN as u64;
+        self.next += 1;
         let t = Instant::now();
-        scratch.file.write_all_at(buf.as_slice(), pos)?;
-        fdatasync(&scratch.file)?;
-        hist.saturating_record(t.elapsed().as_nanos() as u64);
+        self.scratch.file.write_all_at(self.buf.as_slice(), pos)?;
+        fdatasync(&self.scratch.file)?;
+        Ok(t.elapsed().as_nanos() as u64)
+    }
+}
+
+/// Raw O_DIRECT 4 KiB write + fdatasync latency (ns): `samples` of `FsyncProbe` in a row.
+pub fn fdatasync_floor(dir: &Path, samples: usize) -> io::Result<Histogram<u64>> {
+    let mut probe = FsyncProbe::new(dir)?;
+    let mut hist = latency_histogram();
+    for _ in 0..samples {
+        hist.saturating_record(probe.sample()?);
     }
     Ok(hist)
 }

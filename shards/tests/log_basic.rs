@@ -605,7 +605,9 @@ fn replica_appends_keep_leader_offsets_and_order() {
             .unwrap();
         let mut two = with_offsets(batch(2, 1, 10, 1), 0, 3);
         two.extend(with_offsets(batch(3, 2, 10, 2), 2, 4));
-        let info = log.append_replica(&two).unwrap();
+        let info = log
+            .append_replica(bytes::Bytes::copy_from_slice(&two))
+            .unwrap();
         assert_eq!(
             (info.base_offset, info.last_offset, info.record_count),
             (0, 4, 5)
@@ -618,15 +620,17 @@ fn replica_appends_keep_leader_offsets_and_order() {
             with_offsets(batch(1, 1, 10, 0), 5, 3),
         ] {
             assert!(matches!(
-                log.append_replica(&bad),
+                log.append_replica(bytes::Bytes::copy_from_slice(&bad)),
                 Err(LogError::InvalidBatch(_))
             ));
         }
         let mut gap = with_offsets(batch(1, 1, 10, 0), 5, 4);
         gap.extend(with_offsets(batch(1, 1, 10, 0), 7, 4));
-        assert!(log.append_replica(&gap).is_err());
+        assert!(log
+            .append_replica(bytes::Bytes::copy_from_slice(&gap))
+            .is_err());
         assert_eq!(log.log_end_offset(), 5);
-        log.append_replica(&with_offsets(batch(1, 1, 10, 9), 5, 4))
+        log.append_replica(with_offsets(batch(1, 1, 10, 9), 5, 4).into())
             .unwrap();
         log.wait_durable(6).await.unwrap();
         drop(log);

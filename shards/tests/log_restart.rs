@@ -104,8 +104,10 @@ fn restart_empties_the_log_and_starts_it_at_the_offset() {
         check(&log);
         let first = replica_batch(500, 4, 3, 1);
         let second = replica_batch(504, 2, 4, 2);
-        log.append_replica(&first).unwrap();
-        log.append_replica(&second).unwrap();
+        log.append_replica(bytes::Bytes::from(first.clone()))
+            .unwrap();
+        log.append_replica(bytes::Bytes::from(second.clone()))
+            .unwrap();
         log.wait_durable(506).await.unwrap();
         assert_eq!(log.end_offset_for_epoch(3), (3, 504));
         assert_eq!(log.end_offset_for_epoch(4), (4, 506));

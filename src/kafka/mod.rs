@@ -15,6 +15,7 @@ pub mod frame;
 pub mod leader_hint;
 pub mod list_offsets;
 pub mod metadata;
+pub mod offset_for_leader_epoch;
 pub mod produce;
 pub mod splice;
 pub mod topics;
@@ -100,6 +101,9 @@ async fn dispatch(shard: &Rc<Shard>, body: RequestKind, version: i16) -> Reply {
         RequestKind::Produce(request) => produce::handle(shard, request, version).await,
         RequestKind::Fetch(request) => fetch::handle(shard, request, version).await,
         RequestKind::ListOffsets(request) => list_offsets::handle(shard, request, version).await,
+        RequestKind::OffsetForLeaderEpoch(request) => {
+            offset_for_leader_epoch::handle(shard, request).await
+        }
         RequestKind::CreateTopics(request) => topics::create_topics(shard, request, version),
         RequestKind::DeleteTopics(request) => topics::delete_topics(shard, request, version),
         RequestKind::CreatePartitions(request) => topics::create_partitions(shard, request),

@@ -24,6 +24,30 @@ pub fn end_offset_for(log: &PartitionLog, requested: i32) -> (i32, i64) {
     log.end_offset_for_epoch(requested)
 }
 
+/// OffsetForLeaderEpoch as the leader of `current_epoch` answers it to clients (KIP-320), as
+/// Kafka's leader does: its own epoch ends at the log end; an epoch newer than its own is
+/// undefined; an older one ends where the next epoch began.
+///
+/// Kafka's leader records its epoch at the log end as soon as it leads; this log records an epoch
+/// only with its first batch. Until then the current epoch starts at the log end, so every older
+/// epoch at or after the log's newest ends there.
+pub fn leader_end_offset_for(log: &PartitionLog, current_epoch: i32, requested: i32) -> (i32, i64) {
+    if requested < 0 || requested > current_epoch {
+        return (UNDEFINED_EPOCH, UNDEFINED_OFFSET);
+    }
+    let end = log.log_end_offset();
+    if requested == current_epoch {
+        return (current_epoch, end);
+    }
+    let last = log.last_leader_epoch();
+    if last < current_epoch && requested >= last {
+        // No batch of an epoch between: `requested` ended where the current epoch began. With
+        // no batch at all it is older than anything known, which Kafka answers the same way.
+        return (if last < 0 { requested } else { last }, end);
+    }
+    log.end_offset_for_epoch(requested)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -55,6 +79,52 @@ mod tests {
                     end_offset_for(&log, -1),
                     (UNDEFINED_EPOCH, UNDEFINED_OFFSET)
                 );
+                log.close().await.unwrap();
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
+    #[test]
+    fn a_leader_answers_as_kafka_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t-0");
+        glommio::LocalExecutorBuilder::default()
+            .io_memory(1 << 20)
+            .spawn(move || async move {
+                let log = PartitionLog::open(path, LogConfig::default())
+                    .await
+                    .unwrap();
+                // An empty log led in epoch 2: its epoch ends at 0, older ones too.
+                assert_eq!(leader_end_offset_for(&log, 2, 2), (2, 0));
+                assert_eq!(leader_end_offset_for(&log, 2, 1), (1, 0));
+                assert_eq!(
+                    leader_end_offset_for(&log, 2, 3),
+                    (UNDEFINED_EPOCH, UNDEFINED_OFFSET)
+                );
+                // Epoch 1: offsets 0..4, epoch 3: 4..6; led in epoch 5, nothing written in it.
+                log.append(&build_test_batch(0, 2, 0, b"a"), 1).unwrap();
+                log.append(&build_test_batch(0, 2, 0, b"b"), 1).unwrap();
+                log.append(&build_test_batch(0, 2, 0, b"c"), 3).unwrap();
+                assert_eq!(leader_end_offset_for(&log, 5, 5), (5, 6));
+                assert_eq!(leader_end_offset_for(&log, 5, 4), (3, 6));
+                assert_eq!(leader_end_offset_for(&log, 5, 3), (3, 6));
+                assert_eq!(leader_end_offset_for(&log, 5, 2), (1, 4));
+                assert_eq!(leader_end_offset_for(&log, 5, 1), (1, 4));
+                assert_eq!(leader_end_offset_for(&log, 5, 0), (0, 0));
+                assert_eq!(
+                    leader_end_offset_for(&log, 5, 6),
+                    (UNDEFINED_EPOCH, UNDEFINED_OFFSET)
+                );
+                assert_eq!(
+                    leader_end_offset_for(&log, 5, -1),
+                    (UNDEFINED_EPOCH, UNDEFINED_OFFSET)
+                );
+                // Once epoch 5 is written its start ends epoch 3.
+                log.append(&build_test_batch(0, 1, 0, b"d"), 5).unwrap();
+                assert_eq!(leader_end_offset_for(&log, 5, 5), (5, 7));
+                assert_eq!(leader_end_offset_for(&log, 5, 4), (3, 6));
                 log.close().await.unwrap();
             })
             .unwrap()

@@ -237,7 +237,7 @@ fn on_push(
         partition.follow_high_watermark(high_watermark);
         return ready(&partition, wire::ACK_OK);
     }
-    let info = match partition.log.append_replica(&records) {
+    let info = match partition.log.append_replica(records) {
         Ok(info) => info,
         Err(LogError::Truncating) => return ready(&partition, wire::ACK_RETRY),
         Err(e @ LogError::InvalidBatch(_)) => {

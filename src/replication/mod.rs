@@ -26,9 +26,6 @@ use crate::control::{topic_config, PartitionInfo, TopicInfo};
 use crate::partitions::Partition;
 use crate::server::shard::Shard;
 
-/// `replica.lag.time.max.ms` when not configured (Kafka's default).
-pub const DEFAULT_REPLICA_LAG_TIME_MAX_MS: u64 = 30_000;
-
 /// A shard's replication state: its links to follower brokers.
 pub struct ShardReplication {
     links: link::Links,
@@ -84,13 +81,4 @@ pub fn apply(
         }
         partition.set_follower();
     }
-}
-
-/// `replica.lag.time.max.ms` for this process: the `CHRONIK_REPLICA_LAG_TIME_MAX_MS`
-/// environment variable (tests lower it), else Kafka's default.
-pub fn replica_lag_time_max_ms() -> u64 {
-    std::env::var("CHRONIK_REPLICA_LAG_TIME_MAX_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(DEFAULT_REPLICA_LAG_TIME_MAX_MS)
 }

@@ -63,6 +63,7 @@ pub fn run(config: BrokerConfig) -> Result<(), String> {
         data_dir = %config.data_dir.display(),
         advertised = %format!("{}:{}", config.advertised.0, config.advertised.1),
         ?cpus,
+        replica_lag_time_max_ms = config.replica_lag_time_max_ms,
         "starting chronik"
     );
     let start = ShardStart {
@@ -74,7 +75,7 @@ pub fn run(config: BrokerConfig) -> Result<(), String> {
         shutdown: shutdown.clone(),
         mesh: runtime::mesh::builder(shards, MESH_CHANNEL_CAPACITY),
         drained: Arc::new(AtomicUsize::new(0)),
-        replica_lag_time_max_ms: crate::replication::replica_lag_time_max_ms(),
+        replica_lag_time_max_ms: config.replica_lag_time_max_ms,
     };
     let spec = ShardSpec {
         cpus,

@@ -36,6 +36,9 @@ pub struct DevClusterArgs {
     /// Shard cores per broker (they share this machine).
     #[arg(long, default_value_t = 1)]
     pub cores: usize,
+    /// Each broker's --replica-lag-time-max-ms [default: the broker's, 30000].
+    #[arg(long)]
+    pub replica_lag_time_max_ms: Option<u64>,
 }
 
 /// Ports and directories of every broker: broker N listens on BASE+N-1, its
@@ -85,7 +88,10 @@ fn run(args: &DevClusterArgs) -> Result<()> {
     }
     let binary = std::env::current_exe().context("finding this executable")?;
     let peers = local_cluster::peers(&nodes, '@');
-    let extra = ["--cores".to_string(), args.cores.to_string()];
+    let mut extra = vec!["--cores".to_string(), args.cores.to_string()];
+    if let Some(lag) = args.replica_lag_time_max_ms {
+        extra.extend(["--replica-lag-time-max-ms".to_string(), lag.to_string()]);
+    }
     let mut children = Children(Vec::new());
     for node in &nodes {
         let child = local_cluster::spawn(&binary, node, Some(&peers), &extra)

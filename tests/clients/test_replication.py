@@ -1,18 +1,23 @@
 """Replication and acks=all on real 3-broker clusters (issue 5's scenarios)."""
 
+import json
 import signal
+import socket
+import struct
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from broker import chronik_bin
 from cluster import Cluster
 
 
-def make_cluster(tmp_path, nodes=3) -> Cluster:
-    c = Cluster(tmp_path, nodes=nodes)
+def make_cluster(tmp_path, nodes=3, extra_args=()) -> Cluster:
+    c = Cluster(tmp_path, nodes=nodes, extra_args=extra_args)
     # The broker reads --peers as ID=HOST:PORT.
     for b in c.brokers.values():
         b.extra_args = [a.replace("@", "=") if "@127." in a else a for a in b.extra_args]
@@ -131,12 +136,11 @@ def send_one(bootstrap: str, topic: str, partition: int, acks, value=b"x", timeo
     return result[0]
 
 
-def test_min_insync_two_brokers_down(tmp_path, monkeypatch):
+def test_min_insync_two_brokers_down(tmp_path):
     """min.insync.replicas=2 with two of three brokers killed: acks=all is refused with
     NOT_ENOUGH_REPLICAS (no controller can shrink the ISR: the leader judges the lag itself),
     acks=1 works where the leader lives; once they return the ISR fills and acks=all works."""
-    monkeypatch.setenv("CHRONIK_REPLICA_LAG_TIME_MAX_MS", "2000")
-    c = make_cluster(tmp_path).start()
+    c = make_cluster(tmp_path, extra_args=["--replica-lag-time-max-ms", "2000"]).start()
     try:
         topic = "minisr"
         create_topic(c, topic, 3, config={"min.insync.replicas": "2"})
@@ -334,6 +338,227 @@ def test_silent_connection_does_not_hold_up_shutdown(make_broker):
         silent.close()
 
 
+def _uvarint(n: int) -> bytes:
+    out = b""
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        if n:
+            out += bytes([byte | 0x80])
+        else:
+            return out + bytes([byte])
+
+
+def _read_uvarint(buf: bytes, at: int):
+    n, shift = 0, 0
+    while True:
+        byte = buf[at]
+        at += 1
+        n |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return n, at
+        shift += 7
+
+
+def offset_for_leader_epoch(bootstrap: str, topic: str, partitions, version: int = 2):
+    """A raw OffsetForLeaderEpoch request (v2: librdkafka's, v4: flexible) for `partitions`
+    [(partition, current_leader_epoch, leader_epoch)]; returns
+    [(partition, error_code, leader_epoch, end_offset)]."""
+    flexible = version >= 4
+    client_id = b"chronik-tests"
+    header = struct.pack(">hhih", 23, version, 7, len(client_id)) + client_id
+    if flexible:
+        header += b"\0"
+    name = topic.encode()
+    body = struct.pack(">i", -1) if version >= 3 else b""
+    if flexible:
+        body += _uvarint(2) + _uvarint(len(name) + 1) + name + _uvarint(len(partitions) + 1)
+    else:
+        body += struct.pack(">ih", 1, len(name)) + name + struct.pack(">i", len(partitions))
+    for p in partitions:
+        body += struct.pack(">iii", *p) + (b"\0" if flexible else b"")
+    if flexible:
+        body += b"\0\0"
+    host, port = bootstrap.split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        frame = header + body
+        s.sendall(struct.pack(">i", len(frame)) + frame)
+        (size,) = struct.unpack(">i", _recv(s, 4))
+        buf = _recv(s, size)
+    (correlation,) = struct.unpack_from(">i", buf, 0)
+    assert correlation == 7
+    at = 4 + (1 if flexible else 0)  # response header (v1 adds empty tagged fields)
+    at += 4  # throttle_time_ms
+    if flexible:
+        topics, at = _read_uvarint(buf, at)
+        topics -= 1
+    else:
+        (topics,), at = struct.unpack_from(">i", buf, at), at + 4
+    out = []
+    for _ in range(topics):
+        if flexible:
+            length, at = _read_uvarint(buf, at)
+            length -= 1
+            count_at = at + length
+            count, at = _read_uvarint(buf, count_at)
+            count -= 1
+        else:
+            (length,) = struct.unpack_from(">h", buf, at)
+            at += 2 + length
+            (count,) = struct.unpack_from(">i", buf, at)
+            at += 4
+        for _ in range(count):
+            error, partition, epoch, end = struct.unpack_from(">hiiq", buf, at)
+            at += 18 + (1 if flexible else 0)
+            out.append((partition, error, epoch, end))
+        at += 1 if flexible else 0
+    at += 1 if flexible else 0
+    assert at == len(buf), f"v{version}: {len(buf) - at} stray bytes in the response"
+    return out
+
+
+def _recv(s: socket.socket, n: int) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        chunk = s.recv(n - len(buf))
+        if not chunk:
+            raise OSError("connection closed")
+        buf += chunk
+    return buf
+
+
+def partition_status(bootstrap: str, topic: str, partition: int):
+    """(leader, leader_epoch, isr) as `chronik cluster status` reports them."""
+    run = subprocess.run([chronik_bin(), "cluster", "status", "--json", "--bootstrap", bootstrap],
+                         capture_output=True, timeout=30)
+    if run.returncode != 0:
+        return None
+    for t in json.loads(run.stdout)["topics"]:
+        if t["name"] == topic:
+            for p in t["partitions"]:
+                if p["partition"] == partition:
+                    return p["leader"], p["leader_epoch"], sorted(p["isr"])
+    return None
+
+
+def test_offset_for_leader_epoch_after_failover(tmp_path):
+    """After the leader is killed, the new leader answers OffsetForLeaderEpoch for the old epoch
+    with the offset where its own epoch began; consumers reading across the failover validate
+    their position with it (KIP-320: librdkafka with v2, kafka-python with v4) and read on
+    without a gap, a repeat or a reset."""
+    from kafka import KafkaConsumer
+    from kafka import TopicPartition as KafkaPythonPartition
+
+    c = make_cluster(tmp_path).start()
+    topic = "epoch-ends"
+    consumer = kp_consumer = None
+    try:
+        create_topic(c, topic, 1)
+        acked, errors = produce_numbered(c.bootstrap(), topic, 1, 100)
+        assert errors == [] and len(acked[0]) == 100
+        old = leaders(c, topic, 1)[0]
+        survivors = [n for n in c.brokers if n != old]
+
+        consumer = Consumer({"bootstrap.servers": c.bootstrap(), "group.id": "epoch-ends",
+                             "enable.auto.commit": False, "auto.offset.reset": "error",
+                             "topic.metadata.refresh.interval.ms": 1000})
+        consumer.assign([TopicPartition(topic, 0, 0)])
+        seen, consumer_errors = [], []
+
+        def consume(until: int, timeout: float):
+            deadline = time.monotonic() + timeout
+            while len(seen) < until and time.monotonic() < deadline:
+                msg = consumer.poll(0.2)
+                if msg is None:
+                    continue
+                if msg.error():
+                    consumer_errors.append(msg.error())
+                    continue
+                seen.append((msg.offset(), msg.leader_epoch()))
+
+        kp_consumer = KafkaConsumer(bootstrap_servers=c.bootstrap(), group_id=None,
+                                    enable_auto_commit=False, auto_offset_reset="none",
+                                    metadata_max_age_ms=1000)
+        kp_partition = KafkaPythonPartition(topic, 0)
+        kp_consumer.assign([kp_partition])
+        kp_consumer.seek(kp_partition, 0)
+        kp_seen = []
+
+        def kp_consume(until: int, timeout: float):
+            deadline = time.monotonic() + timeout
+            while len(kp_seen) < until and time.monotonic() < deadline:
+                for records in kp_consumer.poll(200).values():
+                    kp_seen.extend(r.offset for r in records)
+
+        consume(100, 30)
+        assert [o for o, _ in seen] == list(range(100))
+        kp_consume(100, 30)
+        assert kp_seen == list(range(100))
+
+        c.brokers[old].kill()
+        c.wait_for(lambda: (partition_status(c.brokers[survivors[0]].bootstrap, topic, 0) or (-1,))[0]
+                   in survivors, 60, "a new leader")
+        new = partition_status(c.brokers[survivors[0]].bootstrap, topic, 0)[0]
+        follower = next(n for n in survivors if n != new)
+        more, errors = produce_numbered(c.brokers[new].bootstrap, topic, 1, 50)
+        assert errors == [] and sorted(o for o, _ in more[0]) == list(range(100, 150))
+
+        consume(150, 60)
+        assert [o for o, _ in seen] == list(range(150)), "the consumer skipped or repeated"
+        # kafka-python raises on a failed validation with auto_offset_reset="none".
+        kp_consume(150, 60)
+        assert kp_seen == list(range(150)), "kafka-python skipped or repeated"
+        bad = [e for e in consumer_errors
+               if e.code() in (KafkaError._LOG_TRUNCATION, KafkaError._AUTO_OFFSET_RESET)]
+        assert bad == [], f"the consumer's position was not validated: {bad}"
+        old_epoch = seen[0][1]
+        new_epoch = seen[100][1]
+        assert {e for _, e in seen[:100]} == {old_epoch}
+        assert {e for _, e in seen[100:]} == {new_epoch} and new_epoch > old_epoch
+
+        # Wait for the ISR to settle (the dead broker out) so the epoch stays put while we ask.
+        def settled():
+            status = partition_status(c.brokers[new].bootstrap, topic, 0)
+            return status is not None and status[0] == new and status[2] == sorted(survivors)
+
+        c.wait_for(settled, 60, "the ISR without the killed broker")
+        current = partition_status(c.brokers[new].bootstrap, topic, 0)[1]
+        assert current >= new_epoch
+        for version in (2, 3, 4):
+            got = offset_for_leader_epoch(c.brokers[new].bootstrap, topic, [
+                (0, -1, old_epoch),            # ended where the new leader's epoch began
+                (0, current, old_epoch),
+                (0, current, current),          # the current epoch ends at the log end
+                (0, -1, new_epoch),
+                (0, -1, current + 1),           # newer than any: undefined
+                (0, old_epoch, old_epoch),      # the caller's leader epoch is stale
+                (0, current + 1, current),      # the caller knows a newer one
+                (3, -1, current),               # no such partition
+            ], version)
+            assert got == [
+                (0, 0, old_epoch, 100),
+                (0, 0, old_epoch, 100),
+                (0, 0, current, 150),
+                (0, 0, new_epoch, 150),
+                (0, 0, -1, -1),
+                (0, 74, -1, -1),
+                (0, 75, -1, -1),
+                (3, 3, -1, -1),
+            ], f"v{version}"
+            # Only the leader answers.
+            assert offset_for_leader_epoch(c.brokers[follower].bootstrap, topic,
+                                           [(0, -1, old_epoch)], version) == [(0, 6, -1, -1)]
+            assert offset_for_leader_epoch(c.brokers[new].bootstrap, "no-such-topic",
+                                           [(0, -1, 0)], version) == [(0, 3, -1, -1)]
+    finally:
+        if consumer is not None:
+            consumer.close()
+        if kp_consumer is not None:
+            kp_consumer.close()
+        c.stop_all()
+        for b in c.brokers.values():
+            b.assert_no_panic()
+
+
 def segment_files(c: Cluster, node: int, topic: str, partition: int):
     d = Path(c.brokers[node].data_dir) / f"{topic}-{partition}"
     return {f.name: f.read_bytes() for f in sorted(d.glob("*.log"))}
@@ -355,8 +580,7 @@ def test_follower_below_leader_log_start_catches_up(tmp_path, monkeypatch):
     ends with the same segments, byte for byte. After the leader dies, the new leader's log starts
     at the same offset and serves everything from there."""
     monkeypatch.setenv("CHRONIK_RETENTION_CHECK_INTERVAL_MS", "300")
-    monkeypatch.setenv("CHRONIK_REPLICA_LAG_TIME_MAX_MS", "3000")
-    c = make_cluster(tmp_path).start()
+    c = make_cluster(tmp_path, extra_args=["--replica-lag-time-max-ms", "3000"]).start()
     topic = "logstart"
     try:
         create_topic(c, topic, 1, config={"segment.bytes": "65536", "retention.bytes": "200000"})

@@ -123,20 +123,20 @@ impl PartitionLog {
         }
     }
 
-    /// Writes (and with `sync`, fdatasyncs) everything appended so far, unless `target` is already
+    /// Writes (and with `sync`, makes durable) everything appended so far, unless `target` is already
     /// covered. Writing and syncing hold separate locks, so the next group's write overlaps this
-    /// group's fdatasync.
+    /// group's fdatasync. A group that fits one chunk is written with O_DSYNC and needs no fdatasync.
     pub(super) async fn flush(&self, sync: bool, target: i64) -> Result<(), LogError> {
-        {
+        let durable = {
             let _write = self.file_lock.acquire_permit(1).await?;
             self.check_open()?;
-            let r = self.write_pending(target).await;
-            self.fail_on_error(r)?;
-        }
+            let r = self.write_pending(target, sync).await;
+            self.fail_on_error(r)?
+        };
         if sync {
             let _sync = self.sync_lock.acquire_permit(1).await?;
             self.check_open()?;
-            let r = self.sync_written(target).await;
+            let r = self.sync_written(target, durable).await;
             self.fail_on_error(r)?;
         }
         Ok(())
@@ -144,10 +144,10 @@ impl PartitionLog {
 
     /// `flush` for callers that hold both the file lock and the sync lock.
     pub(super) async fn flush_locked(&self, sync: bool, target: i64) -> Result<(), LogError> {
-        let r = self.write_pending(target).await;
-        self.fail_on_error(r)?;
+        let r = self.write_pending(target, sync).await;
+        let durable = self.fail_on_error(r)?;
         if sync {
-            let r = self.sync_written(target).await;
+            let r = self.sync_written(target, durable).await;
             self.fail_on_error(r)?;
         }
         Ok(())
@@ -155,7 +155,7 @@ impl PartitionLog {
 
     /// A failed write or sync closes the log: what is on disk is then unknown, and recovery on the
     /// next open decides.
-    fn fail_on_error(&self, r: Result<(), LogError>) -> Result<(), LogError> {
+    fn fail_on_error<T>(&self, r: Result<T, LogError>) -> Result<T, LogError> {
         if let Err(e) = &r {
             tracing::error!(dir = ?self.dir, error = %e, "log flush failed; closing the log");
             self.closed.set(true);
@@ -163,12 +163,21 @@ impl PartitionLog {
         r
     }
 
-    /// Writes every pending batch (file lock held).
-    async fn write_pending(&self, target: i64) -> Result<(), LogError> {
+    /// Writes every pending batch (file lock held). With `dsync_allowed`, a group of one chunk in one
+    /// segment goes through the O_DSYNC handle; the result is then the offset it made durable.
+    async fn write_pending(
+        &self,
+        target: i64,
+        dsync_allowed: bool,
+    ) -> Result<Option<i64>, LogError> {
         if self.state.borrow().written_end >= target {
-            return Ok(());
+            return Ok(None);
         }
         let writes = std::mem::take(&mut self.state.borrow_mut().pending);
+        let single_segment = writes
+            .first()
+            .is_some_and(|w| writes.iter().all(|x| x.segment_base == w.segment_base));
+        let mut all_durable = dsync_allowed && single_segment;
         let mut i = 0;
         while i < writes.len() {
             let base = writes[i].segment_base;
@@ -176,22 +185,34 @@ impl PartitionLog {
                 .iter()
                 .take_while(|w| w.segment_base == base)
                 .count();
-            self.write_segment(base, &writes[i..i + n]).await?;
+            let durable = self
+                .write_segment(base, &writes[i..i + n], all_durable)
+                .await?;
+            all_durable &= durable;
             i += n;
         }
-        if let Some(w) = writes.last() {
-            let mut st = self.state.borrow_mut();
-            st.written_end = w.end_offset;
-            let budget = self.config.borrow().tail_cache_bytes;
-            let written_end = st.written_end;
-            st.tail.evict(budget, written_end);
-        }
-        Ok(())
+        let Some(w) = writes.last() else {
+            return Ok(None);
+        };
+        let mut st = self.state.borrow_mut();
+        st.written_end = w.end_offset;
+        let budget = self.config.borrow().tail_cache_bytes;
+        let written_end = st.written_end;
+        st.tail.evict(budget, written_end);
+        Ok(all_durable.then_some(written_end))
     }
 
-    /// fdatasyncs the active file (sync lock held). Everything written before lives either in it or in
-    /// a sealed segment, which was synced when sealed.
-    async fn sync_written(&self, target: i64) -> Result<(), LogError> {
+    /// Makes everything written so far durable (sync lock held): nothing to do when an O_DSYNC write
+    /// already did (`durable_end`: every write before it had completed when it was issued, so the
+    /// device flush and journal commit it triggered cover them too), else an fdatasync of the active
+    /// file. Everything written before lives either in it or in a sealed segment, which was synced
+    /// when sealed.
+    async fn sync_written(&self, target: i64, durable_end: Option<i64>) -> Result<(), LogError> {
+        if let Some(end) = durable_end {
+            let mut st = self.state.borrow_mut();
+            st.synced_end = st.synced_end.max(end);
+            return Ok(());
+        }
         let (end, file) = {
             let st = self.state.borrow();
             if st.synced_end >= target || st.synced_end >= st.written_end {
@@ -214,8 +235,14 @@ impl PartitionLog {
     }
 
     /// Writes consecutive pending batches of one segment, creating its file first if the segment was
-    /// rolled since the last flush.
-    async fn write_segment(&self, base: i64, writes: &[PendingWrite]) -> Result<(), LogError> {
+    /// rolled since the last flush. With `dsync`, a write of one chunk into an existing file goes
+    /// through the O_DSYNC handle; returns whether it did (the bytes are then durable).
+    async fn write_segment(
+        &self,
+        base: i64,
+        writes: &[PendingWrite],
+        dsync: bool,
+    ) -> Result<bool, LogError> {
         let pending_open = {
             let st = self.state.borrow();
             match st.segments.get(&base) {
@@ -229,9 +256,11 @@ impl PartitionLog {
                 }
             }
         };
+        let opened_now = pending_open.is_some();
         if let Some(path) = pending_open {
             self.seal_active_before(base).await?;
             let file = segment::open_dma(&path, true).await?;
+            let dsync = segment::open_dsync(&path).await?;
             let reader = segment::open_reader(&path).await?;
             let prealloc = self.preallocation_target(0);
             file.pre_allocate(prealloc, false).await?;
@@ -241,6 +270,7 @@ impl PartitionLog {
             if let Some(seg) = st.segments.get_mut(&base) {
                 seg.storage = Storage::Active(ActiveFile {
                     file: Rc::new(file),
+                    dsync: Rc::new(dsync),
                     reader: Rc::new(reader),
                     written: 0,
                     tail_block: Vec::new(),
@@ -248,11 +278,12 @@ impl PartitionLog {
                 });
             }
         }
-        let (file, written, tail_block, preallocated) = {
+        let (file, dsync_file, written, tail_block, preallocated) = {
             let st = self.state.borrow();
             match st.segments.get(&base).map(|s| &s.storage) {
                 Some(Storage::Active(a)) => (
                     a.file.clone(),
+                    a.dsync.clone(),
                     a.written,
                     a.tail_block.clone(),
                     a.preallocated,
@@ -312,11 +343,15 @@ impl PartitionLog {
             chunks.push((start + at as u64, Rc::new(buf), len));
             at += len;
         }
-        // One chunk (the common small flush) is written inline; several are submitted together.
+        // One chunk (the common small flush) is written inline, durably with `dsync` unless the file
+        // was just created (its creation is made durable by the fdatasync); several are submitted
+        // together.
+        let durable = dsync && chunks.len() == 1 && !opened_now && aligned_end <= preallocated;
         let results = if chunks.len() == 1 {
+            let target = if durable { &dsync_file } else { &file };
             let mut out = Vec::with_capacity(1);
             for (pos, buf, len) in chunks {
-                let r = file.write_rc_at(buf.clone(), pos).await;
+                let r = target.write_rc_at(buf.clone(), pos).await;
                 out.push((r, buf, len));
             }
             out
@@ -368,7 +403,7 @@ impl PartitionLog {
                 a.preallocated = preallocated_now;
             }
         }
-        Ok(())
+        Ok(durable)
     }
 
     fn preallocation_target(&self, needed: u64) -> u64 {

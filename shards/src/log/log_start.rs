@@ -163,9 +163,11 @@ impl PartitionLog {
         for seg in old_segments.into_values() {
             if let Storage::Active(a) = seg.storage {
                 drop(a.reader);
-                if let Ok(file) = Rc::try_unwrap(a.file) {
-                    // Its contents are about to be deleted: a failed close changes nothing.
-                    let _ = file.close().await;
+                for file in [a.file, a.dsync] {
+                    if let Ok(file) = Rc::try_unwrap(file) {
+                        // Its contents are about to be deleted: a failed close changes nothing.
+                        let _ = file.close().await;
+                    }
                 }
             }
         }
@@ -174,6 +176,7 @@ impl PartitionLog {
 
         let path = self.dir.join(segment::log_file_name(offset));
         let file = Rc::new(segment::open_dma(&path, false).await?);
+        let dsync = Rc::new(segment::open_dsync(&path).await?);
         let reader = Rc::new(segment::open_reader(&path).await?);
         let mut epochs = EpochHistory::default();
         epochs.mark_saved();
@@ -185,6 +188,7 @@ impl PartitionLog {
                 index: SegmentIndex::new(offset),
                 storage: Storage::Active(ActiveFile {
                     file,
+                    dsync,
                     reader,
                     written: 0,
                     tail_block: Vec::new(),

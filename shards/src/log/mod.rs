@@ -197,6 +197,9 @@ impl LogState {
     }
 }
 
+/// Replica appends at least this large keep the received buffer instead of copying it.
+const REPLICA_ZERO_COPY_BYTES: usize = 64 << 10;
+
 impl PartitionLog {
     /// Opens (creating if missing) the log in `dir` and recovers it: CRC-checks the tail segment batch by
     /// batch, truncates a torn tail, rebuilds missing/damaged indexes.
@@ -284,10 +287,14 @@ impl PartitionLog {
 
     /// Follower append: batches whose offsets the leader assigned, validated the same way and required
     /// to start exactly at the log end, contiguous, with non-decreasing leader epochs.
-    pub fn append_replica(&self, batches: &[u8]) -> Result<AppendInfo, LogError> {
+    ///
+    /// Large pushes are kept as received (no copy: the leader assigned offsets and epochs already).
+    /// Small ones are copied: a small slice of a larger receive buffer would otherwise pin all of it
+    /// in the tail cache.
+    pub fn append_replica(&self, batches: Bytes) -> Result<AppendInfo, LogError> {
         self.check_open()?;
         let cfg = self.config.borrow().clone();
-        let parsed = batch::split_batches(batches, cfg.max_batch_bytes)?;
+        let parsed = batch::split_batches(&batches, cfg.max_batch_bytes)?;
         let mut st = self.state.borrow_mut();
         if st.truncating {
             return Err(LogError::Truncating);
@@ -310,7 +317,11 @@ impl PartitionLog {
             next = h.next_offset();
             epoch = h.leader_epoch;
         }
-        let data = Bytes::copy_from_slice(batches);
+        let data = if batches.len() >= REPLICA_ZERO_COPY_BYTES {
+            batches
+        } else {
+            Bytes::copy_from_slice(&batches)
+        };
         Ok(self.push_all(&mut st, &parsed, &data, &cfg))
     }
 

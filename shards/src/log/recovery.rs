@@ -98,6 +98,7 @@ pub(super) async fn recover(dir: &Path, cfg: &LogConfig) -> Result<Recovered, Lo
 
     let path = dir.join(segment::log_file_name(last_base));
     let file = Rc::new(segment::open_dma(&path, false).await?);
+    let dsync = Rc::new(segment::open_dsync(&path).await?);
     let reader = Rc::new(segment::open_reader(&path).await?);
     let file_len = file.file_size().await?;
     let scan = segment::scan_segment(
@@ -144,6 +145,7 @@ pub(super) async fn recover(dir: &Path, cfg: &LogConfig) -> Result<Recovered, Lo
             index: scan.index,
             storage: Storage::Active(ActiveFile {
                 file,
+                dsync,
                 reader,
                 written: size,
                 tail_block,

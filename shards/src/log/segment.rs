@@ -44,6 +44,10 @@ pub fn parse_log_file_name(name: &str) -> Option<i64> {
 /// The open file of the segment being written.
 pub struct ActiveFile {
     pub file: Rc<DmaFile>,
+    /// The same file opened with O_DSYNC: a flush of one chunk under `flush=always` is a single write
+    /// that is durable when it completes, instead of a write then an fdatasync (each of which io_uring
+    /// hands to a kernel worker: two handoffs where one does).
+    pub dsync: Rc<DmaFile>,
     /// Reads go through a buffered handle: on this platform (glommio 0.9, kernel 6.18) O_DIRECT reads
     /// through io_uring fail with EOPNOTSUPP while O_DIRECT writes work. The kernel keeps the page cache
     /// coherent with our O_DIRECT writes (it invalidates the written range).
@@ -106,6 +110,16 @@ pub async fn open_dma(path: &Path, create: bool) -> Result<DmaFile, LogError> {
         .read(true)
         .write(true)
         .create(create)
+        .dma_open(path)
+        .await?)
+}
+
+/// Opens an existing segment file for O_DIRECT | O_DSYNC writes (see `ActiveFile::dsync`).
+pub async fn open_dsync(path: &Path) -> Result<DmaFile, LogError> {
+    Ok(OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_DSYNC)
         .dma_open(path)
         .await?)
 }

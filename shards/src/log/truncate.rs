@@ -120,7 +120,7 @@ impl PartitionLog {
             let mut st = self.state.borrow_mut();
             let seg = st.segments.get_mut(&target_base).ok_or(LogError::Closed)?;
             match &seg.storage {
-                Storage::Active(a) => Some((a.file.clone(), a.reader.clone())),
+                Storage::Active(a) => Some((a.file.clone(), a.dsync.clone(), a.reader.clone())),
                 _ => {
                     // Drop the map before the file shrinks under it.
                     seg.storage = Storage::Pending;
@@ -128,12 +128,13 @@ impl PartitionLog {
                 }
             }
         };
-        let (file, reader) = match files {
+        let (file, dsync, reader) = match files {
             Some(f) => f,
             None => {
                 SegmentIndex::remove_files(&path)?;
                 (
                     Rc::new(segment::open_dma(&path, false).await?),
+                    Rc::new(segment::open_dsync(&path).await?),
                     Rc::new(segment::open_reader(&path).await?),
                 )
             }
@@ -185,6 +186,7 @@ impl PartitionLog {
             seg.index = scan.index;
             seg.storage = Storage::Active(ActiveFile {
                 file,
+                dsync,
                 reader,
                 written: cut_pos,
                 tail_block,

@@ -1,0 +1,195 @@
+//! OffsetForLeaderEpoch (KIP-101/320): where a leader epoch ended on this partition's leader.
+//! Consumers ask it after a leader change to find out whether the log they read was truncated
+//! (librdkafka and kafka-python validate their position with it); only the leader answers.
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use kafka_protocol::messages::offset_for_leader_epoch_response::{
+    EpochEndOffset, OffsetForLeaderTopicResult,
+};
+use kafka_protocol::messages::{
+    OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse, ResponseKind,
+};
+use kafka_protocol::ResponseError;
+use tracing::{debug, warn};
+use uuid::Uuid;
+
+use super::{errors, Reply};
+use crate::replication::epoch_lookup;
+use crate::replication::epochs::{UNDEFINED_EPOCH, UNDEFINED_OFFSET};
+use crate::server::shard::Shard;
+use chronik_shards::runtime::mesh::LocalFuture;
+
+/// One partition's question (Send: answered on the owner shard).
+struct Query {
+    slot: (usize, usize),
+    topic_id: Uuid,
+    index: i32,
+    /// The partition's leader epoch in the image the request was checked against.
+    current_epoch: i32,
+    requested: i32,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Answer {
+    error_code: i16,
+    leader_epoch: i32,
+    end_offset: i64,
+}
+
+impl Answer {
+    fn error(code: i16) -> Self {
+        Answer {
+            error_code: code,
+            leader_epoch: UNDEFINED_EPOCH,
+            end_offset: UNDEFINED_OFFSET,
+        }
+    }
+}
+
+pub async fn handle(shard: &Rc<Shard>, request: OffsetForLeaderEpochRequest) -> Reply {
+    let image = shard.control.image();
+    let mut answers: Vec<Vec<Option<Answer>>> = Vec::with_capacity(request.topics.len());
+    let mut queries: BTreeMap<usize, Vec<Query>> = BTreeMap::new();
+    for (t, topic) in request.topics.iter().enumerate() {
+        let info = image.topics.get(topic.topic.0.as_str());
+        let mut topic_answers = Vec::with_capacity(topic.partitions.len());
+        for (p, partition) in topic.partitions.iter().enumerate() {
+            let found = info
+                .ok_or(ResponseError::UnknownTopicOrPartition.code())
+                .and_then(|info| {
+                    let x = info
+                        .partitions
+                        .iter()
+                        .find(|x| x.index == partition.partition)
+                        .ok_or(ResponseError::UnknownTopicOrPartition.code())?;
+                    if x.leader != shard.node_id {
+                        return Err(ResponseError::NotLeaderOrFollower.code());
+                    }
+                    errors::check_leader_epoch(partition.current_leader_epoch, x.leader_epoch)?;
+                    Ok((info, x))
+                });
+            match found {
+                Err(code) => {
+                    debug!(
+                        topic = topic.topic.0.as_str(),
+                        partition = partition.partition,
+                        current_leader_epoch = partition.current_leader_epoch,
+                        error_code = code,
+                        "offset for leader epoch refused"
+                    );
+                    topic_answers.push(Some(Answer::error(code)));
+                }
+                Ok((info, x)) => {
+                    topic_answers.push(None);
+                    queries
+                        .entry(shard.owner_of(&info.name, x.index))
+                        .or_default()
+                        .push(Query {
+                            slot: (t, p),
+                            topic_id: info.id,
+                            index: x.index,
+                            current_epoch: x.leader_epoch,
+                            requested: partition.leader_epoch,
+                        });
+                }
+            }
+        }
+        answers.push(topic_answers);
+    }
+
+    let shard = shard.clone();
+    Reply::Later(Box::pin(async move {
+        for (owner, owner_queries) in queries {
+            let slots: Vec<(usize, usize)> = owner_queries.iter().map(|q| q.slot).collect();
+            let result = shard
+                .mesh
+                .call(owner, move |owner_shard: &Rc<Shard>| {
+                    answer_on_owner(owner_shard.clone(), owner_queries)
+                })
+                .await;
+            match result {
+                Ok(results) => {
+                    for (slot, answer) in results {
+                        answers[slot.0][slot.1] = Some(answer);
+                    }
+                }
+                Err(e) => {
+                    warn!("forwarding offset for leader epoch to shard {owner}: {e}");
+                    for slot in slots {
+                        answers[slot.0][slot.1] =
+                            Some(Answer::error(ResponseError::NotLeaderOrFollower.code()));
+                    }
+                }
+            }
+        }
+        ResponseKind::OffsetForLeaderEpoch(build_response(request, answers))
+    }))
+}
+
+fn build_response(
+    request: OffsetForLeaderEpochRequest,
+    answers: Vec<Vec<Option<Answer>>>,
+) -> OffsetForLeaderEpochResponse {
+    // Versions 2 to 4 carry the same fields; v4 only encodes them in the flexible format.
+    let mut response = OffsetForLeaderEpochResponse::default();
+    for (topic, topic_answers) in request.topics.into_iter().zip(answers) {
+        let mut out = OffsetForLeaderTopicResult::default();
+        out.topic = topic.topic;
+        for (partition, answer) in topic.partitions.iter().zip(topic_answers) {
+            let answer =
+                answer.unwrap_or_else(|| Answer::error(ResponseError::UnknownServerError.code()));
+            let mut p = EpochEndOffset::default();
+            p.partition = partition.partition;
+            p.error_code = answer.error_code;
+            p.leader_epoch = answer.leader_epoch;
+            p.end_offset = answer.end_offset;
+            out.partitions.push(p);
+        }
+        response.topics.push(out);
+    }
+    response
+}
+
+/// Answers on the shard that owns the partitions, from their logs. A partition whose leader
+/// state for the checked epoch is not in place here yet (the image was applied on the receiving
+/// shard first) is NOT_LEADER_OR_FOLLOWER: the client retries, and no push of an older epoch can
+/// still land behind the answer.
+fn answer_on_owner(
+    shard: Rc<Shard>,
+    queries: Vec<Query>,
+) -> LocalFuture<Vec<((usize, usize), Answer)>> {
+    Box::pin(async move {
+        queries
+            .into_iter()
+            .map(|query| {
+                let leading =
+                    shard
+                        .partitions
+                        .get(&(query.topic_id, query.index))
+                        .filter(|partition| {
+                            partition.leader_state().is_some_and(|leader| {
+                                leader.epoch == query.current_epoch && !leader.is_stopped()
+                            })
+                        });
+                let answer = match leading {
+                    None => Answer::error(ResponseError::NotLeaderOrFollower.code()),
+                    Some(partition) => {
+                        let (leader_epoch, end_offset) = epoch_lookup::leader_end_offset_for(
+                            &partition.log,
+                            query.current_epoch,
+                            query.requested,
+                        );
+                        Answer {
+                            error_code: errors::NONE,
+                            leader_epoch,
+                            end_offset,
+                        }
+                    }
+                };
+                (query.slot, answer)
+            })
+            .collect()
+    })
+}
