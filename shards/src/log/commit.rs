@@ -10,11 +10,13 @@ use std::time::Duration;
 use super::segment::{self, ActiveFile, Storage, BLOCK, PREALLOCATE_STEP};
 use super::{FlushPolicy, LogError, PartitionLog, PendingWrite};
 
-/// Size of one O_DIRECT write; a flush submits its chunks together.
-const WRITE_CHUNK: usize = 1 << 20;
+/// Size of one O_DIRECT write; a flush submits its chunks together. 4 MiB rather than 1 MiB: each
+/// io_uring write costs the shard a fixed amount of CPU (submission, page pinning, completion), and
+/// at the host-cached disk's ~1.8 GB/s the shard core, not the disk, is the limit (bench/RESULTS.md).
+const WRITE_CHUNK: usize = 4 << 20;
 /// Chunk buffers kept for reuse per shard (already faulted in: fresh large buffers cost page faults);
-/// 16 covers a 16 MiB group commit.
-const WRITE_BUFFERS_KEPT: usize = 16;
+/// 8 cover 32 MiB of group commits in flight.
+const WRITE_BUFFERS_KEPT: usize = 8;
 
 thread_local! {
     /// Reusable chunk buffers, shared by every log of this shard, tagged with the executor that
