@@ -72,6 +72,12 @@ pub struct StartArgs {
     /// [default: 30000].
     #[arg(long)]
     pub replica_lag_time_max_ms: Option<u64>,
+    /// Several brokers (or other busy processes) share this machine's CPUs: run the shard
+    /// executors unpinned so the kernel can balance them (Redpanda's --overprovisioned). Pinned
+    /// shards of several brokers on the same cores wait on each other, and the io_uring worker
+    /// that runs a shard's fdatasync inherits the pin and waits behind a busy shard.
+    #[arg(long)]
+    pub overprovisioned: bool,
     /// TOML file with any of the keys above (node-id, data-dir, listen, ...).
     #[arg(long)]
     pub config: Option<PathBuf>,

@@ -25,6 +25,8 @@ pub struct BrokerConfig {
     pub control_core: Option<usize>,
     /// `replica.lag.time.max.ms`: a follower not caught up for this long leaves the ISR.
     pub replica_lag_time_max_ms: u64,
+    /// Shard executors unpinned (several brokers share the CPUs).
+    pub overprovisioned: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +66,7 @@ struct FileConfig {
     control_core: Option<usize>,
     #[serde(alias = "replica_lag_time_max_ms")]
     replica_lag_time_max_ms: Option<u64>,
+    overprovisioned: Option<bool>,
 }
 
 /// `peers` in the file: either "1@h:p,2@h:p" or ["1@h:p", "2@h:p"] (`=` works too).
@@ -159,6 +162,7 @@ impl BrokerConfig {
             peers,
             control_core,
             replica_lag_time_max_ms,
+            overprovisioned: args.overprovisioned || file.overprovisioned.unwrap_or(false),
         })
     }
 }
@@ -247,6 +251,7 @@ mod tests {
         assert_eq!(config.cores, 4);
         assert!(config.peers.is_empty() && config.rpc.is_none());
         assert_eq!(config.replica_lag_time_max_ms, 30_000);
+        assert!(!config.overprovisioned);
     }
 
     #[test]
@@ -254,7 +259,7 @@ mod tests {
         let mut file = tempfile::NamedTempFile::new().unwrap();
         writeln!(
             file,
-            "node-id = 3\ndata-dir = \"/tmp/x\"\nlisten = \"127.0.0.1:9500\"\ncores = 1\npeers = [\"1@127.0.0.1:9601\", \"2=127.0.0.1:9602\"]\nreplica-lag-time-max-ms = 2000"
+            "node-id = 3\ndata-dir = \"/tmp/x\"\nlisten = \"127.0.0.1:9500\"\ncores = 1\npeers = [\"1@127.0.0.1:9601\", \"2=127.0.0.1:9602\"]\nreplica-lag-time-max-ms = 2000\noverprovisioned = true"
         )
         .unwrap();
         let args = StartArgs {
@@ -272,6 +277,7 @@ mod tests {
         assert_eq!(config.peers.len(), 2);
         assert_eq!(config.peers[1].0, 2);
         assert_eq!(config.replica_lag_time_max_ms, 2000);
+        assert!(config.overprovisioned);
         let args = StartArgs {
             config: Some(file.path().to_path_buf()),
             replica_lag_time_max_ms: Some(500),

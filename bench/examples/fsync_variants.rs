@@ -77,11 +77,13 @@ fn main() {
             for i in 0..n as u64 {
                 let pos = if same { (i / 4) * 4096 } else { i * 4096 };
                 if std::env::var("NORAW").is_err() {
-                let t = Instant::now();
-                raw.write_all_at(rb, pos).unwrap();
-                unsafe { libc::fdatasync(raw.as_raw_fd()) };
-                lat[0].push(t.elapsed().as_nanos() as u64);
-                } else { lat[0].push(1); }
+                    let t = Instant::now();
+                    raw.write_all_at(rb, pos).unwrap();
+                    unsafe { libc::fdatasync(raw.as_raw_fd()) };
+                    lat[0].push(t.elapsed().as_nanos() as u64);
+                } else {
+                    lat[0].push(1);
+                }
 
                 let mut b = dma.alloc_dma_buffer(4096);
                 b.as_bytes_mut().fill(7);

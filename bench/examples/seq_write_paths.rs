@@ -17,7 +17,9 @@ fn main() {
             let size = mib << 20;
             let layout = std::alloc::Layout::from_size_align(1 << 20, 4096).expect("layout");
             // SAFETY: non-zero size; freed at exit.
-            let rb = unsafe { std::slice::from_raw_parts_mut(std::alloc::alloc_zeroed(layout), 1 << 20) };
+            let rb = unsafe {
+                std::slice::from_raw_parts_mut(std::alloc::alloc_zeroed(layout), 1 << 20)
+            };
             rb.fill(7);
             let mut results: Vec<(String, Vec<f64>)> = Vec::new();
             for round in 0..rounds {
@@ -31,8 +33,13 @@ fn main() {
                 };
                 // blocking
                 let p = dir.join(format!("sw-raw-{round}"));
-                let f = std::fs::OpenOptions::new().write(true).create(true).truncate(true)
-                    .custom_flags(libc::O_DIRECT).open(&p).expect("open");
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .custom_flags(libc::O_DIRECT)
+                    .open(&p)
+                    .expect("open");
                 // SAFETY: plain syscall.
                 unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, size as i64) };
                 f.sync_all().expect("sync");
@@ -42,13 +49,24 @@ fn main() {
                 }
                 // SAFETY: plain syscall.
                 unsafe { libc::fdatasync(f.as_raw_fd()) };
-                put("blocking QD1".into(), mib as f64 / t.elapsed().as_secs_f64());
+                put(
+                    "blocking QD1".into(),
+                    mib as f64 / t.elapsed().as_secs_f64(),
+                );
                 drop(f);
                 let _ = std::fs::remove_file(&p);
                 for qd in [1usize, 4, 8, 16] {
                     let p = dir.join(format!("sw-dma-{round}-{qd}"));
-                    let f = Rc::new(glommio::io::OpenOptions::new().read(true).write(true).create(true)
-                        .truncate(true).dma_open(&p).await.expect("open"));
+                    let f = Rc::new(
+                        glommio::io::OpenOptions::new()
+                            .read(true)
+                            .write(true)
+                            .create(true)
+                            .truncate(true)
+                            .dma_open(&p)
+                            .await
+                            .expect("open"),
+                    );
                     f.pre_allocate(size, false).await.expect("prealloc");
                     f.fdatasync().await.expect("sync");
                     let t = Instant::now();
@@ -61,12 +79,19 @@ fn main() {
                             f2.write_at(b, i << 20).await.expect("write")
                         }));
                         if inflight.len() >= qd {
-                            if let Some(t) = inflight.pop_front() { t.await; }
+                            if let Some(t) = inflight.pop_front() {
+                                t.await;
+                            }
                         }
                     }
-                    while let Some(t) = inflight.pop_front() { t.await; }
+                    while let Some(t) = inflight.pop_front() {
+                        t.await;
+                    }
                     f.fdatasync().await.expect("sync");
-                    put(format!("glommio QD{qd} (with copy)"), mib as f64 / t.elapsed().as_secs_f64());
+                    put(
+                        format!("glommio QD{qd} (with copy)"),
+                        mib as f64 / t.elapsed().as_secs_f64(),
+                    );
                     let _ = std::fs::remove_file(&p);
                 }
             }

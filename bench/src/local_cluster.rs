@@ -47,6 +47,8 @@ pub fn start_args(spec: &BrokerSpec, peers: Option<&str>) -> Vec<String> {
     if let (Some(rpc), Some(peers)) = (&spec.rpc, peers) {
         args.extend(["--rpc".to_string(), rpc.clone()]);
         args.extend(["--peers".to_string(), peers.to_string()]);
+        // Several brokers on this machine share its CPUs.
+        args.push("--overprovisioned".to_string());
     }
     args
 }
@@ -155,11 +157,13 @@ mod tests {
                 "--rpc",
                 "127.0.0.1:9102",
                 "--peers",
-                "1@127.0.0.1:9101,2@127.0.0.1:9102"
+                "1@127.0.0.1:9101,2@127.0.0.1:9102",
+                "--overprovisioned"
             ]
         );
         let lone = start_args(&spec(1, None), None);
         assert!(!lone.contains(&"--peers".to_string()));
+        assert!(!lone.contains(&"--overprovisioned".to_string()));
     }
 
     #[test]

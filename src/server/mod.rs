@@ -64,6 +64,7 @@ pub fn run(config: BrokerConfig) -> Result<(), String> {
         advertised = %format!("{}:{}", config.advertised.0, config.advertised.1),
         ?cpus,
         replica_lag_time_max_ms = config.replica_lag_time_max_ms,
+        overprovisioned = config.overprovisioned,
         "starting chronik"
     );
     let start = ShardStart {
@@ -79,6 +80,7 @@ pub fn run(config: BrokerConfig) -> Result<(), String> {
     };
     let spec = ShardSpec {
         cpus,
+        pin: !config.overprovisioned,
         io_memory: SHARD_IO_MEMORY,
         name: "chronik-shard".into(),
     };

@@ -7,8 +7,11 @@ use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 /// How the shard executors are built.
 #[derive(Clone, Debug)]
 pub struct ShardSpec {
-    /// CPU of each shard; shard `i` runs pinned on `cpus[i]`.
+    /// CPU of each shard; shard `i` runs pinned on `cpus[i]` (with `pin`).
     pub cpus: Vec<usize>,
+    /// Pin each shard to its CPU. Off when several brokers share the CPUs: the kernel must then be
+    /// free to move a shard (and the io_uring worker that inherits its affinity) to an idle CPU.
+    pub pin: bool,
     /// io_uring buffer memory registered per executor. Keep it small: the
     /// whole process shares the memlock limit (8 MiB for non-root by default).
     pub io_memory: usize,
@@ -31,7 +34,12 @@ where
     let mut handles = Vec::with_capacity(spec.cpus.len());
     for (shard, cpu) in spec.cpus.iter().copied().enumerate() {
         let shard_main = shard_main.clone();
-        let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+        let placement = if spec.pin {
+            Placement::Fixed(cpu)
+        } else {
+            Placement::Unbound
+        };
+        let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("{}-{shard}", spec.name))
             .io_memory(spec.io_memory)
             .spawn(move || shard_main(shard))
@@ -47,16 +55,42 @@ where
 mod tests {
     use super::*;
 
+    fn own_affinity() -> Vec<usize> {
+        super::super::available_cpus()
+    }
+
     #[test]
     fn each_shard_runs_once_on_its_cpu() {
         let cpus = super::super::available_cpus();
         let spec = ShardSpec {
             cpus: cpus.clone(),
+            pin: true,
             io_memory: 1 << 20,
             name: "test-shard".into(),
         };
-        let handles = spawn_shards(&spec, |shard| async move { shard }).unwrap();
-        let shards: Vec<usize> = handles.into_iter().map(|h| h.join().unwrap()).collect();
-        assert_eq!(shards, (0..cpus.len()).collect::<Vec<_>>());
+        let handles = spawn_shards(&spec, |shard| async move { (shard, own_affinity()) }).unwrap();
+        let shards: Vec<(usize, Vec<usize>)> =
+            handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let expected: Vec<(usize, Vec<usize>)> = cpus
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (i, vec![*c]))
+            .collect();
+        assert_eq!(shards, expected);
+    }
+
+    #[test]
+    fn unpinned_shards_may_run_on_every_cpu() {
+        let cpus = super::super::available_cpus();
+        let spec = ShardSpec {
+            cpus: cpus.clone(),
+            pin: false,
+            io_memory: 1 << 20,
+            name: "test-shard".into(),
+        };
+        let handles = spawn_shards(&spec, |_| async move { own_affinity() }).unwrap();
+        for h in handles {
+            assert_eq!(h.join().unwrap(), cpus);
+        }
     }
 }
