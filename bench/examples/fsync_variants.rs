@@ -1,7 +1,9 @@
 //! Experiment behind the log's O_DSYNC group commit: 4 KiB durable-write latency through blocking
 //! pwrite+fdatasync, glommio write+fdatasync, a glommio O_DSYNC write, and glommio write + a blocking
 //! fdatasync, interleaved sample by sample. `cargo run --release -p chronik-bench --example
-//! fsync_variants -- DIR [SAMPLES]` (`SAME=1` rewrites each block four times, as 1 KiB appends do).
+//! fsync_variants -- DIR [SAMPLES]` (`SAME=1` rewrites each block four times, as 1 KiB appends do;
+//! `NORAW=1` leaves the blocking variant out: a blocking fdatasync on the executor thread slows the
+//! io_uring variants that follow it).
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::time::Instant;
