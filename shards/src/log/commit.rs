@@ -82,6 +82,14 @@ impl<'a> Filler<'a> {
     }
 }
 
+/// What one O_DSYNC group commit made durable: every offset below `end`, as of truncation
+/// `generation`.
+#[derive(Clone, Copy, Debug)]
+struct DsyncWritten {
+    end: i64,
+    generation: u64,
+}
+
 /// How often `flush=never` writes buffered batches out.
 const NEVER_WRITE_INTERVAL: Duration = Duration::from_millis(50);
 /// Under `flush=always`, batches nobody waited for are still written after this long (bounds memory).
@@ -166,12 +174,12 @@ impl PartitionLog {
     }
 
     /// Writes every pending batch (file lock held). With `dsync_allowed`, a group of one chunk in one
-    /// segment goes through the O_DSYNC handle; the result is then the offset it made durable.
+    /// segment goes through the O_DSYNC handle; the result is then what it made durable.
     async fn write_pending(
         &self,
         target: i64,
         dsync_allowed: bool,
-    ) -> Result<Option<i64>, LogError> {
+    ) -> Result<Option<DsyncWritten>, LogError> {
         if self.state.borrow().written_end >= target {
             return Ok(None);
         }
@@ -201,19 +209,26 @@ impl PartitionLog {
         let budget = self.config.borrow().tail_cache_bytes;
         let written_end = st.written_end;
         st.tail.evict(budget, written_end);
-        Ok(all_durable.then_some(written_end))
+        Ok(all_durable.then_some(DsyncWritten {
+            end: written_end,
+            generation: st.generation,
+        }))
     }
 
     /// Makes everything written so far durable (sync lock held): nothing to do when an O_DSYNC write
-    /// already did (`durable_end`: every write before it had completed when it was issued, so the
-    /// device flush and journal commit it triggered cover them too), else an fdatasync of the active
-    /// file. Everything written before lives either in it or in a sealed segment, which was synced
-    /// when sealed.
-    async fn sync_written(&self, target: i64, durable_end: Option<i64>) -> Result<(), LogError> {
-        if let Some(end) = durable_end {
+    /// already did (every write before it had completed when it was issued, so the device flush and
+    /// journal commit it triggered cover them too), else an fdatasync of the active file. Everything
+    /// written before lives either in it or in a sealed segment, which was synced when sealed.
+    ///
+    /// The O_DSYNC end counts only if no truncation or restart came between the write and this sync
+    /// lock: their offsets may since have been cut and reused by batches not written yet.
+    async fn sync_written(&self, target: i64, dsync: Option<DsyncWritten>) -> Result<(), LogError> {
+        if let Some(written) = dsync {
             let mut st = self.state.borrow_mut();
-            st.synced_end = st.synced_end.max(end);
-            return Ok(());
+            if st.generation == written.generation {
+                st.synced_end = st.synced_end.max(written.end);
+                return Ok(());
+            }
         }
         let (end, file) = {
             let st = self.state.borrow();
