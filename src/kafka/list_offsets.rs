@@ -12,6 +12,7 @@ use kafka_protocol::messages::{ListOffsetsRequest, ListOffsetsResponse, Response
 use kafka_protocol::ResponseError;
 use uuid::Uuid;
 
+use super::owners;
 use super::{errors, Reply};
 use crate::control::topic_config;
 use crate::server::shard::Shard;
@@ -93,29 +94,7 @@ pub async fn handle(shard: &Rc<Shard>, request: ListOffsetsRequest, version: i16
 
     let shard = shard.clone();
     Reply::Later(Box::pin(async move {
-        for (owner, owner_queries) in queries {
-            let slots: Vec<(usize, usize)> = owner_queries.iter().map(|q| q.slot).collect();
-            let result = shard
-                .mesh
-                .call(owner, move |owner_shard: &Rc<Shard>| {
-                    answer_on_owner(owner_shard.clone(), owner_queries)
-                })
-                .await;
-            match result {
-                Ok(results) => {
-                    for (slot, answer) in results {
-                        answers[slot.0][slot.1] = Some(answer);
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!("forwarding list offsets to shard {owner}: {e}");
-                    for slot in slots {
-                        answers[slot.0][slot.1] =
-                            Some(Answer::error(ResponseError::NotLeaderOrFollower.code()));
-                    }
-                }
-            }
-        }
+        owners::ask_owners(&shard, &OWNER_API, queries, &mut answers).await;
         let mut response = ListOffsetsResponse::default();
         for (topic, topic_answers) in request.topics.into_iter().zip(answers) {
             let mut out = ListOffsetsTopicResponse::default();
@@ -138,6 +117,13 @@ pub async fn handle(shard: &Rc<Shard>, request: ListOffsetsRequest, version: i16
         ResponseKind::ListOffsets(response)
     }))
 }
+
+const OWNER_API: owners::OwnerApi<Query, Answer> = owners::OwnerApi {
+    name: "list offsets",
+    slot_of: |q| q.slot,
+    on_owner: answer_on_owner,
+    error: Answer::error,
+};
 
 fn answer_on_owner(
     shard: Rc<Shard>,

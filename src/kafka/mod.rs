@@ -16,6 +16,7 @@ pub mod leader_hint;
 pub mod list_offsets;
 pub mod metadata;
 pub mod offset_for_leader_epoch;
+pub mod owners;
 pub mod produce;
 pub mod splice;
 pub mod topics;

@@ -12,9 +12,10 @@ use kafka_protocol::messages::{
     OffsetForLeaderEpochRequest, OffsetForLeaderEpochResponse, ResponseKind,
 };
 use kafka_protocol::ResponseError;
-use tracing::{debug, warn};
+use tracing::debug;
 use uuid::Uuid;
 
+use super::owners;
 use super::{errors, Reply};
 use crate::replication::epoch_lookup;
 use crate::replication::epochs::{UNDEFINED_EPOCH, UNDEFINED_OFFSET};
@@ -101,29 +102,7 @@ pub async fn handle(shard: &Rc<Shard>, request: OffsetForLeaderEpochRequest) -> 
 
     let shard = shard.clone();
     Reply::Later(Box::pin(async move {
-        for (owner, owner_queries) in queries {
-            let slots: Vec<(usize, usize)> = owner_queries.iter().map(|q| q.slot).collect();
-            let result = shard
-                .mesh
-                .call(owner, move |owner_shard: &Rc<Shard>| {
-                    answer_on_owner(owner_shard.clone(), owner_queries)
-                })
-                .await;
-            match result {
-                Ok(results) => {
-                    for (slot, answer) in results {
-                        answers[slot.0][slot.1] = Some(answer);
-                    }
-                }
-                Err(e) => {
-                    warn!("forwarding offset for leader epoch to shard {owner}: {e}");
-                    for slot in slots {
-                        answers[slot.0][slot.1] =
-                            Some(Answer::error(ResponseError::NotLeaderOrFollower.code()));
-                    }
-                }
-            }
-        }
+        owners::ask_owners(&shard, &OWNER_API, queries, &mut answers).await;
         ResponseKind::OffsetForLeaderEpoch(build_response(request, answers))
     }))
 }
@@ -151,6 +130,13 @@ fn build_response(
     }
     response
 }
+
+const OWNER_API: owners::OwnerApi<Query, Answer> = owners::OwnerApi {
+    name: "offset for leader epoch",
+    slot_of: |q| q.slot,
+    on_owner: answer_on_owner,
+    error: Answer::error,
+};
 
 /// Answers on the shard that owns the partitions, from their logs. A partition whose leader
 /// state for the checked epoch is not in place here yet (the image was applied on the receiving
