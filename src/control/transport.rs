@@ -393,19 +393,25 @@ mod tests {
 
     #[test]
     fn sends_to_peers_and_drops_frames_for_unknown_ones() {
-        let a = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
-        let b = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
-        let peers = [(1, a), (2, b)];
-        let (a_tx, _a_inbox) = crossbeam_channel::unbounded();
-        let (b_tx, b_inbox) = crossbeam_channel::unbounded();
-        let node_a = Transport::start(1, a, &peers, a_tx).unwrap();
-        let _node_b = Transport::start(2, b, &peers, b_tx).unwrap();
+        // A port found free by binding :0 may be taken (say, as another test's outgoing port)
+        // before the transport binds it again: pick new ports then.
+        let (node_a, _node_b, _a_inbox, b_inbox) = (0..20)
+            .find_map(|_| {
+                let free = || {
+                    TcpListener::bind("127.0.0.1:0")
+                        .unwrap()
+                        .local_addr()
+                        .unwrap()
+                };
+                let (a, b) = (free(), free());
+                let peers = [(1, a), (2, b)];
+                let (a_tx, a_inbox) = crossbeam_channel::unbounded();
+                let (b_tx, b_inbox) = crossbeam_channel::unbounded();
+                let node_a = Transport::start(1, a, &peers, a_tx).ok()?;
+                let node_b = Transport::start(2, b, &peers, b_tx).ok()?;
+                Some((node_a, node_b, a_inbox, b_inbox))
+            })
+            .expect("two free loopback ports");
         node_a.send_rpc(
             7,
             &Rpc::Answer {
