@@ -72,6 +72,10 @@ pub struct StartArgs {
     /// [default: 30000].
     #[arg(long)]
     pub replica_lag_time_max_ms: Option<u64>,
+    /// How often each shard applies retention.ms / retention.bytes to its partitions (Kafka's
+    /// log.retention.check.interval.ms) [default: 30000].
+    #[arg(long)]
+    pub log_retention_check_interval_ms: Option<u64>,
     /// Several brokers (or other busy processes) share this machine's CPUs: run the shard
     /// executors unpinned so the kernel can balance them (Redpanda's --overprovisioned). Pinned
     /// shards of several brokers on the same cores wait on each other, and the io_uring worker

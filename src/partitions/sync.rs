@@ -13,19 +13,6 @@ use tracing::{debug, warn};
 use crate::control::{topic_config, MetadataImage};
 use crate::server::shard::Shard;
 
-/// How often each shard checks its partitions against retention.ms/bytes, unless
-/// `CHRONIK_RETENTION_CHECK_INTERVAL_MS` says otherwise (Kafka's
-/// `log.retention.check.interval.ms`; tests lower it).
-const RETENTION_CHECK_INTERVAL: Duration = Duration::from_secs(30);
-
-fn retention_check_interval() -> Duration {
-    std::env::var("CHRONIK_RETENTION_CHECK_INTERVAL_MS")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-        .filter(|&ms| ms > 0)
-        .map_or(RETENTION_CHECK_INTERVAL, Duration::from_millis)
-}
-
 /// Brings the shard's partitions in line with `image`.
 pub async fn apply_image(shard: &Rc<Shard>, image: &MetadataImage) {
     let defaults = shard.control.defaults();
@@ -111,10 +98,10 @@ pub async fn follow_images(shard: Rc<Shard>) {
     }
 }
 
-/// Applies retention to every partition of the shard, periodically, until shutdown.
-pub async fn run_retention(shard: Rc<Shard>) {
+/// Applies retention to every partition of the shard every `interval`
+/// (`log.retention.check.interval.ms`), until shutdown.
+pub async fn run_retention(shard: Rc<Shard>, interval: Duration) {
     let shutdown = shard.shutdown.clone();
-    let interval = retention_check_interval();
     loop {
         let stop = async {
             glommio::timer::sleep(interval).await;

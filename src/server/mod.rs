@@ -77,6 +77,9 @@ pub fn run(config: BrokerConfig) -> Result<(), String> {
         mesh: runtime::mesh::builder(shards, MESH_CHANNEL_CAPACITY),
         drained: Arc::new(AtomicUsize::new(0)),
         replica_lag_time_max_ms: config.replica_lag_time_max_ms,
+        retention_check_interval: std::time::Duration::from_millis(
+            config.log_retention_check_interval_ms,
+        ),
     };
     let spec = ShardSpec {
         cpus,

@@ -51,6 +51,8 @@ pub struct ShardStart {
     pub drained: Arc<AtomicUsize>,
     /// `replica.lag.time.max.ms`.
     pub replica_lag_time_max_ms: u64,
+    /// `log.retention.check.interval.ms`.
+    pub retention_check_interval: std::time::Duration,
 }
 
 /// Runs shard `id` until shutdown: open its partitions, accept connections,
@@ -93,7 +95,10 @@ pub async fn run(id: usize, start: ShardStart) -> Result<(), String> {
 async fn serve(shard: &Rc<Shard>, start: &ShardStart) -> Result<(), String> {
     sync::apply_image(shard, &shard.control.image()).await;
     let images = glommio::spawn_local(sync::follow_images(shard.clone()));
-    let retention = glommio::spawn_local(sync::run_retention(shard.clone()));
+    let retention = glommio::spawn_local(sync::run_retention(
+        shard.clone(),
+        start.retention_check_interval,
+    ));
 
     let listener = TcpListener::bind(start.listen)
         .map_err(|e| format!("cannot listen on {}: {e}", start.listen))?;

@@ -572,15 +572,15 @@ def watermarks(bootstrap: str, topic: str, partition: int):
         consumer.close()
 
 
-def test_follower_below_leader_log_start_catches_up(tmp_path, monkeypatch):
+def test_follower_below_leader_log_start_catches_up(tmp_path):
     """A follower down while retention deletes the leader's oldest segments comes back with a log
     that ends below the leader's log start: it empties its log, restarts it at the leader's log
     start, catches up and rejoins the ISR. When retention moves the leader's log start again, the
     follower (whose own retention is held off) deletes its segments below it too: every replica
     ends with the same segments, byte for byte. After the leader dies, the new leader's log starts
     at the same offset and serves everything from there."""
-    monkeypatch.setenv("CHRONIK_RETENTION_CHECK_INTERVAL_MS", "300")
-    c = make_cluster(tmp_path, extra_args=["--replica-lag-time-max-ms", "3000"]).start()
+    c = make_cluster(tmp_path, extra_args=["--replica-lag-time-max-ms", "3000",
+                                           "--log-retention-check-interval-ms", "300"]).start()
     topic = "logstart"
     try:
         create_topic(c, topic, 1, config={"segment.bytes": "65536", "retention.bytes": "200000"})
@@ -610,9 +610,12 @@ def test_follower_below_leader_log_start_catches_up(tmp_path, monkeypatch):
                    "retention moved the leader's log start past the follower's log end")
 
         # The follower's own retention is held off: only the leader's log start moves its start.
-        monkeypatch.setenv("CHRONIK_RETENTION_CHECK_INTERVAL_MS", "3600000")
+        quick = list(c.brokers[follower].extra_args)
+        c.brokers[follower].extra_args = [
+            "3600000" if a == "300" and quick[i - 1] == "--log-retention-check-interval-ms" else a
+            for i, a in enumerate(quick)]
         c.brokers[follower].start_process()
-        monkeypatch.setenv("CHRONIK_RETENTION_CHECK_INTERVAL_MS", "300")
+        c.brokers[follower].extra_args = quick
         c.brokers[follower].wait_ready(60)
         c.wait_for(lambda: isr_full(c, topic, lead), 30, "the follower back in the ISR")
         assert "emptying it to start there" in c.brokers[follower].log_text()
