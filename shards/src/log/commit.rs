@@ -82,14 +82,6 @@ impl<'a> Filler<'a> {
     }
 }
 
-/// What one O_DSYNC group commit made durable: every offset below `end`, as of truncation
-/// `generation`.
-#[derive(Clone, Copy, Debug)]
-struct DsyncWritten {
-    end: i64,
-    generation: u64,
-}
-
 /// How often `flush=never` writes buffered batches out.
 const NEVER_WRITE_INTERVAL: Duration = Duration::from_millis(50);
 /// Under `flush=always`, batches nobody waited for are still written after this long (bounds memory).
@@ -137,16 +129,16 @@ impl PartitionLog {
     /// covered. Writing and syncing hold separate locks, so the next group's write overlaps this
     /// group's fdatasync. A group that fits one chunk is written with O_DSYNC and needs no fdatasync.
     pub(super) async fn flush(&self, sync: bool, target: i64) -> Result<(), LogError> {
-        let durable = {
+        {
             let _write = self.file_lock.acquire_permit(1).await?;
             self.check_open()?;
             let r = self.write_pending(target, sync).await;
-            self.fail_on_error(r)?
-        };
-        if sync {
+            self.fail_on_error(r)?;
+        }
+        if sync && self.state.borrow().synced_end < target {
             let _sync = self.sync_lock.acquire_permit(1).await?;
             self.check_open()?;
-            let r = self.sync_written(target, durable).await;
+            let r = self.sync_written(target).await;
             self.fail_on_error(r)?;
         }
         Ok(())
@@ -155,9 +147,9 @@ impl PartitionLog {
     /// `flush` for callers that hold both the file lock and the sync lock.
     pub(super) async fn flush_locked(&self, sync: bool, target: i64) -> Result<(), LogError> {
         let r = self.write_pending(target, sync).await;
-        let durable = self.fail_on_error(r)?;
+        self.fail_on_error(r)?;
         if sync {
-            let r = self.sync_written(target, durable).await;
+            let r = self.sync_written(target).await;
             self.fail_on_error(r)?;
         }
         Ok(())
@@ -174,14 +166,13 @@ impl PartitionLog {
     }
 
     /// Writes every pending batch (file lock held). With `dsync_allowed`, a group of one chunk in one
-    /// segment goes through the O_DSYNC handle; the result is then what it made durable.
-    async fn write_pending(
-        &self,
-        target: i64,
-        dsync_allowed: bool,
-    ) -> Result<Option<DsyncWritten>, LogError> {
+    /// segment goes through the O_DSYNC handle and is durable when written: every write before it
+    /// had completed when it was issued (they hold the file lock until then), so the device flush
+    /// and journal commit it triggered cover them too. `synced_end` moves here, under the file lock,
+    /// where no truncation can come between the write and the claim.
+    async fn write_pending(&self, target: i64, dsync_allowed: bool) -> Result<(), LogError> {
         if self.state.borrow().written_end >= target {
-            return Ok(None);
+            return Ok(());
         }
         let writes = std::mem::take(&mut self.state.borrow_mut().pending);
         let single_segment = writes
@@ -202,34 +193,22 @@ impl PartitionLog {
             i += n;
         }
         let Some(w) = writes.last() else {
-            return Ok(None);
+            return Ok(());
         };
         let mut st = self.state.borrow_mut();
         st.written_end = w.end_offset;
         let budget = self.config.borrow().tail_cache_bytes;
         let written_end = st.written_end;
         st.tail.evict(budget, written_end);
-        Ok(all_durable.then_some(DsyncWritten {
-            end: written_end,
-            generation: st.generation,
-        }))
+        if all_durable {
+            st.synced_end = st.synced_end.max(written_end);
+        }
+        Ok(())
     }
 
-    /// Makes everything written so far durable (sync lock held): nothing to do when an O_DSYNC write
-    /// already did (every write before it had completed when it was issued, so the device flush and
-    /// journal commit it triggered cover them too), else an fdatasync of the active file. Everything
-    /// written before lives either in it or in a sealed segment, which was synced when sealed.
-    ///
-    /// The O_DSYNC end counts only if no truncation or restart came between the write and this sync
-    /// lock: their offsets may since have been cut and reused by batches not written yet.
-    async fn sync_written(&self, target: i64, dsync: Option<DsyncWritten>) -> Result<(), LogError> {
-        if let Some(written) = dsync {
-            let mut st = self.state.borrow_mut();
-            if st.generation == written.generation {
-                st.synced_end = st.synced_end.max(written.end);
-                return Ok(());
-            }
-        }
+    /// fdatasyncs the active file (sync lock held). Everything written before lives either in it or in
+    /// a sealed segment, which was synced when sealed.
+    async fn sync_written(&self, target: i64) -> Result<(), LogError> {
         let (end, file) = {
             let st = self.state.borrow();
             if st.synced_end >= target || st.synced_end >= st.written_end {
