@@ -231,6 +231,7 @@ fn on_push(
         return ready(&partition, wire::ACK_OK);
     }
     if base_offset != log_end {
+        debug!(topic = %partition.topic, partition = partition.index, base_offset, log_end, "push does not start at the log end");
         return ready(&partition, wire::ACK_OUT_OF_ORDER);
     }
     if records.is_empty() {

@@ -265,7 +265,10 @@ pub fn on_ack_frame(shard: &Rc<Shard>, follower: i32, frame: Frame) {
                 cursor.next.set(Some(log_end));
             }
         }
-        wire::ACK_OUT_OF_ORDER => cursor.next.set(Some(log_end)),
+        wire::ACK_OUT_OF_ORDER => {
+            debug!(topic = %leader.topic, partition = part.partition, follower, log_end, "follower refused a push out of order");
+            cursor.next.set(Some(log_end));
+        }
         wire::ACK_CHECK_EPOCH => {
             cursor.next.set(None);
             cursor.check_epoch.set(Some(last_epoch));
@@ -282,6 +285,7 @@ pub fn on_ack_frame(shard: &Rc<Shard>, follower: i32, frame: Frame) {
             cursor.back_off.set(true);
         }
         _ => {
+            debug!(topic = %leader.topic, partition = part.partition, follower, status, "follower asked to retry");
             cursor.next.set(None);
             cursor.back_off.set(true);
         }

@@ -83,7 +83,8 @@ class Broker:
             args += ["--cores", str(self.cores)]
         args += self.extra_args
         env = dict(os.environ)
-        env.setdefault("RUST_LOG", "info")
+        # Replication logs its unusual turns (refused pushes, retries) at debug: keep them.
+        env.setdefault("RUST_LOG", "info,chronik::replication=debug")
         env.setdefault("RUST_BACKTRACE", "1")
         log = open(self.log_path, "ab")
         log.write(f"\n----- start #{self.starts}: {' '.join(args)}\n".encode())

@@ -56,14 +56,16 @@ class Cluster:
             return None
         return {p: (pm.leader, list(pm.replicas), sorted(pm.isrs)) for p, pm in t.partitions.items()}
 
-    @staticmethod
-    def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
+    def wait_for(self, predicate, timeout: float, what: str, interval: float = 0.1):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if predicate():
                 return
             time.sleep(interval)
-        raise AssertionError(f"timed out after {timeout}s waiting for: {what}")
+        # The brokers' last words, so a failure far from this machine (CI) can be diagnosed.
+        tails = "\n".join(f"--- broker {n} ({b.log_path}):\n{b.log_tail(40)}"
+                          for n, b in self.brokers.items())
+        raise AssertionError(f"timed out after {timeout}s waiting for: {what}\n{tails}")
 
     def stop_all(self):
         for b in self.brokers.values():
