@@ -97,15 +97,12 @@ pub async fn handle(shard: &Rc<Shard>, request: FetchRequest, version: i16) -> R
         for partition in &topic.partitions {
             indexes.push(partition.partition);
             let wanted = info.map_err(|e| e.code()).and_then(|info| {
-                let p = info
-                    .partitions
-                    .iter()
-                    .find(|p| p.index == partition.partition)
-                    .ok_or(ResponseError::UnknownTopicOrPartition.code())?;
-                if p.leader != shard.node_id {
-                    return Err(ResponseError::NotLeaderOrFollower.code());
-                }
-                errors::check_leader_epoch(partition.current_leader_epoch, p.leader_epoch)?;
+                errors::led_partition(
+                    info,
+                    partition.partition,
+                    shard.node_id,
+                    partition.current_leader_epoch,
+                )?;
                 Ok(Wanted {
                     owner: shard.owner_of(&info.name, partition.partition),
                     topic_id: info.id,

@@ -61,15 +61,12 @@ pub async fn handle(shard: &Rc<Shard>, request: ListOffsetsRequest, version: i16
             let found = info
                 .ok_or(ResponseError::UnknownTopicOrPartition.code())
                 .and_then(|info| {
-                    let x = info
-                        .partitions
-                        .iter()
-                        .find(|x| x.index == partition.partition_index)
-                        .ok_or(ResponseError::UnknownTopicOrPartition.code())?;
-                    if x.leader != shard.node_id {
-                        return Err(ResponseError::NotLeaderOrFollower.code());
-                    }
-                    errors::check_leader_epoch(partition.current_leader_epoch, x.leader_epoch)?;
+                    let x = errors::led_partition(
+                        info,
+                        partition.partition_index,
+                        shard.node_id,
+                        partition.current_leader_epoch,
+                    )?;
                     Ok((info, x))
                 });
             match found {
