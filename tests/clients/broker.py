@@ -35,16 +35,17 @@ def api_versions_ok(host: str, port: int, timeout: float = 1.0) -> bool:
             client_id = b"chronik-tests"
             body = struct.pack(">hhih", 18, 0, 1, len(client_id)) + client_id
             s.sendall(struct.pack(">i", len(body)) + body)
-            header = _recv_exact(s, 4)
+            header = recv_exact(s, 4)
             (size,) = struct.unpack(">i", header)
-            payload = _recv_exact(s, size)
+            payload = recv_exact(s, size)
             correlation, error = struct.unpack(">ih", payload[:6])
             return correlation == 1 and error == 0
     except OSError:
         return False
 
 
-def _recv_exact(s: socket.socket, n: int) -> bytes:
+def recv_exact(s: socket.socket, n: int) -> bytes:
+    """Exactly `n` bytes from `s` (OSError if the peer closes first)."""
     buf = b""
     while len(buf) < n:
         chunk = s.recv(n - len(buf))

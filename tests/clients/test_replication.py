@@ -12,7 +12,7 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from broker import chronik_bin
+from broker import chronik_bin, recv_exact
 from cluster import Cluster
 
 
@@ -382,8 +382,8 @@ def offset_for_leader_epoch(bootstrap: str, topic: str, partitions, version: int
     with socket.create_connection((host, int(port)), timeout=10) as s:
         frame = header + body
         s.sendall(struct.pack(">i", len(frame)) + frame)
-        (size,) = struct.unpack(">i", _recv(s, 4))
-        buf = _recv(s, size)
+        (size,) = struct.unpack(">i", recv_exact(s, 4))
+        buf = recv_exact(s, size)
     (correlation,) = struct.unpack_from(">i", buf, 0)
     assert correlation == 7
     at = 4 + (1 if flexible else 0)  # response header (v1 adds empty tagged fields)
@@ -414,16 +414,6 @@ def offset_for_leader_epoch(bootstrap: str, topic: str, partitions, version: int
     at += 1 if flexible else 0
     assert at == len(buf), f"v{version}: {len(buf) - at} stray bytes in the response"
     return out
-
-
-def _recv(s: socket.socket, n: int) -> bytes:
-    buf = b""
-    while len(buf) < n:
-        chunk = s.recv(n - len(buf))
-        if not chunk:
-            raise OSError("connection closed")
-        buf += chunk
-    return buf
 
 
 def partition_status(bootstrap: str, topic: str, partition: int):
