@@ -10,7 +10,7 @@ use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
@@ -150,47 +150,46 @@ pub fn fdatasync_floor(dir: &Path, samples: usize) -> io::Result<Histogram<u64>>
     Ok(hist)
 }
 
-/// Raw O_DIRECT sequential write bandwidth in bytes/s: `bytes` written in 1 MiB writes to a preallocated
-/// file, then one fdatasync (included in the time).
-pub fn sequential_write_bandwidth(dir: &Path, bytes: u64) -> io::Result<f64> {
-    const CHUNK: usize = 1 << 20;
-    let chunks = bytes.div_ceil(CHUNK as u64).max(1);
-    let scratch = ScratchFile::create(dir, "seq", chunks * CHUNK as u64)?;
-    let mut buf = AlignedBuf::new(CHUNK)?;
-    buf.as_mut_slice().fill(0xa5);
-    let t = Instant::now();
-    for i in 0..chunks {
-        scratch
-            .file
-            .write_all_at(buf.as_slice(), i * CHUNK as u64)?;
-    }
-    fdatasync(&scratch.file)?;
-    Ok((chunks * CHUNK as u64) as f64 / t.elapsed().as_secs_f64())
+/// Raw O_DIRECT sequential writes of 1 MiB to a preallocated file, taken in rounds (each ending with
+/// one fdatasync) so a benchmark can alternate them with what it compares, as `FsyncProbe` does for
+/// latency: on a shared machine the disk's bandwidth drifts by tens of percent within seconds.
+pub struct SeqWriteProbe {
+    scratch: ScratchFile,
+    buf: AlignedBuf,
+    len: u64,
+    next: u64,
 }
 
-/// Like `sequential_write_bandwidth`, with an fdatasync after every `sync_every` bytes: the raw cost of
-/// the durability a `flush=always` log pays per group commit.
-pub fn sequential_write_bandwidth_synced(
-    dir: &Path,
-    bytes: u64,
-    sync_every: u64,
-) -> io::Result<f64> {
+impl SeqWriteProbe {
     const CHUNK: usize = 1 << 20;
-    let chunks = bytes.div_ceil(CHUNK as u64).max(1);
-    let per_sync = (sync_every / CHUNK as u64).max(1);
-    let scratch = ScratchFile::create(dir, "seq-sync", chunks * CHUNK as u64)?;
-    let mut buf = AlignedBuf::new(CHUNK)?;
-    buf.as_mut_slice().fill(0xa5);
-    let t = Instant::now();
-    for i in 0..chunks {
-        scratch
-            .file
-            .write_all_at(buf.as_slice(), i * CHUNK as u64)?;
-        if (i + 1) % per_sync == 0 || i + 1 == chunks {
-            fdatasync(&scratch.file)?;
-        }
+
+    /// A probe writing through a file of `len` bytes (rounded up to 1 MiB), cyclically.
+    pub fn new(dir: &Path, len: u64) -> io::Result<Self> {
+        let len = len.div_ceil(Self::CHUNK as u64).max(1) * Self::CHUNK as u64;
+        let scratch = ScratchFile::create(dir, "seq", len)?;
+        let mut buf = AlignedBuf::new(Self::CHUNK)?;
+        buf.as_mut_slice().fill(0xa5);
+        Ok(SeqWriteProbe {
+            scratch,
+            buf,
+            len,
+            next: 0,
+        })
     }
-    Ok((chunks * CHUNK as u64) as f64 / t.elapsed().as_secs_f64())
+
+    /// Writes `bytes` (rounded up to 1 MiB) sequentially, then fdatasyncs; returns the bytes written and
+    /// the time taken, the fdatasync included.
+    pub fn round(&mut self, bytes: u64) -> io::Result<(u64, Duration)> {
+        let chunks = bytes.div_ceil(Self::CHUNK as u64).max(1);
+        let t = Instant::now();
+        for _ in 0..chunks {
+            let pos = self.next % self.len;
+            self.next += Self::CHUNK as u64;
+            self.scratch.file.write_all_at(self.buf.as_slice(), pos)?;
+        }
+        fdatasync(&self.scratch.file)?;
+        Ok((chunks * Self::CHUNK as u64, t.elapsed()))
+    }
 }
 
 /// TCP loopback round trip (ns) of a 100-byte message between two blocking threads.
@@ -235,8 +234,13 @@ mod tests {
         let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
         let h = fdatasync_floor(dir.path(), 5).unwrap();
         assert_eq!(h.len(), 5);
-        assert!(sequential_write_bandwidth(dir.path(), 2 << 20).unwrap() > 0.0);
-        assert!(sequential_write_bandwidth_synced(dir.path(), 2 << 20, 1 << 20).unwrap() > 0.0);
+        let mut probe = SeqWriteProbe::new(dir.path(), 2 << 20).unwrap();
+        for _ in 0..3 {
+            let (bytes, took) = probe.round(3 << 20).unwrap();
+            assert_eq!(bytes, 3 << 20);
+            assert!(took > Duration::ZERO);
+        }
+        drop(probe);
         assert_eq!(loopback_rtt_floor(5).unwrap().len(), 5);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }

@@ -940,3 +940,54 @@ fn leader_epoch_history_survives_reopen_and_damage() {
         assert_eq!(log.end_offset_for_epoch(1), (1, 20));
     });
 }
+
+/// A large received buffer nothing else holds is patched in place and kept (one copy of the bytes
+/// in all, into the write buffer); a shared one or a small one is copied and the caller's bytes stay
+/// untouched. Either way the log holds the same offsets and bytes, and they survive a reopen.
+#[test]
+fn append_bytes_patches_a_unique_buffer_in_place() {
+    let dir = tmpdir();
+    let path = dir.path().join("t-0");
+    run(move || async move {
+        let log = PartitionLog::open(path.clone(), LogConfig::default())
+            .await
+            .unwrap();
+        log.append(&batch(3, 10, 100, 1), 0).unwrap();
+
+        let unique = bytes::Bytes::from(batch(2, 20, 128 << 10, 2));
+        let unique_ptr = unique.as_ptr();
+        let info = log.append_bytes(unique, 4).unwrap();
+        assert_eq!((info.base_offset, info.last_offset), (3, 4));
+
+        let shared = bytes::Bytes::from(batch(2, 30, 128 << 10, 3));
+        let kept = shared.clone();
+        let info = log.append_bytes(shared, 4).unwrap();
+        assert_eq!((info.base_offset, info.last_offset), (5, 6));
+        assert_eq!(base_of(&kept), 0, "the caller's shared bytes were patched");
+
+        let small = bytes::Bytes::from(batch(1, 40, 100, 4));
+        let small_ptr = small.as_ptr();
+        log.append_bytes(small, 5).unwrap();
+
+        let got = log.read(3, 1 << 20, i64::MAX).await.unwrap();
+        assert_eq!(got[0].as_ptr(), unique_ptr, "the unique buffer was copied");
+        assert_ne!(got[1].as_ptr(), kept.as_ptr());
+        log.wait_durable(8).await.unwrap();
+        let got = log.read(7, 1 << 20, i64::MAX).await.unwrap();
+        assert_ne!(got[0].as_ptr(), small_ptr);
+        drop(got);
+        log.close().await.unwrap();
+
+        let log = PartitionLog::open(path, LogConfig::default())
+            .await
+            .unwrap();
+        let all = read_all(&log, 0).await;
+        let bases: Vec<i64> = all.iter().map(|b| base_of(b)).collect();
+        assert_eq!(bases, vec![0, 3, 5, 7]);
+        let epoch = |b: &bytes::Bytes| i32::from_be_bytes(b[12..16].try_into().unwrap());
+        assert_eq!(all.iter().map(epoch).collect::<Vec<_>>(), vec![0, 4, 4, 5]);
+        assert_eq!(all[1].len(), batch(2, 20, 128 << 10, 2).len());
+        assert_eq!(all[2][61..], kept[61..]);
+        log.close().await.unwrap();
+    });
+}

@@ -89,6 +89,9 @@ pub async fn handle_frame(shard: &Rc<Shard>, frame: Bytes) -> Outcome {
         Ok(body) => body,
         Err(e) => return Outcome::Close(e.to_string()),
     };
+    // The frame's last reference outside the body: a produce request's records may then be the only
+    // owner of their receive buffer (`produce::release_frame`).
+    drop(request);
     let reply = dispatch(shard, body, version).await;
     respond(api_key, version, correlation_id, reply)
 }

@@ -91,7 +91,7 @@ impl PartitionResult {
     }
 }
 
-pub async fn handle(shard: &Rc<Shard>, request: ProduceRequest, version: i16) -> Reply {
+pub async fn handle(shard: &Rc<Shard>, mut request: ProduceRequest, version: i16) -> Reply {
     let acks = match request.acks {
         0 => Some(Acks::None),
         1 => Some(Acks::Leader),
@@ -123,7 +123,7 @@ pub async fn handle(shard: &Rc<Shard>, request: ProduceRequest, version: i16) ->
     let mut results: Vec<Vec<Option<PartitionResult>>> =
         Vec::with_capacity(request.topic_data.len());
     let mut work: BTreeMap<usize, Vec<AppendWork>> = BTreeMap::new();
-    for (t, topic) in request.topic_data.iter().enumerate() {
+    for (t, topic) in request.topic_data.iter_mut().enumerate() {
         let info: Result<&Arc<TopicInfo>, ResponseError> = if version >= 13 {
             image
                 .topic_by_id(topic.topic_id)
@@ -139,7 +139,7 @@ pub async fn handle(shard: &Rc<Shard>, request: ProduceRequest, version: i16) ->
                 })
         };
         let mut topic_results = Vec::with_capacity(topic.partition_data.len());
-        for (p, data) in topic.partition_data.iter().enumerate() {
+        for (p, data) in topic.partition_data.iter_mut().enumerate() {
             let check = (|| {
                 let acks = acks.ok_or(ResponseError::InvalidRequiredAcks)?;
                 let info = info.as_ref().map_err(|e| *e)?;
@@ -157,7 +157,8 @@ pub async fn handle(shard: &Rc<Shard>, request: ProduceRequest, version: i16) ->
                         return Err(ResponseError::NotEnoughReplicas);
                     }
                 }
-                let records = data.records.clone().ok_or(ResponseError::InvalidRecord)?;
+                // Taken, not cloned: see `release_frame`.
+                let records = data.records.take().ok_or(ResponseError::InvalidRecord)?;
                 Ok((info.id, info.name.as_str(), records))
             })();
             match check {
@@ -198,6 +199,8 @@ pub async fn handle(shard: &Rc<Shard>, request: ProduceRequest, version: i16) ->
         Vec::new()
     };
 
+    let topic_data = release_frame(request);
+
     // Queue the appends on their owners, in request order per owner.
     let acks = acks.unwrap_or(Acks::Leader);
     let deadline = Instant::now() + timeout;
@@ -219,17 +222,6 @@ pub async fn handle(shard: &Rc<Shard>, request: ProduceRequest, version: i16) ->
         }
     }
 
-    let topic_data: Vec<(TopicName, Uuid, Vec<i32>)> = request
-        .topic_data
-        .into_iter()
-        .map(|t| {
-            (
-                t.name,
-                t.topic_id,
-                t.partition_data.iter().map(|p| p.index).collect(),
-            )
-        })
-        .collect();
     let collect = async move {
         // The owners bound their waits by `deadline`; this bound (a little
         // later, so their own answers win) holds even if an owner never
@@ -307,6 +299,24 @@ fn dedup(mut names: Vec<String>) -> Vec<String> {
     names
 }
 
+/// What the response needs from the request, with the topic names copied, so the request (and its
+/// slices of the receive buffer) can be dropped before the appends run. A records buffer that then has
+/// no other owner (a large request for one partition, read into its own buffer) is patched in place by
+/// the log and stored as received, instead of copied.
+fn release_frame(request: ProduceRequest) -> Vec<(TopicName, Uuid, Vec<i32>)> {
+    request
+        .topic_data
+        .into_iter()
+        .map(|t| {
+            (
+                TopicName(StrBytes::from_string(t.name.0.to_string())),
+                t.topic_id,
+                t.partition_data.iter().map(|p| p.index).collect(),
+            )
+        })
+        .collect()
+}
+
 fn build_response(
     topic_data: Vec<(TopicName, Uuid, Vec<i32>)>,
     results: Vec<Vec<Option<PartitionResult>>>,
@@ -362,7 +372,7 @@ fn append_on_owner(
     // Ordered part: partitions whose log is open append now.
     let mut appended: Vec<Appended> = Vec::with_capacity(parts.len());
     let mut refused = Vec::new();
-    for part in parts {
+    for mut part in parts {
         match shard.partitions.get(&(part.topic_id, part.partition)) {
             // The leader sees followers fall behind before the controller shrinks the ISR (or
             // when no controller can): too few in sync means no append at all.
@@ -378,7 +388,7 @@ fn append_on_owner(
                 ));
             }
             Some(partition) => {
-                let result = partition.append(&part.records);
+                let result = partition.append(std::mem::take(&mut part.records));
                 appended.push((part, Some(partition), Some(result)));
             }
             None => appended.push((part, None, None)),
@@ -387,7 +397,7 @@ fn append_on_owner(
     let shard = shard.clone();
     Box::pin(async move {
         let mut out = refused;
-        for (part, partition, result) in appended {
+        for (mut part, partition, result) in appended {
             // A log not open yet (the topic was just created): open it, then append.
             let (partition, result) = match (partition, result) {
                 (Some(partition), Some(result)) => (partition, result),
@@ -399,7 +409,7 @@ fn append_on_owner(
                 .await
                 {
                     Ok(partition) => {
-                        let result = partition.append(&part.records);
+                        let result = partition.append(std::mem::take(&mut part.records));
                         (partition, result)
                     }
                     Err(code) => {

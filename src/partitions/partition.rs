@@ -143,8 +143,8 @@ impl Partition {
 
     /// Leader append; starts making it durable in the background so the high
     /// watermark advances even when nobody waits (acks=0).
-    pub fn append(self: &Rc<Self>, records: &[u8]) -> Result<AppendInfo, LogError> {
-        let info = self.log.append(records, self.leader_epoch.get())?;
+    pub fn append(self: &Rc<Self>, records: Bytes) -> Result<AppendInfo, LogError> {
+        let info = self.log.append_bytes(records, self.leader_epoch.get())?;
         if let Some(leader) = self.leader.borrow().as_ref() {
             leader.appended.advance(info.last_offset + 1);
         }
@@ -305,7 +305,7 @@ mod tests {
                     .await
                     .unwrap();
                 let partition = Rc::new(Partition::new(&topic, &info, 1, log));
-                let appended = partition.append(&batch()).unwrap();
+                let appended = partition.append(batch()).unwrap();
                 partition
                     .wait_durable(appended.last_offset + 1)
                     .await

@@ -8,7 +8,7 @@
 
 use std::rc::Rc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 use futures_lite::{AsyncRead, FutureExt};
 use glommio::channels::local_channel;
@@ -24,6 +24,8 @@ const MAX_IN_FLIGHT: usize = 128;
 /// buffer of this size (copied out: cheap); a frame body at least this large
 /// is read straight into place (no copy).
 const READ_CHUNK: usize = 16 * 1024;
+/// Frames at least this large are read into a buffer of their own (`FrameReader::read_own`).
+const OWN_BUFFER_BYTES: usize = chronik_shards::log::ZERO_COPY_BYTES;
 
 /// Serves one connection until the peer closes it, it misbehaves, or the
 /// broker shuts down (then in-flight requests are answered first).
@@ -135,12 +137,36 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 "frame length {len} exceeds socket.request.max.bytes ({MAX_REQUEST_BYTES})"
             ));
         }
+        if len >= OWN_BUFFER_BYTES {
+            return self.read_own(len).await.map(Some);
+        }
         if !self.fill(4 + len).await? {
             return Err(format!("connection closed inside a {len}-byte frame"));
         }
         let mut frame = self.buf.split_to(4 + len);
         let _ = frame.split_to(4);
         Ok(Some(frame.freeze()))
+    }
+
+    /// A large frame's body, in a buffer of its own (what was read ahead is copied in, the rest read in
+    /// place): slices of it then share no allocation with other frames, so the log can keep a
+    /// produce request's records as received (`PartitionLog::append_bytes`).
+    async fn read_own(&mut self, len: usize) -> Result<Bytes, String> {
+        self.buf.advance(4);
+        let ahead = self.buf.len().min(len);
+        let mut body = BytesMut::with_capacity(len);
+        body.extend_from_slice(&self.buf[..ahead]);
+        self.buf.advance(ahead);
+        body.resize(len, 0);
+        let mut have = ahead;
+        while have < len {
+            match self.reader.read(&mut body[have..]).await {
+                Ok(0) => return Err(format!("connection closed inside a {len}-byte frame")),
+                Ok(n) => have += n,
+                Err(e) => return Err(format!("read failed: {e}")),
+            }
+        }
+        Ok(body.freeze())
     }
 
     /// Reads until the buffer holds `want` bytes; false if the stream ended first.
@@ -196,20 +222,26 @@ mod tests {
     fn splits_frames() {
         let mut input = Vec::new();
         let big = vec![7u8; 3 * READ_CHUNK + 5];
-        for body in [&b"abc"[..], b"", &big, b"hello world"] {
+        let own = vec![9u8; OWN_BUFFER_BYTES + 3];
+        for body in [&b"abc"[..], b"", &big, &own, b"hello world"] {
             input.extend_from_slice(&(body.len() as i32).to_be_bytes());
             input.extend_from_slice(body);
         }
-        let frames = frames_of(input);
-        assert_eq!(frames.len(), 5);
+        let mut frames = frames_of(input);
+        assert_eq!(frames.len(), 6);
         assert_eq!(frames[0].as_ref().unwrap().as_deref(), Some(&b"abc"[..]));
         assert_eq!(frames[1].as_ref().unwrap().as_deref(), Some(&b""[..]));
         assert_eq!(frames[2].as_ref().unwrap().as_deref(), Some(&big[..]));
+        assert_eq!(frames[3].as_ref().unwrap().as_deref(), Some(&own[..]));
         assert_eq!(
-            frames[3].as_ref().unwrap().as_deref(),
+            frames[4].as_ref().unwrap().as_deref(),
             Some(&b"hello world"[..])
         );
-        assert_eq!(frames[4], Ok(None));
+        assert_eq!(frames[5], Ok(None));
+        // The large frame owns its buffer: nothing else (the reader, other frames) shares it.
+        let own_frame = frames.remove(3).unwrap().unwrap();
+        drop(frames);
+        assert!(own_frame.try_into_mut().is_ok());
     }
 
     #[test]

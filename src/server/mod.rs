@@ -17,9 +17,6 @@ use crate::config::BrokerConfig;
 use crate::control::{self, BrokerDefaults, ControlConfig};
 use shard::ShardStart;
 
-/// io_uring buffer memory per shard: small, so many shards fit in the
-/// default 8 MiB memlock limit (raise LimitMEMLOCK to give them more).
-const SHARD_IO_MEMORY: usize = 2 << 20;
 /// Connection attempts (200 ms apart) that must all succeed before the
 /// listen address is considered taken by another process.
 const PORT_PROBES: usize = 10;
@@ -84,7 +81,7 @@ pub fn run(config: BrokerConfig) -> Result<(), String> {
     let spec = ShardSpec {
         cpus,
         pin: !config.overprovisioned,
-        io_memory: SHARD_IO_MEMORY,
+        io_memory: chronik_shards::log::SHARD_IO_MEMORY,
         name: "chronik-shard".into(),
     };
     let handles =

@@ -51,6 +51,7 @@ use std::rc::{Rc, Weak};
 
 use bytes::{Bytes, BytesMut};
 
+pub use commit::SHARD_IO_MEMORY;
 pub use config::{FlushPolicy, LogConfig};
 pub use error::LogError;
 
@@ -197,8 +198,10 @@ impl LogState {
     }
 }
 
-/// Replica appends at least this large keep the received buffer instead of copying it.
-const REPLICA_ZERO_COPY_BYTES: usize = 64 << 10;
+/// Appends at least this large keep the received buffer instead of copying it (a leader append
+/// patches it in place when nothing else holds it). Smaller ones are copied: a small slice of a larger
+/// receive buffer would otherwise pin all of it in the tail cache.
+pub const ZERO_COPY_BYTES: usize = 64 << 10;
 
 impl PartitionLog {
     /// Opens (creating if missing) the log in `dir` and recovers it: CRC-checks the tail segment batch by
@@ -249,6 +252,30 @@ impl PartitionLog {
     /// baseOffset and partitionLeaderEpoch in the log's own copy, and buffers it for the next flush and
     /// the in-memory tail. Does no I/O.
     pub fn append(&self, records: &[u8], leader_epoch: i32) -> Result<AppendInfo, LogError> {
+        let (batches, cfg) = self.validate_leader_append(records)?;
+        self.append_validated(BytesMut::from(records), &batches, leader_epoch, &cfg)
+    }
+
+    /// [`append`](Self::append) of a received buffer. One of at least 64 KiB that nothing else
+    /// references (a produce request's records once the request is dropped) has its offsets patched in
+    /// place and is kept as it is: its bytes are copied once, into the write buffer, instead of twice.
+    pub fn append_bytes(&self, records: Bytes, leader_epoch: i32) -> Result<AppendInfo, LogError> {
+        let (batches, cfg) = self.validate_leader_append(&records)?;
+        let buf = if records.len() < ZERO_COPY_BYTES {
+            BytesMut::from(&records[..])
+        } else {
+            records
+                .try_into_mut()
+                .unwrap_or_else(|shared| BytesMut::from(&shared[..]))
+        };
+        self.append_validated(buf, &batches, leader_epoch, &cfg)
+    }
+
+    /// Checks every batch of a leader append before any is appended.
+    fn validate_leader_append(
+        &self,
+        records: &[u8],
+    ) -> Result<(Vec<(BatchHeader, usize)>, LogConfig), LogError> {
         self.check_open()?;
         let cfg = self.config.borrow().clone();
         let batches = batch::split_batches(records, cfg.max_batch_bytes)?;
@@ -260,7 +287,17 @@ impl PartitionLog {
                 )));
             }
         }
-        let mut buf = BytesMut::from(records);
+        Ok((batches, cfg))
+    }
+
+    /// Assigns offsets to validated batches, patching them into `buf` (the log's own bytes).
+    fn append_validated(
+        &self,
+        mut buf: BytesMut,
+        batches: &[(BatchHeader, usize)],
+        leader_epoch: i32,
+        cfg: &LogConfig,
+    ) -> Result<AppendInfo, LogError> {
         let mut st = self.state.borrow_mut();
         if st.truncating {
             return Err(LogError::Truncating);
@@ -273,7 +310,7 @@ impl PartitionLog {
         }
         let mut next = st.log_end;
         let mut headers = Vec::with_capacity(batches.len());
-        for (h, pos) in &batches {
+        for (h, pos) in batches {
             batch::patch_offsets(&mut buf[*pos..*pos + h.total_len()], next, leader_epoch);
             let mut h = *h;
             h.base_offset = next;
@@ -282,7 +319,7 @@ impl PartitionLog {
             headers.push((h, *pos));
         }
         let data = buf.freeze();
-        Ok(self.push_all(&mut st, &headers, &data, &cfg))
+        Ok(self.push_all(&mut st, &headers, &data, cfg))
     }
 
     /// Follower append: batches whose offsets the leader assigned, validated the same way and required
@@ -317,7 +354,7 @@ impl PartitionLog {
             next = h.next_offset();
             epoch = h.leader_epoch;
         }
-        let data = if batches.len() >= REPLICA_ZERO_COPY_BYTES {
+        let data = if batches.len() >= ZERO_COPY_BYTES {
             batches
         } else {
             Bytes::copy_from_slice(&batches)

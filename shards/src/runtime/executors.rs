@@ -12,8 +12,8 @@ pub struct ShardSpec {
     /// Pin each shard to its CPU. Off when several brokers share the CPUs: the kernel must then be
     /// free to move a shard (and the io_uring worker that inherits its affinity) to an idle CPU.
     pub pin: bool,
-    /// io_uring buffer memory registered per executor. Keep it small: the
-    /// whole process shares the memlock limit (8 MiB for non-root by default).
+    /// io_uring buffer memory per executor (see `log::SHARD_IO_MEMORY`). It is registered with the
+    /// kernel only where the memlock limit or CAP_IPC_LOCK allows; otherwise used unregistered.
     pub io_memory: usize,
     /// Thread name prefix (`<prefix>-<shard>`).
     pub name: String,
