@@ -77,6 +77,7 @@ pub fn run(config: BrokerConfig) -> Result<(), String> {
         retention_check_interval: std::time::Duration::from_millis(
             config.log_retention_check_interval_ms,
         ),
+        io_polling: !config.overprovisioned,
     };
     let spec = ShardSpec {
         cpus,

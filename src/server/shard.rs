@@ -53,12 +53,22 @@ pub struct ShardStart {
     pub replica_lag_time_max_ms: u64,
     /// `log.retention.check.interval.ms`.
     pub retention_check_interval: std::time::Duration,
+    /// Busy-poll O_DIRECT completions (dedicated cores); off with `--overprovisioned`.
+    pub io_polling: bool,
 }
 
 /// Runs shard `id` until shutdown: open its partitions, accept connections,
 /// then drain connections, wait for every other shard to drain too (they may
 /// still forward work here), and close its logs.
 pub async fn run(id: usize, start: ShardStart) -> Result<(), String> {
+    if !start.io_polling {
+        // Before any log opens: the choice is made per device at the first DMA open.
+        if let Err(e) =
+            chronik_shards::runtime::io_polling::disable_io_polling(&start.data_dir).await
+        {
+            tracing::warn!(shard = id, error = %e, "could not turn off I/O polling; shards will spin while O_DIRECT I/O is in flight");
+        }
+    }
     let mesh = match ShardMesh::join(start.mesh.clone(), id, start.shards).await {
         Ok(mesh) => mesh,
         Err(e) => {

@@ -6,6 +6,7 @@
 //! they run on the owning shard against that shard's own state.
 
 pub mod executors;
+pub mod io_polling;
 pub mod mesh;
 pub mod oneshot;
 pub mod placement;
