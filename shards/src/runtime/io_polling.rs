@@ -31,3 +31,50 @@ pub async fn disable_io_polling(dir: &Path) -> std::io::Result<()> {
     file?.close().await?;
     removed
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// After `disable_io_polling`, DMA writes on the directory's device complete through the main ring,
+    /// never the poll ring (with polling left on, which ring is used depends on the device).
+    #[test]
+    fn dma_writes_go_to_the_main_ring() {
+        // Not tmpfs: O_DIRECT needs a real filesystem.
+        let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+        let path = dir.path().to_path_buf();
+        let (main, poll) = glommio::LocalExecutorBuilder::default()
+            .io_memory(1 << 20)
+            .spawn(move || async move {
+                disable_io_polling(&path).await.unwrap();
+                // Read-write, as the log opens segments (a write-only open would itself fail the probe).
+                let file = glommio::io::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .dma_open(path.join("f"))
+                    .await
+                    .unwrap();
+                let before = glommio::executor().io_stats();
+                for i in 0..4u64 {
+                    let mut buf = file.alloc_dma_buffer(4096);
+                    buf.as_bytes_mut().fill(7);
+                    file.write_at(buf, i * 4096).await.unwrap();
+                }
+                let after = glommio::executor().io_stats();
+                file.close().await.unwrap();
+                (
+                    after.main_ring.file_writes().0 - before.main_ring.file_writes().0,
+                    after.poll_ring.file_writes().0 - before.poll_ring.file_writes().0,
+                )
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(poll, 0, "a write went through the poll ring");
+        assert_eq!(main, 4);
+        // The probe file is gone.
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(left.len(), 1);
+    }
+}
