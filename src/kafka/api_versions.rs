@@ -11,7 +11,8 @@ use kafka_protocol::ResponseError;
 const IMPLEMENTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::Produce, 3, 13),
     (ApiKey::Fetch, 4, 18),
-    (ApiKey::ListOffsets, 1, 10),
+    // v7 added MAX_TIMESTAMP (-3) queries, which are not implemented: clients negotiate v6.
+    (ApiKey::ListOffsets, 1, 6),
     (ApiKey::Metadata, 0, 13),
     (ApiKey::ApiVersions, 0, 4),
     (ApiKey::CreateTopics, 2, 7),

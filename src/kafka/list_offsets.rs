@@ -189,7 +189,8 @@ fn answer_on_owner(
                     },
                     Err(e) => Answer::error(errors::log_error_code(&e)),
                 },
-                // -3 (max timestamp) and -5 (tiered storage) are not implemented.
+                // Other negative timestamps (-3 max timestamp, v7+; -5 tiered, v9+) belong to
+                // versions not advertised.
                 _ => Answer::error(ResponseError::UnsupportedVersion.code()),
             };
             out.push((query.slot, answer));
