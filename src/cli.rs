@@ -79,8 +79,8 @@ pub struct StartArgs {
     /// Several brokers (or other busy processes) share this machine's CPUs: run the shard
     /// executors unpinned so the kernel can balance them (Redpanda's --overprovisioned). Pinned
     /// shards of several brokers on the same cores wait on each other, and the io_uring worker
-    /// that runs a shard's fdatasync inherits the pin and waits behind a busy shard. Also turns
-    /// off busy-polling for O_DIRECT completions (as Redpanda's flag turns off polling), which
+    /// that runs a shard's fdatasync inherits the pin and waits behind a busy shard. Also rules
+    /// out busy-polling for O_DIRECT completions (as Redpanda's flag turns off polling), which
     /// would spin a shard's CPU whenever a write is in flight.
     #[arg(long)]
     pub overprovisioned: bool,

@@ -90,6 +90,14 @@ fn measure(args: &LogBenchArgs, scratch: &Path) -> Result<(), Box<dyn std::error
         load.trim()
     );
     println!(
+        "O_DIRECT completions: {}",
+        if chronik_shards::runtime::io_polling::device_polls(&args.dir) {
+            "polled (the device has poll queues)"
+        } else {
+            "by interrupt (the device has no poll queues)"
+        }
+    );
+    println!(
         "{:<28} {:>8} {:>10} {:>10} {:>10} {:>10}",
         "latency (us)", "samples", "p50", "p99", "p99.9", "max"
     );
@@ -192,6 +200,14 @@ where
     Ok(r?)
 }
 
+/// As a broker shard on a dedicated core decides (`io_polling::choose`), so the bench measures the
+/// broker's I/O path.
+async fn choose_io_polling(dir: &Path) -> Result<(), LogError> {
+    std::fs::create_dir_all(dir)?;
+    chronik_shards::runtime::io_polling::choose(dir, true).await?;
+    Ok(())
+}
+
 fn payload_batch(size: usize) -> Vec<u8> {
     build_test_batch(0, 1, 0, &vec![0x42; size.saturating_sub(61)])
 }
@@ -204,6 +220,7 @@ async fn latency(
     samples: usize,
     mut probe: Option<floor::FsyncProbe>,
 ) -> Result<(Histogram<u64>, Option<Histogram<u64>>), LogError> {
+    choose_io_polling(&dir).await?;
     let log = PartitionLog::open(dir, LogConfig::default()).await?;
     let batch = payload_batch(size);
     let mut hist = floor::latency_histogram();
@@ -256,6 +273,7 @@ async fn throughput(
     window: usize,
     mut probe: floor::SeqWriteProbe,
 ) -> Result<(f64, f64), LogError> {
+    choose_io_polling(&dir).await?;
     let log = PartitionLog::open(dir, LogConfig::default()).await?;
     let batch_len = payload_batch(1 << 20).len() as u64;
     let per_round = ROUND_BYTES.div_ceil(batch_len);

@@ -53,7 +53,8 @@ pub struct ShardStart {
     pub replica_lag_time_max_ms: u64,
     /// `log.retention.check.interval.ms`.
     pub retention_check_interval: std::time::Duration,
-    /// Busy-poll O_DIRECT completions (dedicated cores); off with `--overprovisioned`.
+    /// Busy-polling O_DIRECT completions is allowed (dedicated cores; off with `--overprovisioned`);
+    /// it is used only where the device polls its queues (`io_polling::choose`).
     pub io_polling: bool,
 }
 
@@ -61,13 +62,14 @@ pub struct ShardStart {
 /// then drain connections, wait for every other shard to drain too (they may
 /// still forward work here), and close its logs.
 pub async fn run(id: usize, start: ShardStart) -> Result<(), String> {
-    if !start.io_polling {
-        // Before any log opens: the choice is made per device at the first DMA open.
-        if let Err(e) =
-            chronik_shards::runtime::io_polling::disable_io_polling(&start.data_dir).await
-        {
-            tracing::warn!(shard = id, error = %e, "could not turn off I/O polling; shards will spin while O_DIRECT I/O is in flight");
-        }
+    // Before any log opens: glommio decides per device at the first DMA open.
+    match chronik_shards::runtime::io_polling::choose(&start.data_dir, start.io_polling).await {
+        Ok(polls) => tracing::debug!(shard = id, polls, "O_DIRECT completion polling"),
+        Err(e) => tracing::warn!(
+            shard = id,
+            error = %e,
+            "could not turn off I/O polling; shards will spin while O_DIRECT I/O is in flight"
+        ),
     }
     let mesh = match ShardMesh::join(start.mesh.clone(), id, start.shards).await {
         Ok(mesh) => mesh,

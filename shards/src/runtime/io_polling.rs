@@ -1,10 +1,13 @@
-//! Turning off glommio's I/O completion polling for a data directory's device.
+//! Whether a shard busy-polls for O_DIRECT completions, and turning that off.
 //!
 //! glommio 0.9 sends O_DIRECT reads and writes to its poll ring (IOPOLL) whenever an IOPOLL read on the
-//! device succeeds, and the kernel accepts one even on devices without poll queues (virtio-blk here).
-//! An executor then cannot sleep while any such I/O is in flight: it spins on the ring. On dedicated
-//! cores that is the point of thread-per-core; on a machine whose CPUs are shared (several brokers,
-//! `--overprovisioned`) the spinning shard takes the CPU from the threads it waits for.
+//! device succeeds, and the kernel accepts one even on devices without poll queues (virtio-blk, NVMe
+//! without `poll_queues`): completions then still arrive by interrupt, but the executor cannot sleep
+//! while any such I/O is in flight and spins. That costs a CPU, and worse, a completion that needs
+//! kernel work on that CPU first (an O_DSYNC write's journal commit runs from a workqueue) waits until
+//! the spinning thread is preempted: a scheduler tick, 4 ms, measured on 16 KiB appends
+//! (bench/RESULTS.md, session 3). Polling pays only where the device polls its own queues
+//! (`queue/io_poll` is 1) and the shard has its core to itself.
 //!
 //! glommio has no switch for it, but it probes once per device and thread and caches the answer, and a
 //! probe whose read fails for any reason caches "not pollable". Opening a write-only DMA file first
@@ -12,6 +15,38 @@
 //! main ring. glommio logs the failed probe at error level through the `log` crate; it is expected.
 
 use std::path::Path;
+
+/// Whether the block device holding `dir` polls its own completion queues (sysfs `queue/io_poll`; a
+/// partition's is its disk's). False when it cannot be told (not a block device, no sysfs).
+pub fn device_polls(dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::metadata(dir) else {
+        return false;
+    };
+    let dev = meta.dev();
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    let Ok(node) = std::fs::canonicalize(format!("/sys/dev/block/{major}:{minor}")) else {
+        return false;
+    };
+    let disk = if node.join("partition").exists() {
+        node.parent().map(Path::to_path_buf).unwrap_or(node)
+    } else {
+        node
+    };
+    std::fs::read_to_string(disk.join("queue/io_poll")).is_ok_and(|v| v.trim() == "1")
+}
+
+/// Decides for this executor thread and `dir`'s device: polling stays on only where `allowed` (the
+/// shard has its core to itself) and the device polls its queues; otherwise it is turned off. Returns
+/// whether it polls. Must run before the thread opens any DMA file on that device.
+pub async fn choose(dir: &Path, allowed: bool) -> std::io::Result<bool> {
+    std::fs::create_dir_all(dir)?;
+    if allowed && device_polls(dir) {
+        return Ok(true);
+    }
+    disable_io_polling(dir).await?;
+    Ok(false)
+}
 
 /// Makes this executor thread use interrupt-driven completions for O_DIRECT files on `dir`'s device.
 /// Must run before the thread opens any DMA file on that device.
@@ -35,6 +70,15 @@ pub async fn disable_io_polling(dir: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn device_polls_reads_sysfs_without_failing() {
+        // On this project's machines the disk has no poll queues; elsewhere either answer is right.
+        let _ = device_polls(Path::new(env!("CARGO_MANIFEST_DIR")));
+        assert!(!device_polls(Path::new("/nonexistent/dir")));
+        // /proc is not on a block device.
+        assert!(!device_polls(Path::new("/proc")));
+    }
 
     /// After `disable_io_polling`, DMA writes on the directory's device complete through the main ring,
     /// never the poll ring (with polling left on, which ring is used depends on the device).
