@@ -49,6 +49,8 @@ pub struct FollowerCursor {
     back_off: Cell<bool>,
     /// The leader's log start the follower was last told of (LogStart), 0 if none.
     told_log_start: Cell<i64>,
+    /// The high watermark the last frame to the follower carried.
+    sent_hw: Cell<i64>,
     /// Bumped to wake the push task.
     kick: OffsetWatch,
 }
@@ -109,6 +111,7 @@ impl LeaderState {
                     check_epoch: Cell::new(None),
                     back_off: Cell::new(false),
                     told_log_start: Cell::new(0),
+                    sent_hw: Cell::new(-1),
                     kick: OffsetWatch::new(0),
                 })
             })
@@ -253,8 +256,17 @@ pub fn on_ack_frame(shard: &Rc<Shard>, follower: i32, frame: Frame) {
     };
     match status {
         wire::ACK_OK => {
+            let before = partition.high_watermark();
             let hw = leader.on_ack(follower, durable_end);
             partition.high_watermark_watch().advance(hw);
+            if hw > before {
+                // The other followers learn it now (a heartbeat if they have nothing to fetch), as
+                // Kafka completes followers' waiting fetches when the high watermark moves: a
+                // follower elected next starts from the high watermark it knows.
+                for other in leader.followers.iter().filter(|c| c.broker != follower) {
+                    other.kick();
+                }
+            }
             leader.isr.borrow_mut().on_ack(
                 follower,
                 durable_end,
@@ -293,31 +305,51 @@ pub fn on_ack_frame(shard: &Rc<Shard>, follower: i32, frame: Frame) {
     cursor.kick();
 }
 
-/// Waits for the cursor's kick, new data, or `timeout`; false when leadership ended.
+/// Why `wait_for_work` returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wake {
+    /// An ack (or a reset) moved or poked the cursor.
+    Kicked,
+    /// The log grew beyond the offset waited on.
+    Data,
+    /// Nothing happened for the whole timeout.
+    Idle,
+    /// The leadership ended.
+    Stopped,
+}
+
+/// Waits for the cursor's kick, new data, or `timeout`.
 async fn wait_for_work(
     leader: &LeaderState,
     cursor: &FollowerCursor,
     data_beyond: Option<i64>,
     timeout: Duration,
-) -> bool {
+) -> Wake {
     let kick = cursor.kick.get() + 1;
     let data = async {
         match data_beyond {
             Some(next) => {
                 leader.appended.wait_at_least(next + 1).await;
+                Wake::Data
             }
-            None => futures_lite::future::pending::<()>().await,
+            None => futures_lite::future::pending::<Wake>().await,
         }
     };
-    async {
+    let wake = async {
         cursor.kick.wait_at_least(kick).await;
+        Wake::Kicked
     }
     .or(data)
     .or(async {
         glommio::timer::sleep(timeout).await;
+        Wake::Idle
     })
     .await;
-    !leader.is_stopped()
+    if leader.is_stopped() {
+        Wake::Stopped
+    } else {
+        wake
+    }
 }
 
 /// Pushes the partition's log to one follower for as long as this leadership lasts.
@@ -410,13 +442,23 @@ async fn push_loop(
         }
         let end = partition.log.log_end_offset();
         if next >= end {
-            let idle = !wait_for_work(&leader, &cursor, Some(end.max(next)), HEARTBEAT).await;
-            if idle || leader.is_stopped() {
+            let wake = wait_for_work(&leader, &cursor, Some(end.max(next)), HEARTBEAT).await;
+            if wake == Wake::Stopped {
                 break;
             }
-            if cursor.next.get() == Some(next) && partition.log.log_end_offset() == end {
-                // Nothing new: a heartbeat that also checks the follower's position.
+            // Only a whole quiet interval or a high watermark the follower has not seen earns a
+            // heartbeat: the ack of one kicks the cursor, and answering every kick with the next
+            // heartbeat ping-ponged as fast as the network allows (~7,000 frames/s per broker with
+            // nothing to replicate).
+            let hw = leader.high_watermark();
+            if (wake == Wake::Idle || hw > cursor.sent_hw.get())
+                && cursor.next.get() == Some(next)
+                && partition.log.log_end_offset() == end
+            {
+                // Nothing new: a heartbeat that also checks the follower's position and carries
+                // the high watermark.
                 leader.isr.borrow_mut().on_idle(end, now_ms());
+                cursor.sent_hw.set(hw);
                 let ok = match wire::push_header(&leader.part, leader.epoch, hw, next, 0) {
                     Ok(header) => link.send(&[header]).await,
                     Err(_) => false,
@@ -467,6 +509,7 @@ async fn push_loop(
             continue; // an ack moved the cursor while reading
         }
         cursor.next.set(Some(next_after));
+        cursor.sent_hw.set(hw);
         if !link.send(&buffers).await {
             cursor.reset();
         }

@@ -1,6 +1,7 @@
 """Replication and acks=all on real 3-broker clusters (issue 5's scenarios)."""
 
 import json
+import os
 import signal
 import socket
 import struct
@@ -112,6 +113,30 @@ def test_multi_partition_acks_all_replicas_identical(cluster):
         assert len(set(logs.values())) == 1, f"partition {p}: replicas differ in size " + \
             str({n: len(b) for n, b in logs.items()})
         assert len(logs[1]) > 0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_idle_cluster_stays_idle(cluster):
+    """With nothing to replicate, leaders send their followers a heartbeat per interval, not one
+    per ack: a heartbeat answered by the next one ping-ponged at network speed (~7,000 frames/s
+    per broker, most of a CPU) and starved the brokers that share the machine."""
+    topic = "idle"
+    create_topic(cluster, topic, 6)
+    acked, errors = produce_numbered(cluster.bootstrap(1), topic, 6, 60)
+    assert errors == []
+    cluster.wait_for(lambda: isr_full(cluster, topic, 1), 30, "a full ISR")
+    time.sleep(1)
+    before = {n: cpu_seconds(b.proc.pid) for n, b in cluster.brokers.items()}
+    time.sleep(5)
+    used = {n: cpu_seconds(b.proc.pid) - before[n] for n, b in cluster.brokers.items()}
+    print("idle CPU seconds per broker:", used)
+    # An idle broker's periodic duties (Raft ticks, heartbeats, ISR checks) take milliseconds.
+    assert all(u < 0.5 for u in used.values()), f"CPU seconds used in 5 idle seconds: {used}"
 
 
 def leaders(c: Cluster, topic: str, via: int):
