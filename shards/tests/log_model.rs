@@ -60,15 +60,21 @@ struct Model {
     start: i64,
     end: i64,
     epoch: i32,
+    /// The epoch of the last batch a log-start move deleted when it deleted every batch, at the new
+    /// start: like Kafka's epoch cache after `truncateFromStart`, the log still knows it.
+    floor_epoch: Option<(i32, i64)>,
 }
 
 impl Model {
     /// OffsetForLeaderEpoch from the batches themselves (Kafka's rules).
     fn end_offset_for(&self, epoch: i32) -> (i32, i64) {
-        let mut starts: Vec<(i32, i64)> = Vec::new();
+        let mut starts: Vec<(i32, i64)> = self.floor_epoch.into_iter().collect();
         for b in &self.batches {
-            if starts.last().is_none_or(|&(e, _)| e != b.epoch) {
-                starts.push((b.epoch, b.base));
+            match starts.last_mut() {
+                Some(last) if last.0 == b.epoch => {}
+                // The floor epoch holds no batch: one starting at the same offset supersedes it.
+                Some(last) if last.1 == b.base => *last = (b.epoch, b.base),
+                _ => starts.push((b.epoch, b.base)),
             }
         }
         if epoch < 0 || starts.is_empty() {
@@ -82,6 +88,20 @@ impl Model {
             Some(0) => (epoch, starts[0].1),
             Some(i) => (starts[i - 1].0, starts[i].1),
         }
+    }
+
+    /// The log start moved to `start`, deleting the first `count` batches.
+    fn drop_front(&mut self, count: usize, start: i64) {
+        if count > 0 && count == self.batches.len() {
+            self.floor_epoch = Some((self.batches[count - 1].epoch, start));
+        } else if count > 0 {
+            self.floor_epoch = None;
+        } else if let Some(floor) = self.floor_epoch.as_mut() {
+            // Already empty: the epoch in force moves with the start.
+            floor.1 = floor.1.max(start);
+        }
+        self.batches.drain(..count);
+        self.start = start;
     }
 
     fn truncate(&mut self, offset: i64) {
@@ -112,7 +132,15 @@ async fn check_all(log: &PartitionLog, model: &Model) {
         assert_eq!(
             log.end_offset_for_epoch(e),
             model.end_offset_for(e),
-            "epoch {e}"
+            "epoch {e}; model start {} end {} floor {:?} batches {:?}",
+            model.start,
+            model.end,
+            model.floor_epoch,
+            model
+                .batches
+                .iter()
+                .map(|b| (b.epoch, b.base))
+                .collect::<Vec<_>>()
         );
     }
     assert_eq!(log.log_start_offset(), model.start);
@@ -233,8 +261,7 @@ async fn run_ops(dir: PathBuf, tail: usize, ops: Vec<Op>) {
                         );
                         model.batches.len()
                     });
-                    model.batches.drain(..i);
-                    model.start = start;
+                    model.drop_front(i, start);
                 }
             }
             Op::Epoch(e) => {
@@ -248,6 +275,7 @@ async fn run_ops(dir: PathBuf, tail: usize, ops: Vec<Op>) {
                 let offset = (model.end + delta).max(0);
                 log.truncate_fully_and_start_at(offset).await.unwrap();
                 model.batches.clear();
+                model.floor_epoch = None;
                 model.start = offset;
                 model.end = offset;
                 check_all(&log, &model).await;
@@ -264,11 +292,16 @@ async fn run_ops(dir: PathBuf, tail: usize, ops: Vec<Op>) {
                 );
                 assert_eq!(log.log_end_offset(), model.end);
                 if start > model.start {
+                    // A batch boundary, or the log end when every batch went.
                     let i = model.batches.iter().position(|b| b.base == start);
-                    let i =
-                        i.unwrap_or_else(|| panic!("log start {start} is not a batch boundary"));
-                    model.batches.drain(..i);
-                    model.start = start;
+                    let i = i.unwrap_or_else(|| {
+                        assert_eq!(
+                            start, model.end,
+                            "log start {start} is not a batch boundary"
+                        );
+                        model.batches.len()
+                    });
+                    model.drop_front(i, start);
                 }
             }
             Op::CloseReopen => {

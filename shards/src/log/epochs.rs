@@ -48,6 +48,16 @@ impl EpochHistory {
         if epoch < 0 || self.entries.last().is_some_and(|&(e, _)| e >= epoch) {
             return;
         }
+        // An epoch starting where the latest one starts supersedes it: that one holds no batch (it
+        // was kept at a log start moved to the log end). Kafka's epoch cache drops it the same way,
+        // and recovery, which rebuilds the newest segment's epochs from its batches, would too.
+        if self
+            .entries
+            .last()
+            .is_some_and(|&(_, start)| start >= base_offset)
+        {
+            self.entries.pop();
+        }
         self.entries.push((epoch, base_offset));
         self.dirty = true;
     }
@@ -180,6 +190,20 @@ mod tests {
         assert_eq!(h.end_offset_for(5, 30), (-1, -1));
         assert_eq!(h.end_offset_for(-1, 30), (-1, -1));
         assert_eq!(EpochHistory::default().end_offset_for(1, 0), (-1, -1));
+    }
+
+    /// A log whose start moved to its end keeps the epoch in force there; the next epoch, starting at
+    /// that same offset, replaces it (as after a reopen, which rebuilds it from the batches).
+    #[test]
+    fn an_epoch_starting_where_the_latest_starts_replaces_it() {
+        let mut h = history();
+        h.trim_start(25);
+        assert_eq!(h.entries(), &[(4, 25)]);
+        assert_eq!(h.end_offset_for(4, 25), (4, 25));
+        h.note(6, 25);
+        assert_eq!(h.entries(), &[(6, 25)]);
+        h.note(7, 30);
+        assert_eq!(h.entries(), &[(6, 25), (7, 30)]);
     }
 
     #[test]

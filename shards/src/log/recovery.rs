@@ -180,7 +180,10 @@ pub(super) async fn recover(dir: &Path, cfg: &LogConfig) -> Result<Recovered, Lo
             entries
         }
     };
-    entries.retain(|&(_, start)| start < last_base);
+    // The newest segment's epochs come from its scan. An empty one has none, and the epoch in force
+    // at its base (moved there when the log start advanced to the log end) would be lost: keep it.
+    let newest_empty = scan_epochs.is_empty();
+    entries.retain(|&(_, start)| start < last_base || (newest_empty && start == last_base));
     let mut epochs = EpochHistory::from_entries(Vec::new());
     for (epoch, start) in entries.into_iter().chain(scan_epochs) {
         epochs.note(epoch, start);
