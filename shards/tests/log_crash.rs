@@ -246,24 +246,28 @@ fn cut(durable: &mut Vec<(i64, i64)>, floor_end: &mut i64, point: i64) {
 /// Folds one child's reports into what must be in the log now: the batches it reported durable and
 /// did not truncate later, and the lowest log end the log may have. A truncation still running at the
 /// kill may or may not have happened: batches it would remove are dropped from the requirements.
+/// Several appender tasks truncate, so several truncations can be running at once; one that has
+/// started but waits for the log's locks cuts whatever was appended (and reported durable) meanwhile.
 fn required_after(events: &[Event], floor_end: &mut i64) -> Vec<(i64, i64)> {
     let mut durable: Vec<(i64, i64)> = Vec::new();
-    let mut in_flight = None;
+    let mut in_flight: Vec<i64> = Vec::new();
     for e in events {
         match *e {
             Event::Durable(base, last) => {
                 durable.push((base, last));
                 *floor_end = (*floor_end).max(last + 1);
             }
-            Event::Truncating(point) => in_flight = Some(point),
+            Event::Truncating(point) => in_flight.push(point),
             Event::Truncated(point) => {
                 cut(&mut durable, floor_end, point);
-                in_flight = None;
+                if let Some(i) = in_flight.iter().position(|&p| p == point) {
+                    in_flight.remove(i);
+                }
             }
             Event::Restarting(_) | Event::Restarted(_) => {}
         }
     }
-    if let Some(point) = in_flight {
+    for point in in_flight {
         cut(&mut durable, floor_end, point);
     }
     durable
