@@ -90,6 +90,20 @@ impl Model {
         }
     }
 
+    /// The log start moved (retention, advance_log_start) to `start`: a batch boundary, or the log
+    /// end when every batch went.
+    fn move_start(&mut self, start: i64) {
+        if start <= self.start {
+            return;
+        }
+        let count = self.batches.iter().position(|b| b.base == start);
+        let count = count.unwrap_or_else(|| {
+            assert_eq!(start, self.end, "log start {start} is not a batch boundary");
+            self.batches.len()
+        });
+        self.drop_front(count, start);
+    }
+
     /// The log start moved to `start`, deleting the first `count` batches.
     fn drop_front(&mut self, count: usize, start: i64) {
         if count > 0 && count == self.batches.len() {
@@ -252,17 +266,7 @@ async fn run_ops(dir: PathBuf, tail: usize, ops: Vec<Op>) {
                 log.update_config(config(tail));
                 let start = log.log_start_offset();
                 assert!(start >= model.start && start <= model.end);
-                if start > model.start {
-                    let i = model.batches.iter().position(|b| b.base == start);
-                    let i = i.unwrap_or_else(|| {
-                        assert_eq!(
-                            start, model.end,
-                            "log start {start} is not a batch boundary"
-                        );
-                        model.batches.len()
-                    });
-                    model.drop_front(i, start);
-                }
+                model.move_start(start);
             }
             Op::Epoch(e) => {
                 assert_eq!(
@@ -291,18 +295,7 @@ async fn run_ops(dir: PathBuf, tail: usize, ops: Vec<Op>) {
                     model.start
                 );
                 assert_eq!(log.log_end_offset(), model.end);
-                if start > model.start {
-                    // A batch boundary, or the log end when every batch went.
-                    let i = model.batches.iter().position(|b| b.base == start);
-                    let i = i.unwrap_or_else(|| {
-                        assert_eq!(
-                            start, model.end,
-                            "log start {start} is not a batch boundary"
-                        );
-                        model.batches.len()
-                    });
-                    model.drop_front(i, start);
-                }
+                model.move_start(start);
             }
             Op::CloseReopen => {
                 log.close().await.unwrap();
