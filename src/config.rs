@@ -148,28 +148,18 @@ impl BrokerConfig {
             .map(|peer| parse_peer(peer))
             .collect::<Result<Vec<_>, _>>()?;
         let control_core = args.control_core.or(file.control_core);
-        let replica_lag_time_max_ms = args
-            .replica_lag_time_max_ms
-            .or(file.replica_lag_time_max_ms)
-            .unwrap_or(DEFAULT_REPLICA_LAG_TIME_MAX_MS);
-        if replica_lag_time_max_ms == 0 {
-            return Err(invalid(
-                "replica-lag-time-max-ms",
-                replica_lag_time_max_ms.to_string(),
-                "must be > 0",
-            ));
-        }
-        let log_retention_check_interval_ms = args
-            .log_retention_check_interval_ms
-            .or(file.log_retention_check_interval_ms)
-            .unwrap_or(DEFAULT_LOG_RETENTION_CHECK_INTERVAL_MS);
-        if log_retention_check_interval_ms == 0 {
-            return Err(invalid(
-                "log-retention-check-interval-ms",
-                log_retention_check_interval_ms.to_string(),
-                "must be > 0",
-            ));
-        }
+        let replica_lag_time_max_ms = positive_ms(
+            "replica-lag-time-max-ms",
+            args.replica_lag_time_max_ms
+                .or(file.replica_lag_time_max_ms),
+            DEFAULT_REPLICA_LAG_TIME_MAX_MS,
+        )?;
+        let log_retention_check_interval_ms = positive_ms(
+            "log-retention-check-interval-ms",
+            args.log_retention_check_interval_ms
+                .or(file.log_retention_check_interval_ms),
+            DEFAULT_LOG_RETENTION_CHECK_INTERVAL_MS,
+        )?;
         Ok(BrokerConfig {
             node_id,
             data_dir,
@@ -183,6 +173,14 @@ impl BrokerConfig {
             log_retention_check_interval_ms,
             overprovisioned: args.overprovisioned || file.overprovisioned.unwrap_or(false),
         })
+    }
+}
+
+/// A duration setting in milliseconds (flag, else file, else `default`): 0 is refused.
+fn positive_ms(key: &'static str, given: Option<u64>, default: u64) -> Result<u64, ConfigError> {
+    match given.unwrap_or(default) {
+        0 => Err(invalid(key, "0".into(), "must be > 0")),
+        ms => Ok(ms),
     }
 }
 

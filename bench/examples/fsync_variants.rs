@@ -13,6 +13,22 @@ fn pct(v: &mut [u64], q: f64) -> f64 {
     v[((v.len() as f64 * q) as usize).min(v.len() - 1)] as f64 / 1000.0
 }
 
+/// A fresh DMA file with `flags`, preallocated to `len` and synced.
+async fn preallocated(path: &std::path::Path, flags: i32, len: u64) -> glommio::io::DmaFile {
+    let file = glommio::io::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(flags)
+        .dma_open(path)
+        .await
+        .unwrap();
+    file.pre_allocate(len, false).await.unwrap();
+    file.fdatasync().await.unwrap();
+    file
+}
+
 fn main() {
     let dir = std::path::PathBuf::from(std::env::args().nth(1).unwrap());
     let n: usize = std::env::args().nth(2).map_or(2000, |s| s.parse().unwrap());
@@ -36,43 +52,10 @@ fn main() {
             let rb =
                 unsafe { std::slice::from_raw_parts_mut(std::alloc::alloc_zeroed(layout), 4096) };
             rb.fill(7);
-            // glommio dma + fdatasync
-            let p1 = dir.join("v-dma");
-            let dma = glommio::io::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .dma_open(&p1)
-                .await
-                .unwrap();
-            dma.pre_allocate(SZ, false).await.unwrap();
-            dma.fdatasync().await.unwrap();
-            // glommio dma O_DSYNC
-            let p2 = dir.join("v-dsync");
-            let ds = glommio::io::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .custom_flags(libc::O_DSYNC)
-                .dma_open(&p2)
-                .await
-                .unwrap();
-            ds.pre_allocate(SZ, false).await.unwrap();
-            ds.fdatasync().await.unwrap();
-            // blocking fdatasync via spawn_blocking
-            let p3 = dir.join("v-blk");
-            let blk = glommio::io::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .dma_open(&p3)
-                .await
-                .unwrap();
-            blk.pre_allocate(SZ, false).await.unwrap();
-            blk.fdatasync().await.unwrap();
+            let dma = preallocated(&dir.join("v-dma"), 0, SZ).await;
+            let ds = preallocated(&dir.join("v-dsync"), libc::O_DSYNC, SZ).await;
+            // For write + a blocking fdatasync on glommio's blocking pool.
+            let blk = preallocated(&dir.join("v-blk"), 0, SZ).await;
             let blk_fd = blk.as_raw_fd();
             let same = std::env::var("SAME").is_ok();
             let mut lat = [Vec::new(), Vec::new(), Vec::new(), Vec::new()];
@@ -125,7 +108,12 @@ fn main() {
                     pct(l, 0.999)
                 );
             }
-            for p in [p0, p1, p2, p3] {
+            for p in [
+                p0,
+                dir.join("v-dma"),
+                dir.join("v-dsync"),
+                dir.join("v-blk"),
+            ] {
                 let _ = std::fs::remove_file(p);
             }
         })

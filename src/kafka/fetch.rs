@@ -25,8 +25,7 @@ use uuid::Uuid;
 
 use super::leader_hint::{self, CurrentLeader};
 use super::splice::Splices;
-use super::{errors, Reply};
-use crate::control::topic_config;
+use super::{errors, owners, Reply};
 use crate::partitions::Partition;
 use crate::server::shard::Shard;
 use chronik_shards::log::LogError;
@@ -97,14 +96,14 @@ pub async fn handle(shard: &Rc<Shard>, request: FetchRequest, version: i16) -> R
         for partition in &topic.partitions {
             indexes.push(partition.partition);
             let wanted = info.map_err(|e| e.code()).and_then(|info| {
-                errors::led_partition(
+                let to = owners::route(
+                    shard,
                     info,
                     partition.partition,
-                    shard.node_id,
                     partition.current_leader_epoch,
                 )?;
                 Ok(Wanted {
-                    owner: shard.owner_of(&info.name, partition.partition),
+                    owner: to.owner,
                     topic_id: info.id,
                     index: partition.partition,
                     fetch_offset: partition.fetch_offset,
@@ -263,7 +262,8 @@ fn read_on_owner(
     Box::pin(async move {
         let mut answers = Vec::with_capacity(run.len());
         for wanted in run {
-            let partition = match partition_of(&shard, wanted.topic_id, wanted.index).await {
+            let partition = match owners::partition_of(&shard, wanted.topic_id, wanted.index).await
+            {
                 Ok(partition) => partition,
                 Err(code) => {
                     answers.push(PartitionAnswer::error(code));
@@ -323,28 +323,6 @@ fn take_within(
     }
     batches.truncate(count);
     (batches, taken)
-}
-
-/// The open partition, opening it if the image has it but the log is not open yet.
-async fn partition_of(shard: &Rc<Shard>, topic_id: Uuid, index: i32) -> Result<Rc<Partition>, i16> {
-    if let Some(partition) = shard.partitions.get(&(topic_id, index)) {
-        return Ok(partition);
-    }
-    let image = shard.control.image();
-    let topic = image
-        .topic_by_id(topic_id)
-        .ok_or(ResponseError::UnknownTopicOrPartition.code())?;
-    let info = topic
-        .partitions
-        .iter()
-        .find(|p| p.index == index)
-        .ok_or(ResponseError::UnknownTopicOrPartition.code())?;
-    let config = topic_config::log_config(topic, shard.control.defaults());
-    shard
-        .partitions
-        .get_or_open(topic, info, config)
-        .await
-        .map_err(|e| errors::log_error_code(&e))
 }
 
 /// Waits until some partition's high watermark passes both its fetch offset

@@ -14,7 +14,6 @@ use uuid::Uuid;
 
 use super::owners;
 use super::{errors, Reply};
-use crate::control::topic_config;
 use crate::server::shard::Shard;
 use chronik_shards::runtime::mesh::LocalFuture;
 
@@ -58,31 +57,27 @@ pub async fn handle(shard: &Rc<Shard>, request: ListOffsetsRequest, version: i16
         let info = image.topics.get(topic.name.0.as_str());
         let mut topic_answers = Vec::with_capacity(topic.partitions.len());
         for (p, partition) in topic.partitions.iter().enumerate() {
-            let found = info
+            let routed = info
                 .ok_or(ResponseError::UnknownTopicOrPartition.code())
                 .and_then(|info| {
-                    let x = errors::led_partition(
+                    owners::route(
+                        shard,
                         info,
                         partition.partition_index,
-                        shard.node_id,
                         partition.current_leader_epoch,
-                    )?;
-                    Ok((info, x))
+                    )
                 });
-            match found {
+            match routed {
                 Err(code) => topic_answers.push(Some(Answer::error(code))),
-                Ok((info, x)) => {
+                Ok(to) => {
                     topic_answers.push(None);
-                    queries
-                        .entry(shard.owner_of(&info.name, x.index))
-                        .or_default()
-                        .push(Query {
-                            slot: (t, p),
-                            topic_id: info.id,
-                            index: x.index,
-                            timestamp: partition.timestamp,
-                            leader_epoch: x.leader_epoch,
-                        });
+                    queries.entry(to.owner).or_default().push(Query {
+                        slot: (t, p),
+                        topic_id: to.topic.id,
+                        index: to.partition.index,
+                        timestamp: partition.timestamp,
+                        leader_epoch: to.partition.leader_epoch,
+                    });
                 }
             }
         }
@@ -129,34 +124,11 @@ fn answer_on_owner(
     Box::pin(async move {
         let mut out = Vec::with_capacity(queries.len());
         for query in queries {
-            let partition = match shard.partitions.get(&(query.topic_id, query.index)) {
-                Some(partition) => partition,
-                None => {
-                    let image = shard.control.image();
-                    let opened = match image.topic_by_id(query.topic_id).and_then(|topic| {
-                        topic
-                            .partitions
-                            .iter()
-                            .find(|p| p.index == query.index)
-                            .map(|info| (topic, info))
-                    }) {
-                        Some((topic, info)) => {
-                            let config = topic_config::log_config(topic, shard.control.defaults());
-                            shard
-                                .partitions
-                                .get_or_open(topic, info, config)
-                                .await
-                                .map_err(|e| errors::log_error_code(&e))
-                        }
-                        None => Err(ResponseError::UnknownTopicOrPartition.code()),
-                    };
-                    match opened {
-                        Ok(partition) => partition,
-                        Err(code) => {
-                            out.push((query.slot, Answer::error(code)));
-                            continue;
-                        }
-                    }
+            let partition = match owners::partition_of(&shard, query.topic_id, query.index).await {
+                Ok(partition) => partition,
+                Err(code) => {
+                    out.push((query.slot, Answer::error(code)));
+                    continue;
                 }
             };
             let high_watermark = partition.high_watermark();

@@ -57,18 +57,17 @@ pub async fn handle(shard: &Rc<Shard>, request: OffsetForLeaderEpochRequest) -> 
         let info = image.topics.get(topic.topic.0.as_str());
         let mut topic_answers = Vec::with_capacity(topic.partitions.len());
         for (p, partition) in topic.partitions.iter().enumerate() {
-            let found = info
+            let routed = info
                 .ok_or(ResponseError::UnknownTopicOrPartition.code())
                 .and_then(|info| {
-                    let x = errors::led_partition(
+                    owners::route(
+                        shard,
                         info,
                         partition.partition,
-                        shard.node_id,
                         partition.current_leader_epoch,
-                    )?;
-                    Ok((info, x))
+                    )
                 });
-            match found {
+            match routed {
                 Err(code) => {
                     debug!(
                         topic = topic.topic.0.as_str(),
@@ -79,18 +78,15 @@ pub async fn handle(shard: &Rc<Shard>, request: OffsetForLeaderEpochRequest) -> 
                     );
                     topic_answers.push(Some(Answer::error(code)));
                 }
-                Ok((info, x)) => {
+                Ok(to) => {
                     topic_answers.push(None);
-                    queries
-                        .entry(shard.owner_of(&info.name, x.index))
-                        .or_default()
-                        .push(Query {
-                            slot: (t, p),
-                            topic_id: info.id,
-                            index: x.index,
-                            current_epoch: x.leader_epoch,
-                            requested: partition.leader_epoch,
-                        });
+                    queries.entry(to.owner).or_default().push(Query {
+                        slot: (t, p),
+                        topic_id: to.topic.id,
+                        index: to.partition.index,
+                        current_epoch: to.partition.leader_epoch,
+                        requested: partition.leader_epoch,
+                    });
                 }
             }
         }

@@ -1,13 +1,19 @@
-//! Per-partition queries answered on the shards that own the partitions (ListOffsets,
-//! OffsetForLeaderEpoch): each owner shard is asked once per request, and each answer lands in
-//! its request slot.
+//! Per-partition client requests answered on the shards that own the partitions: where a query
+//! goes (`route`: Fetch, ListOffsets, OffsetForLeaderEpoch), asking each owner once per request
+//! (`ask_owners`), and the owner's partition, opened if needed (`partition_of`).
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
+use uuid::Uuid;
+
 use chronik_shards::runtime::mesh::LocalFuture;
 use kafka_protocol::ResponseError;
 
+use super::errors;
+use crate::control::topic_config;
+use crate::control::{PartitionInfo, TopicInfo};
+use crate::partitions::Partition;
 use crate::server::shard::Shard;
 
 /// Where an answer goes in the response: (topic index, partition index).
@@ -23,6 +29,30 @@ pub struct OwnerApi<Q, A> {
     pub slot_of: fn(&Q) -> Slot,
     pub on_owner: fn(Rc<Shard>, Vec<Q>) -> OwnerAnswers<A>,
     pub error: fn(i16) -> A,
+}
+
+/// A partition a client request names, led by this broker in the epoch the request expects, and
+/// the shard that owns it.
+pub struct Routed<'a> {
+    pub owner: usize,
+    pub topic: &'a TopicInfo,
+    pub partition: &'a PartitionInfo,
+}
+
+/// Where a query for partition `index` of `topic` goes, or the code to answer it with
+/// (`errors::led_partition`).
+pub fn route<'a>(
+    shard: &Shard,
+    topic: &'a TopicInfo,
+    index: i32,
+    current_leader_epoch: i32,
+) -> Result<Routed<'a>, i16> {
+    let partition = errors::led_partition(topic, index, shard.node_id, current_leader_epoch)?;
+    Ok(Routed {
+        owner: shard.owner_of(&topic.name, index),
+        topic,
+        partition,
+    })
 }
 
 /// Sends each owner shard its queries and fills `answers`. An owner that cannot be reached
@@ -60,4 +90,30 @@ pub async fn ask_owners<Q, A>(
             }
         }
     }
+}
+
+/// The open partition, opening it if the image has it but the log is not open yet.
+pub async fn partition_of(
+    shard: &Rc<Shard>,
+    topic_id: Uuid,
+    index: i32,
+) -> Result<Rc<Partition>, i16> {
+    if let Some(partition) = shard.partitions.get(&(topic_id, index)) {
+        return Ok(partition);
+    }
+    let image = shard.control.image();
+    let topic = image
+        .topic_by_id(topic_id)
+        .ok_or(ResponseError::UnknownTopicOrPartition.code())?;
+    let info = topic
+        .partitions
+        .iter()
+        .find(|p| p.index == index)
+        .ok_or(ResponseError::UnknownTopicOrPartition.code())?;
+    let config = topic_config::log_config(topic, shard.control.defaults());
+    shard
+        .partitions
+        .get_or_open(topic, info, config)
+        .await
+        .map_err(|e| errors::log_error_code(&e))
 }

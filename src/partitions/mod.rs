@@ -20,6 +20,31 @@ use uuid::Uuid;
 use crate::control::{PartitionInfo, TopicInfo};
 pub use partition::Partition;
 
+/// Runs `test` on a glommio executor with a fresh, empty partition log in a temporary directory.
+#[cfg(test)]
+pub(crate) fn with_test_log<F, Fut>(test: F)
+where
+    F: FnOnce(Rc<chronik_shards::log::PartitionLog>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + 'static,
+{
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t-0");
+    glommio::LocalExecutorBuilder::default()
+        .io_memory(1 << 20)
+        .spawn(move || async move {
+            let log = chronik_shards::log::PartitionLog::open(
+                path,
+                chronik_shards::log::LogConfig::default(),
+            )
+            .await
+            .unwrap();
+            test(log).await;
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+}
+
 /// A partition is named by its topic's id (stable for the topic's life) and index.
 pub type PartitionKey = (Uuid, i32);
 

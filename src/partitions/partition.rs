@@ -295,32 +295,22 @@ mod tests {
 
     #[test]
     fn high_watermark_waits_for_other_in_sync_replicas() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t-0");
-        glommio::LocalExecutorBuilder::default()
-            .io_memory(1 << 20)
-            .spawn(move || async move {
-                let (topic, info) = topic(vec![1, 2]);
-                let log = PartitionLog::open(path, LogConfig::default())
-                    .await
-                    .unwrap();
-                let partition = Rc::new(Partition::new(&topic, &info, 1, log));
-                let appended = partition.append(batch()).unwrap();
-                partition
-                    .wait_durable(appended.last_offset + 1)
-                    .await
-                    .unwrap();
-                // Durable here, but broker 2 is in sync and has not acknowledged.
-                assert_eq!(partition.high_watermark(), 0);
-                assert!(partition.read(0, 1 << 20).await.unwrap().is_empty());
-                // Broker 2 leaves the ISR: this broker alone decides.
-                partition.set_replica_state(4, &[1]);
-                assert_eq!(partition.high_watermark(), 1);
-                assert_eq!(partition.read(0, 1 << 20).await.unwrap().len(), 1);
-                partition.log.close().await.unwrap();
-            })
-            .unwrap()
-            .join()
-            .unwrap();
+        super::super::with_test_log(|log| async move {
+            let (topic, info) = topic(vec![1, 2]);
+            let partition = Rc::new(Partition::new(&topic, &info, 1, log));
+            let appended = partition.append(batch()).unwrap();
+            partition
+                .wait_durable(appended.last_offset + 1)
+                .await
+                .unwrap();
+            // Durable here, but broker 2 is in sync and has not acknowledged.
+            assert_eq!(partition.high_watermark(), 0);
+            assert!(partition.read(0, 1 << 20).await.unwrap().is_empty());
+            // Broker 2 leaves the ISR: this broker alone decides.
+            partition.set_replica_state(4, &[1]);
+            assert_eq!(partition.high_watermark(), 1);
+            assert_eq!(partition.read(0, 1 << 20).await.unwrap().len(), 1);
+            partition.log.close().await.unwrap();
+        });
     }
 }

@@ -51,84 +51,64 @@ pub fn leader_end_offset_for(log: &PartitionLog, current_epoch: i32, requested: 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::partitions::with_test_log;
     use chronik_shards::log::batch::build_test_batch;
-    use chronik_shards::log::LogConfig;
 
     #[test]
     fn answers_from_the_log_and_never_empties_a_follower_for_an_unwritten_epoch() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t-0");
-        glommio::LocalExecutorBuilder::default()
-            .io_memory(1 << 20)
-            .spawn(move || async move {
-                let log = PartitionLog::open(path, LogConfig::default())
-                    .await
-                    .unwrap();
-                assert_eq!(end_offset_for(&log, 0), (UNDEFINED_EPOCH, UNDEFINED_OFFSET));
-                // Epoch 1: offsets 0..4, epoch 3: 4..6.
-                log.append(&build_test_batch(0, 2, 0, b"a"), 1).unwrap();
-                log.append(&build_test_batch(0, 2, 0, b"b"), 1).unwrap();
-                log.append(&build_test_batch(0, 2, 0, b"c"), 3).unwrap();
-                assert_eq!(end_offset_for(&log, 1), (1, 4));
-                assert_eq!(end_offset_for(&log, 2), (1, 4));
-                assert_eq!(end_offset_for(&log, 3), (3, 6));
-                assert_eq!(end_offset_for(&log, 0), (0, 0));
-                // Epoch 5 was never written here (its leader was deposed first).
-                assert_eq!(end_offset_for(&log, 5), (3, 6));
-                assert_eq!(
-                    end_offset_for(&log, -1),
-                    (UNDEFINED_EPOCH, UNDEFINED_OFFSET)
-                );
-                log.close().await.unwrap();
-            })
-            .unwrap()
-            .join()
-            .unwrap();
+        with_test_log(|log| async move {
+            assert_eq!(end_offset_for(&log, 0), (UNDEFINED_EPOCH, UNDEFINED_OFFSET));
+            // Epoch 1: offsets 0..4, epoch 3: 4..6.
+            log.append(&build_test_batch(0, 2, 0, b"a"), 1).unwrap();
+            log.append(&build_test_batch(0, 2, 0, b"b"), 1).unwrap();
+            log.append(&build_test_batch(0, 2, 0, b"c"), 3).unwrap();
+            assert_eq!(end_offset_for(&log, 1), (1, 4));
+            assert_eq!(end_offset_for(&log, 2), (1, 4));
+            assert_eq!(end_offset_for(&log, 3), (3, 6));
+            assert_eq!(end_offset_for(&log, 0), (0, 0));
+            // Epoch 5 was never written here (its leader was deposed first).
+            assert_eq!(end_offset_for(&log, 5), (3, 6));
+            assert_eq!(
+                end_offset_for(&log, -1),
+                (UNDEFINED_EPOCH, UNDEFINED_OFFSET)
+            );
+            log.close().await.unwrap();
+        });
     }
 
     #[test]
     fn a_leader_answers_as_kafka_does() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t-0");
-        glommio::LocalExecutorBuilder::default()
-            .io_memory(1 << 20)
-            .spawn(move || async move {
-                let log = PartitionLog::open(path, LogConfig::default())
-                    .await
-                    .unwrap();
-                // An empty log led in epoch 2: its epoch ends at 0, older ones too.
-                assert_eq!(leader_end_offset_for(&log, 2, 2), (2, 0));
-                assert_eq!(leader_end_offset_for(&log, 2, 1), (1, 0));
-                assert_eq!(
-                    leader_end_offset_for(&log, 2, 3),
-                    (UNDEFINED_EPOCH, UNDEFINED_OFFSET)
-                );
-                // Epoch 1: offsets 0..4, epoch 3: 4..6; led in epoch 5, nothing written in it.
-                log.append(&build_test_batch(0, 2, 0, b"a"), 1).unwrap();
-                log.append(&build_test_batch(0, 2, 0, b"b"), 1).unwrap();
-                log.append(&build_test_batch(0, 2, 0, b"c"), 3).unwrap();
-                assert_eq!(leader_end_offset_for(&log, 5, 5), (5, 6));
-                assert_eq!(leader_end_offset_for(&log, 5, 4), (3, 6));
-                assert_eq!(leader_end_offset_for(&log, 5, 3), (3, 6));
-                assert_eq!(leader_end_offset_for(&log, 5, 2), (1, 4));
-                assert_eq!(leader_end_offset_for(&log, 5, 1), (1, 4));
-                assert_eq!(leader_end_offset_for(&log, 5, 0), (0, 0));
-                assert_eq!(
-                    leader_end_offset_for(&log, 5, 6),
-                    (UNDEFINED_EPOCH, UNDEFINED_OFFSET)
-                );
-                assert_eq!(
-                    leader_end_offset_for(&log, 5, -1),
-                    (UNDEFINED_EPOCH, UNDEFINED_OFFSET)
-                );
-                // Once epoch 5 is written its start ends epoch 3.
-                log.append(&build_test_batch(0, 1, 0, b"d"), 5).unwrap();
-                assert_eq!(leader_end_offset_for(&log, 5, 5), (5, 7));
-                assert_eq!(leader_end_offset_for(&log, 5, 4), (3, 6));
-                log.close().await.unwrap();
-            })
-            .unwrap()
-            .join()
-            .unwrap();
+        with_test_log(|log| async move {
+            // An empty log led in epoch 2: its epoch ends at 0, older ones too.
+            assert_eq!(leader_end_offset_for(&log, 2, 2), (2, 0));
+            assert_eq!(leader_end_offset_for(&log, 2, 1), (1, 0));
+            assert_eq!(
+                leader_end_offset_for(&log, 2, 3),
+                (UNDEFINED_EPOCH, UNDEFINED_OFFSET)
+            );
+            // Epoch 1: offsets 0..4, epoch 3: 4..6; led in epoch 5, nothing written in it.
+            log.append(&build_test_batch(0, 2, 0, b"a"), 1).unwrap();
+            log.append(&build_test_batch(0, 2, 0, b"b"), 1).unwrap();
+            log.append(&build_test_batch(0, 2, 0, b"c"), 3).unwrap();
+            assert_eq!(leader_end_offset_for(&log, 5, 5), (5, 6));
+            assert_eq!(leader_end_offset_for(&log, 5, 4), (3, 6));
+            assert_eq!(leader_end_offset_for(&log, 5, 3), (3, 6));
+            assert_eq!(leader_end_offset_for(&log, 5, 2), (1, 4));
+            assert_eq!(leader_end_offset_for(&log, 5, 1), (1, 4));
+            assert_eq!(leader_end_offset_for(&log, 5, 0), (0, 0));
+            assert_eq!(
+                leader_end_offset_for(&log, 5, 6),
+                (UNDEFINED_EPOCH, UNDEFINED_OFFSET)
+            );
+            assert_eq!(
+                leader_end_offset_for(&log, 5, -1),
+                (UNDEFINED_EPOCH, UNDEFINED_OFFSET)
+            );
+            // Once epoch 5 is written its start ends epoch 3.
+            log.append(&build_test_batch(0, 1, 0, b"d"), 5).unwrap();
+            assert_eq!(leader_end_offset_for(&log, 5, 5), (5, 7));
+            assert_eq!(leader_end_offset_for(&log, 5, 4), (3, 6));
+            log.close().await.unwrap();
+        });
     }
 }

@@ -59,15 +59,19 @@ mod tests {
         super::super::available_cpus()
     }
 
-    #[test]
-    fn each_shard_runs_once_on_its_cpu() {
-        let cpus = super::super::available_cpus();
-        let spec = ShardSpec {
-            cpus: cpus.clone(),
-            pin: true,
+    fn spec(pin: bool) -> ShardSpec {
+        ShardSpec {
+            cpus: super::super::available_cpus(),
+            pin,
             io_memory: 1 << 20,
             name: "test-shard".into(),
-        };
+        }
+    }
+
+    #[test]
+    fn each_shard_runs_once_on_its_cpu() {
+        let spec = spec(true);
+        let cpus = spec.cpus.clone();
         let handles = spawn_shards(&spec, |shard| async move { (shard, own_affinity()) }).unwrap();
         let shards: Vec<(usize, Vec<usize>)> =
             handles.into_iter().map(|h| h.join().unwrap()).collect();
@@ -81,13 +85,8 @@ mod tests {
 
     #[test]
     fn unpinned_shards_may_run_on_every_cpu() {
-        let cpus = super::super::available_cpus();
-        let spec = ShardSpec {
-            cpus: cpus.clone(),
-            pin: false,
-            io_memory: 1 << 20,
-            name: "test-shard".into(),
-        };
+        let spec = spec(false);
+        let cpus = spec.cpus.clone();
         let handles = spawn_shards(&spec, |_| async move { own_affinity() }).unwrap();
         for h in handles {
             assert_eq!(h.join().unwrap(), cpus);
