@@ -1,6 +1,7 @@
 //! Group commit: a flush writes every append buffered since the previous flush with aligned O_DIRECT
-//! writes (the partial last block rewritten with the new bytes; 1 MiB chunks submitted together), then
-//! one fdatasync; every waiter whose offsets it covers is released by it. Also rolls segment files
+//! writes (the partial last block rewritten with the new bytes; 4 MiB chunks, each submitted once
+//! filled), then one fdatasync; every waiter whose offsets it covers is released by it. The next group
+//! copies its batches while this one's writes are in flight (`GroupOrder`). Also rolls segment files
 //! (sealing the previous one) and runs the background flusher: `flush.ms` syncs, `flush=never` writes
 //! out, and under `flush=always` batches nobody waits for (acks=0) are still made durable.
 
@@ -89,6 +90,138 @@ impl<'a> Filler<'a> {
     }
 }
 
+/// One O_DIRECT write of a group commit.
+struct ChunkWrite {
+    file: Rc<glommio::io::DmaFile>,
+    position: u64,
+    buf: glommio::io::DmaBuffer,
+    len: usize,
+}
+
+/// What staging one segment's batches did.
+struct Staged {
+    /// Written through the O_DSYNC handle: durable once written.
+    durable: bool,
+    /// The segment's file end once this group's writes complete.
+    end: u64,
+}
+
+type ChunkResult = (Result<usize, LogError>, Rc<glommio::io::DmaBuffer>, usize);
+
+/// A group commit's place in the two-stage pipeline. Staging (file lock) takes the pending batches,
+/// copies them into chunk buffers and advances the file positions; writing (write lock) has the
+/// chunks' writes in flight. A group takes the write lock before it gives up the file lock, so the
+/// next group copies its batches while this group's writes are on the device, and writes only once
+/// they completed: its first block rewrites this group's partial last block, and its O_DSYNC write
+/// may claim durability for everything written before it.
+struct GroupOrder<'a> {
+    log: &'a PartitionLog,
+    /// The file lock while staging; None once staged, or when the caller holds every lock.
+    file: Option<glommio::sync::Permit<'a>>,
+    write: Option<glommio::sync::Permit<'a>>,
+    /// The caller holds every lock (`lock_exclusive`): nothing else stages or writes.
+    exclusive: bool,
+    in_flight: Vec<glommio::task::JoinHandle<ChunkResult>>,
+}
+
+impl<'a> GroupOrder<'a> {
+    fn staged(log: &'a PartitionLog, file: glommio::sync::Permit<'a>) -> Self {
+        GroupOrder {
+            log,
+            file: Some(file),
+            write: None,
+            exclusive: false,
+            in_flight: Vec::new(),
+        }
+    }
+
+    fn exclusive(log: &'a PartitionLog) -> Self {
+        GroupOrder {
+            log,
+            file: None,
+            write: None,
+            exclusive: true,
+            in_flight: Vec::new(),
+        }
+    }
+
+    /// Whether this group may write now: it holds the write lock, or no earlier group is writing.
+    fn may_write_now(&mut self) -> bool {
+        if self.exclusive || self.write.is_some() {
+            return true;
+        }
+        match self.log.write_lock.try_acquire_permit(1) {
+            Ok(p) => {
+                self.write = Some(p);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Waits until the earlier group's writes completed. If one of them failed the log is closed,
+    /// and this group must not write over what is now unknown.
+    async fn wait_for_write_lock(&mut self) -> Result<(), LogError> {
+        if !self.exclusive && self.write.is_none() {
+            self.write = Some(self.log.write_lock.acquire_permit(1).await?);
+        }
+        self.log.check_open()
+    }
+
+    /// Waits until no write of this log is in flight, this group's included.
+    async fn quiesce(&mut self) -> Result<(), LogError> {
+        self.wait_for_write_lock().await?;
+        self.finish_writes().await
+    }
+
+    fn submit(&mut self, chunk: ChunkWrite) {
+        let ChunkWrite {
+            file,
+            position,
+            buf,
+            len,
+        } = chunk;
+        let buf = Rc::new(buf);
+        self.in_flight.push(
+            glommio::spawn_local(async move {
+                let r = file.write_rc_at(buf.clone(), position).await;
+                (r.map_err(|e| LogError::Io(e.into())), buf, len)
+            })
+            .detach(),
+        );
+    }
+
+    /// Awaits every write submitted so far (all of them, also after a failure: none may be left
+    /// running) and gives their buffers back for reuse.
+    async fn finish_writes(&mut self) -> Result<(), LogError> {
+        let mut failure = None;
+        for task in std::mem::take(&mut self.in_flight) {
+            let Some((r, buf, len)) = task.await else {
+                failure.get_or_insert(LogError::Closed);
+                continue;
+            };
+            match r {
+                Ok(n) if n == len => {}
+                Ok(n) => {
+                    failure.get_or_insert(LogError::Io(std::io::Error::new(
+                        std::io::ErrorKind::WriteZero,
+                        format!("short O_DIRECT write: {n} of {len} bytes"),
+                    )));
+                }
+                Err(e) => {
+                    failure.get_or_insert(e);
+                }
+            }
+            if let Ok(buf) = Rc::try_unwrap(buf) {
+                if buf.len() == WRITE_CHUNK {
+                    return_write_buffer(buf);
+                }
+            }
+        }
+        failure.map_or(Ok(()), Err)
+    }
+}
+
 /// How often `flush=never` writes buffered batches out.
 const NEVER_WRITE_INTERVAL: Duration = Duration::from_millis(50);
 /// Under `flush=always`, batches nobody waited for are still written after this long (bounds memory).
@@ -133,13 +266,16 @@ impl PartitionLog {
     }
 
     /// Writes (and with `sync`, makes durable) everything appended so far, unless `target` is already
-    /// covered. Writing and syncing hold separate locks, so the next group's write overlaps this
-    /// group's fdatasync. A group that fits one chunk is written with O_DSYNC and needs no fdatasync.
+    /// covered. Staging, writing and syncing hold separate locks, so the next group copies its
+    /// batches while this group's writes are on the device, and its writes overlap this group's
+    /// fdatasync. A group that fits one chunk is written with O_DSYNC and needs no fdatasync.
     pub(super) async fn flush(&self, sync: bool, target: i64) -> Result<(), LogError> {
         {
-            let _write = self.file_lock.acquire_permit(1).await?;
+            let file = self.file_lock.acquire_permit(1).await?;
             self.check_open()?;
-            let r = self.write_pending(target, sync).await;
+            let r = self
+                .write_pending(target, sync, GroupOrder::staged(self, file))
+                .await;
             self.fail_on_error(r)?;
         }
         if sync && self.state.borrow().synced_end < target {
@@ -151,9 +287,11 @@ impl PartitionLog {
         Ok(())
     }
 
-    /// `flush` for callers that hold both the file lock and the sync lock.
+    /// `flush` for callers that hold every lock (`lock_exclusive`).
     pub(super) async fn flush_locked(&self, sync: bool, target: i64) -> Result<(), LogError> {
-        let r = self.write_pending(target, sync).await;
+        let r = self
+            .write_pending(target, sync, GroupOrder::exclusive(self))
+            .await;
         self.fail_on_error(r)?;
         if sync {
             let r = self.sync_written(target).await;
@@ -172,37 +310,44 @@ impl PartitionLog {
         r
     }
 
-    /// Writes every pending batch (file lock held). With `dsync_allowed`, a group of one chunk in one
+    /// Writes every pending batch as one group. With `dsync_allowed`, a group of one chunk in one
     /// segment goes through the O_DSYNC handle and is durable when written: every write before it
-    /// had completed when it was issued (they hold the file lock until then), so the device flush
-    /// and journal commit it triggered cover them too. `synced_end` moves here, under the file lock,
-    /// where no truncation can come between the write and the claim.
-    async fn write_pending(&self, target: i64, dsync_allowed: bool) -> Result<(), LogError> {
+    /// had completed when it was issued (the previous group held the write lock until then), so the
+    /// device flush and journal commit it triggered cover them too. `synced_end` moves here, under
+    /// the write lock, where no truncation can come between the write and the claim.
+    async fn write_pending(
+        &self,
+        target: i64,
+        dsync_allowed: bool,
+        mut order: GroupOrder<'_>,
+    ) -> Result<(), LogError> {
         if self.state.borrow().written_end >= target {
             return Ok(());
         }
         let writes = std::mem::take(&mut self.state.borrow_mut().pending);
-        let single_segment = writes
-            .first()
-            .is_some_and(|w| writes.iter().all(|x| x.segment_base == w.segment_base));
-        let mut all_durable = dsync_allowed && single_segment;
-        let mut i = 0;
-        while i < writes.len() {
-            let base = writes[i].segment_base;
-            let n = writes[i..]
-                .iter()
-                .take_while(|w| w.segment_base == base)
-                .count();
-            let durable = self
-                .write_segment(base, &writes[i..i + n], all_durable)
-                .await?;
-            all_durable &= durable;
-            i += n;
+        if writes.is_empty() {
+            // A group staged earlier covers `target` and is still writing: wait for it, so the
+            // caller's fdatasync covers it.
+            order.wait_for_write_lock().await?;
+            return Ok(());
         }
+        let staged = self
+            .stage_segments(&writes, dsync_allowed, &mut order)
+            .await;
+        // Every write is staged (or the group failed): the next group may stage behind this one.
+        order.file = None;
+        let written = order.finish_writes().await;
+        let (all_durable, ends) = staged?;
+        written?;
         let Some(w) = writes.last() else {
             return Ok(());
         };
         let mut st = self.state.borrow_mut();
+        for (base, end) in ends {
+            if let Some(Storage::Active(a)) = st.segments.get_mut(&base).map(|s| &mut s.storage) {
+                a.written = end;
+            }
+        }
         st.written_end = w.end_offset;
         let budget = self.config.borrow().tail_cache_bytes;
         let written_end = st.written_end;
@@ -211,6 +356,36 @@ impl PartitionLog {
             st.synced_end = st.synced_end.max(written_end);
         }
         Ok(())
+    }
+
+    /// Stages the group's batches segment by segment; returns whether all of it went through the
+    /// O_DSYNC handle (is durable once written), and each segment's file end once written.
+    async fn stage_segments(
+        &self,
+        writes: &[PendingWrite],
+        dsync_allowed: bool,
+        order: &mut GroupOrder<'_>,
+    ) -> Result<(bool, Vec<(i64, u64)>), LogError> {
+        let single_segment = writes
+            .first()
+            .is_some_and(|w| writes.iter().all(|x| x.segment_base == w.segment_base));
+        let mut all_durable = dsync_allowed && single_segment;
+        let mut ends = Vec::with_capacity(1);
+        let mut i = 0;
+        while i < writes.len() {
+            let base = writes[i].segment_base;
+            let n = writes[i..]
+                .iter()
+                .take_while(|w| w.segment_base == base)
+                .count();
+            let staged = self
+                .stage_segment(base, &writes[i..i + n], all_durable, order)
+                .await?;
+            all_durable &= staged.durable;
+            ends.push((base, staged.end));
+            i += n;
+        }
+        Ok((all_durable, ends))
     }
 
     /// fdatasyncs the active file (sync lock held). Everything written before lives either in it or in
@@ -237,15 +412,19 @@ impl PartitionLog {
         Ok(())
     }
 
-    /// Writes consecutive pending batches of one segment, creating its file first if the segment was
-    /// rolled since the last flush. With `dsync`, a write of one chunk into an existing file goes
-    /// through the O_DSYNC handle; returns whether it did (the bytes are then durable).
-    async fn write_segment(
+    /// Stages consecutive pending batches of one segment: copies them into chunk buffers and advances
+    /// the segment's file position, submitting each chunk's write as soon as it is filled when no
+    /// earlier group is writing, and otherwise once that group is done. Creates the segment's file
+    /// first if the segment was rolled since the last flush. With `dsync`, a write of one chunk into
+    /// an existing file goes through the O_DSYNC handle; returns whether it did (the bytes are then
+    /// durable once written).
+    async fn stage_segment(
         &self,
         base: i64,
         writes: &[PendingWrite],
         dsync: bool,
-    ) -> Result<bool, LogError> {
+        order: &mut GroupOrder<'_>,
+    ) -> Result<Staged, LogError> {
         let pending_open = {
             let st = self.state.borrow();
             match st.segments.get(&base) {
@@ -261,6 +440,8 @@ impl PartitionLog {
         };
         let opened_now = pending_open.is_some();
         if let Some(path) = pending_open {
+            // Sealing syncs and cuts the previous file: nothing may be writing to it.
+            order.quiesce().await?;
             self.seal_active_before(base).await?;
             let file = segment::open_dma(&path, true).await?;
             let dsync = segment::open_dsync(&path).await?;
@@ -276,6 +457,7 @@ impl PartitionLog {
                     dsync: Rc::new(dsync),
                     reader: Rc::new(reader),
                     written: 0,
+                    staged: 0,
                     tail_block: Vec::new(),
                     preallocated: prealloc,
                 });
@@ -287,7 +469,7 @@ impl PartitionLog {
                 Some(Storage::Active(a)) => (
                     a.file.clone(),
                     a.dsync.clone(),
-                    a.written,
+                    a.staged,
                     a.tail_block.clone(),
                     a.preallocated,
                 ),
@@ -320,27 +502,26 @@ impl PartitionLog {
             file.pre_allocate(preallocated_now, false).await?;
         }
         // The bytes to write: the partial last block already on disk, then the new batches, then zero
-        // padding up to the block boundary. Written in chunks (reused, already-faulted buffers)
-        // submitted together.
+        // padding up to the block boundary, in chunks (reused, already-faulted buffers).
         let mut sources: Vec<&[u8]> = Vec::with_capacity(writes.len() + 1);
         sources.push(&tail_block);
         sources.extend(writes.iter().map(|w| w.data.as_ref()));
         let total = (aligned_end - start) as usize;
         let mut filler = Filler::new(&sources);
-        // One chunk (the common small flush) is written inline, durably with `dsync` unless the file
-        // was just created (its creation is made durable by the fdatasync). Several are streamed: each
-        // chunk's write is submitted as soon as it is filled, so the device works on it while the next
-        // one is copied.
+        // A group of one chunk (the common small flush) is written durably with `dsync` unless the
+        // file was just created (its creation is made durable by the fdatasync).
         let chunk_count = total.div_ceil(WRITE_CHUNK);
         let durable = dsync && chunk_count == 1 && !opened_now && aligned_end <= preallocated;
-        let mut at = 0usize;
+        let target = if durable { dsync_file } else { file };
+        let mut held = Vec::new();
         let mut new_tail = Vec::new();
-        let mut next_chunk = |at: usize| {
+        let mut at = 0usize;
+        while at < total {
             let len = WRITE_CHUNK.min(total - at);
             let mut buf = if len == WRITE_CHUNK {
-                take_write_buffer().unwrap_or_else(|| file.alloc_dma_buffer(WRITE_CHUNK))
+                take_write_buffer().unwrap_or_else(|| target.alloc_dma_buffer(WRITE_CHUNK))
             } else {
-                file.alloc_dma_buffer(len)
+                target.alloc_dma_buffer(len)
             };
             filler.fill(buf.as_bytes_mut());
             if at + len == total {
@@ -348,64 +529,42 @@ impl PartitionLog {
                 let keep_to = (end - start) as usize - at;
                 new_tail = buf.as_bytes()[keep_from..keep_to].to_vec();
             }
-            (start + at as u64, Rc::new(buf), len)
-        };
-        let results = if chunk_count == 1 {
-            let (pos, buf, len) = next_chunk(0);
-            let target = if durable { &dsync_file } else { &file };
-            let r = target.write_rc_at(buf.clone(), pos).await;
-            vec![(r, buf, len)]
-        } else {
-            let mut tasks = Vec::with_capacity(chunk_count);
-            while at < total {
-                let (pos, buf, len) = next_chunk(at);
-                at += len;
-                let f = file.clone();
-                tasks.push(glommio::spawn_local(async move {
-                    let r = f.write_rc_at(buf.clone(), pos).await;
-                    (r, buf, len)
-                }));
-                // Let the write task submit before the next chunk is copied.
-                glommio::executor().yield_now().await;
-            }
-            let mut out = Vec::with_capacity(tasks.len());
-            for t in tasks {
-                out.push(t.await);
-            }
-            out
-        };
-        let mut failure = None;
-        for (r, buf, len) in results {
-            match r {
-                Ok(n) if n == len => {}
-                Ok(n) => {
-                    failure.get_or_insert(LogError::Io(std::io::Error::new(
-                        std::io::ErrorKind::WriteZero,
-                        format!("short O_DIRECT write: {n} of {len} bytes"),
-                    )));
+            let chunk = ChunkWrite {
+                file: target.clone(),
+                position: start + at as u64,
+                buf,
+                len,
+            };
+            at += len;
+            if held.is_empty() && order.may_write_now() {
+                order.submit(chunk);
+                if at < total {
+                    // Let the write go out before the next chunk is copied.
+                    glommio::executor().yield_now().await;
                 }
-                Err(e) => {
-                    failure.get_or_insert(LogError::Io(e.into()));
-                }
+            } else {
+                held.push(chunk);
             }
-            if let Ok(buf) = Rc::try_unwrap(buf) {
-                if buf.len() == WRITE_CHUNK {
-                    return_write_buffer(buf);
+        }
+        // The next group stages from here (its first block rewrites this group's last one, which is
+        // why it writes only after this group's writes completed).
+        {
+            let mut st = self.state.borrow_mut();
+            if let Some(seg) = st.segments.get_mut(&base) {
+                if let Storage::Active(a) = &mut seg.storage {
+                    a.staged = end;
+                    a.tail_block = new_tail;
+                    a.preallocated = preallocated_now;
                 }
             }
         }
-        if let Some(e) = failure {
-            return Err(e);
-        }
-        let mut st = self.state.borrow_mut();
-        if let Some(seg) = st.segments.get_mut(&base) {
-            if let Storage::Active(a) = &mut seg.storage {
-                a.written = end;
-                a.tail_block = new_tail;
-                a.preallocated = preallocated_now;
+        if !held.is_empty() {
+            order.wait_for_write_lock().await?;
+            for chunk in held {
+                order.submit(chunk);
             }
         }
-        Ok(durable)
+        Ok(Staged { durable, end })
     }
 
     fn preallocation_target(&self, needed: u64) -> u64 {

@@ -138,8 +138,7 @@ impl PartitionLog {
 
     async fn restart_now(&self, offset: i64) -> Result<(), LogError> {
         self.check_open()?;
-        let _write = self.file_lock.acquire_permit(1).await?;
-        let _sync = self.sync_lock.acquire_permit(1).await?;
+        let _exclusive = self.lock_exclusive().await?;
         self.check_open()?;
         // Appends are refused until the new segment is in place; reads and waits see a new generation.
         self.state.borrow_mut().truncating = true;
@@ -191,6 +190,7 @@ impl PartitionLog {
                     dsync,
                     reader,
                     written: 0,
+                    staged: 0,
                     tail_block: Vec::new(),
                     preallocated: 0,
                 }),
@@ -220,8 +220,7 @@ impl PartitionLog {
     pub async fn advance_log_start(&self, offset: i64) -> Result<usize, LogError> {
         self.detached(move |log| async move {
             log.check_open()?;
-            let _write = log.file_lock.acquire_permit(1).await?;
-            let _sync = log.sync_lock.acquire_permit(1).await?;
+            let _exclusive = log.lock_exclusive().await?;
             log.check_open()?;
             let victims = {
                 let st = log.state.borrow();

@@ -77,15 +77,26 @@ pub struct PartitionLog {
     dir: PathBuf,
     config: RefCell<LogConfig>,
     state: RefCell<LogState>,
-    /// Serializes everything that writes or changes files.
+    /// Serializes staging a group commit (taking the pending batches, copying them into write
+    /// buffers, advancing file positions) and everything else that changes files.
     file_lock: glommio::sync::Semaphore,
-    /// Serializes fdatasync of the active file; truncation, retention and close take both locks
-    /// (file lock first).
+    /// Held by the group commit whose writes are in flight. A group takes it before it gives up the
+    /// file lock, so groups write in the order they staged (see `commit`).
+    write_lock: glommio::sync::Semaphore,
+    /// Serializes fdatasync of the active file. Truncation, retention, restart and close take all
+    /// three locks (`lock_exclusive`).
     sync_lock: glommio::sync::Semaphore,
     closed: Cell<bool>,
     /// A background flusher task is running (flush.ms / flush=never, and bounding unflushed memory).
     background: Cell<bool>,
     me: Weak<PartitionLog>,
+}
+
+/// Every lock of a log, for what replaces or removes files (see `PartitionLog::lock_exclusive`).
+pub(super) struct Exclusive<'a> {
+    _file: glommio::sync::Permit<'a>,
+    _write: glommio::sync::Permit<'a>,
+    _sync: glommio::sync::Permit<'a>,
 }
 
 /// A batch appended but not yet written to its segment file.
@@ -226,6 +237,7 @@ impl PartitionLog {
                 epochs: recovered.epochs,
             }),
             file_lock: glommio::sync::Semaphore::new(1),
+            write_lock: glommio::sync::Semaphore::new(1),
             sync_lock: glommio::sync::Semaphore::new(1),
             closed: Cell::new(false),
             background: Cell::new(false),
@@ -452,6 +464,19 @@ impl PartitionLog {
             .unwrap_or(Err(LogError::Closed))
     }
 
+    /// Takes the file, write and sync locks, in that order: no group commit is staging, writing or
+    /// syncing until the guard is dropped.
+    pub(super) async fn lock_exclusive(&self) -> Result<Exclusive<'_>, LogError> {
+        let file = self.file_lock.acquire_permit(1).await?;
+        let write = self.write_lock.acquire_permit(1).await?;
+        let sync = self.sync_lock.acquire_permit(1).await?;
+        Ok(Exclusive {
+            _file: file,
+            _write: write,
+            _sync: sync,
+        })
+    }
+
     /// Clean shutdown: flush and sync everything, write the indexes, close files. Later calls on the
     /// log return `LogError::Closed`.
     pub async fn close(&self) -> Result<(), LogError> {
@@ -463,8 +488,7 @@ impl PartitionLog {
         if self.closed.get() {
             return Ok(());
         }
-        let _write = self.file_lock.acquire_permit(1).await?;
-        let _sync = self.sync_lock.acquire_permit(1).await?;
+        let _exclusive = self.lock_exclusive().await?;
         if self.closed.get() {
             return Ok(());
         }

@@ -148,6 +148,7 @@ pub(super) async fn recover(dir: &Path, cfg: &LogConfig) -> Result<Recovered, Lo
                 dsync,
                 reader,
                 written: size,
+                staged: size,
                 tail_block,
                 preallocated: size,
             }),

@@ -39,8 +39,7 @@ impl PartitionLog {
 
     async fn apply_retention_now(&self, now_ms: i64, upper_bound: i64) -> Result<usize, LogError> {
         self.check_open()?;
-        let _write = self.file_lock.acquire_permit(1).await?;
-        let _sync = self.sync_lock.acquire_permit(1).await?;
+        let _exclusive = self.lock_exclusive().await?;
         self.check_open()?;
         let cfg = self.config.borrow().clone();
         let victims = {

@@ -54,7 +54,10 @@ pub struct ActiveFile {
     pub reader: Rc<BufferedFile>,
     /// Bytes written to the file (the rest of the segment is still pending in memory).
     pub written: u64,
-    /// Contents of the partial last block, [align_down(written), written): rewritten on the next flush.
+    /// Bytes handed to writes, completed or in flight: the next group commit stages from here. Above
+    /// `written` only while a group is writing.
+    pub staged: u64,
+    /// Contents of the partial last block, [align_down(staged), staged): rewritten on the next flush.
     pub tail_block: Vec<u8>,
     /// File size reserved with fallocate.
     pub preallocated: u64,

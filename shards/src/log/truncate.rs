@@ -22,8 +22,7 @@ impl PartitionLog {
 
     async fn truncate_now(&self, offset: i64) -> Result<(), LogError> {
         self.check_open()?;
-        let _write = self.file_lock.acquire_permit(1).await?;
-        let _sync = self.sync_lock.acquire_permit(1).await?;
+        let _exclusive = self.lock_exclusive().await?;
         self.check_open()?;
         let end = self.state.borrow().log_end;
         if offset >= end {
@@ -189,6 +188,7 @@ impl PartitionLog {
                 dsync,
                 reader,
                 written: cut_pos,
+                staged: cut_pos,
                 tail_block,
                 preallocated: cut_pos,
             });
