@@ -37,6 +37,11 @@ fn free_port() -> u16 {
 
 /// Starts `n` brokers forming one cluster and waits until each lists all of them.
 fn start_cluster(dir: &Path, n: usize) -> Vec<Node> {
+    start_cluster_with_cores(dir, n, 1)
+}
+
+/// `start_cluster` with `cores` shards per broker.
+fn start_cluster_with_cores(dir: &Path, n: usize, cores: usize) -> Vec<Node> {
     let kafka: Vec<u16> = (0..n).map(|_| free_port()).collect();
     let rpc: Vec<u16> = (0..n).map(|_| free_port()).collect();
     let peers = (0..n)
@@ -47,7 +52,8 @@ fn start_cluster(dir: &Path, n: usize) -> Vec<Node> {
         .map(|i| {
             let log = std::fs::File::create(dir.join(format!("node{}.log", i + 1))).unwrap();
             let child = Command::new(env!("CARGO_BIN_EXE_chronik"))
-                .args(["start", "--node-id", &(i + 1).to_string(), "--cores", "1"])
+                .args(["start", "--node-id", &(i + 1).to_string()])
+                .args(["--cores", &cores.to_string()])
                 .args(["--listen", &format!("127.0.0.1:{}", kafka[i])])
                 .args(["--rpc", &format!("127.0.0.1:{}", rpc[i])])
                 .args(["--peers", &peers])
@@ -223,4 +229,81 @@ fn produce_and_fetch_to_a_non_leader_name_the_current_leader() {
     assert_eq!((answer.error_code, answer.base_offset), (0, 0));
     assert_eq!(answer.current_leader.leader_id.0, -1);
     assert!(response.node_endpoints.is_empty());
+}
+
+/// A leader's shard opens one replication link per follower, and its Hello names that shard: the
+/// follower serves the link on its shard of the same index, which owns the same partitions (shards
+/// own partitions by one hash on every broker), wherever the listener accepted it. acks=all to every
+/// partition then completes with no frame crossing shards on the follower.
+#[test]
+fn replication_links_are_served_on_the_shard_that_owns_their_partitions() {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if cpus < 2 {
+        eprintln!("skipped: needs two CPUs for two shards per broker");
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let nodes = start_cluster_with_cores(tmp.path(), 3, 2);
+    let partitions = 8;
+    create_topic(
+        &mut Client::connect(nodes[0].addr),
+        "sharded",
+        partitions,
+        3,
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let metadata = loop {
+        let metadata = Client::connect(nodes[0].addr).metadata(&["sharded"]);
+        let topic = &metadata.topics[0];
+        if topic.error_code == 0 && topic.partitions.iter().all(|p| p.leader_id.0 > 0) {
+            break metadata;
+        }
+        assert!(Instant::now() < deadline, "no leaders: {metadata:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for p in &metadata.topics[0].partitions {
+        let leader = metadata
+            .brokers
+            .iter()
+            .find(|b| b.node_id == p.leader_id)
+            .unwrap();
+        let addr: SocketAddr = format!("{}:{}", leader.host.as_str(), leader.port)
+            .parse()
+            .unwrap();
+        let mut client = Client::connect(addr);
+        // The followers may not have the partition yet right after creation: retry the retriable.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let got = client.produce("sharded", -1, &[(p.partition_index, batch(&[b"x"], 1))]);
+            if got[0].1 == 0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "acks=all failed: {got:?}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    // Every link this cluster opened was served on the leader shard's index.
+    let mut links = 0;
+    for i in 1..=3 {
+        let log = std::fs::read_to_string(tmp.path().join(format!("node{i}.log"))).unwrap();
+        for line in log
+            .lines()
+            .filter(|l| l.contains("replication link from leader accepted"))
+        {
+            let field = |name: &str| -> i64 {
+                let at = line.find(&format!(" {name}=")).unwrap() + name.len() + 2;
+                line[at..]
+                    .split(|c: char| !c.is_ascii_digit() && c != '-')
+                    .next()
+                    .unwrap()
+                    .parse()
+                    .unwrap()
+            };
+            assert_eq!(field("shard"), field("leader_shard"), "node{i}: {line}");
+            links += 1;
+        }
+    }
+    // Each broker leads partitions on both of its shards, and each leading shard links to both
+    // followers.
+    assert!(links >= 6, "only {links} replication links");
 }

@@ -2,6 +2,7 @@
 //! to the shard owning its partition (in arrival order) and its Ack comes back on the same
 //! connection once the appended batches are durable here.
 
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
 use std::rc::Rc;
 
 use bytes::Bytes;
@@ -22,31 +23,89 @@ use crate::server::shard::Shard;
 /// Acks queued for the writer before reading pauses.
 const MAX_PENDING_ACKS: usize = 1024;
 
-/// Whether the connection starts with a replication Hello (peeked, not consumed). A connection
-/// that sends nothing until shutdown is not one (the Kafka path then closes it).
-pub async fn is_replication(shard: &Shard, stream: &TcpStream) -> bool {
+/// The replication Hello the connection starts with (peeked, not consumed); None if it does not
+/// start with one. A connection that sends nothing until shutdown is not one (the Kafka path then
+/// closes it).
+pub async fn peek_hello(shard: &Shard, stream: &TcpStream) -> Option<wire::Hello> {
     let mut first = [0u8; wire::HELLO_BYTES];
     let peeked = async { stream.peek(&mut first).await.ok() }
         .or(async {
             shard.shutdown.wait().await;
             None
         })
+        .await?;
+    wire::parse_hello(&first[..peeked])
+}
+
+/// Serves a replication connection on the shard its Hello names (see `wire::hello`), handing it
+/// over there if it was accepted elsewhere; frames for partitions of other shards still reach them
+/// through the mesh.
+pub async fn accept(shard: Rc<Shard>, stream: TcpStream, hello: wire::Hello) {
+    let target = hello
+        .shard
+        .filter(|&s| s != shard.id && s < shard.mesh.shards());
+    let Some(target) = target else {
+        return serve(shard, stream).await;
+    };
+    // The socket moves as a duplicate descriptor; this shard's handle closes, the connection stays.
+    // SAFETY: the descriptor is open for as long as `stream` lives, which outlives the borrow.
+    let fd =
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(stream.as_raw_fd()) }.try_clone_to_owned();
+    let fd = match fd {
+        Ok(fd) => fd,
+        Err(e) => {
+            debug!("replication link stays on shard {}: dup: {e}", shard.id);
+            return serve(shard, stream).await;
+        }
+    };
+    drop(stream);
+    debug!(
+        shard = shard.id,
+        leader = hello.leader,
+        "handing a replication link to shard {target}"
+    );
+    let handed = shard
+        .mesh
+        .send(target, move |owner: &Rc<Shard>| {
+            // SAFETY: `fd` is an open TCP socket this closure owns.
+            let stream = unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) };
+            glommio::spawn_local(serve(owner.clone(), stream)).detach();
+            Box::pin(async {}) as LocalFuture<()>
+        })
         .await;
-    peeked.is_some_and(|n| wire::is_hello(&first[..n]))
+    if let Err(e) = handed {
+        // The closure, and with it the descriptor, was dropped: the leader reconnects.
+        warn!(
+            leader = hello.leader,
+            "handing a replication link to shard {target}: {e}"
+        );
+    }
 }
 
 /// Serves a replication connection until the leader closes it or the broker stops.
-pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
+async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let (mut reader, mut writer) = futures_lite::io::split(stream);
-    let mut hello = [0u8; wire::HELLO_BYTES];
-    if reader.read_exact(&mut hello).await.is_err() {
+    let mut head = [0u8; 6];
+    if reader.read_exact(&mut head).await.is_err() {
         return;
     }
-    let leader = i32::from_be_bytes([hello[6], hello[7], hello[8], hello[9]]);
+    let Some(body) = wire::hello_body_len(&head) else {
+        return;
+    };
+    let mut rest = vec![0u8; body - 2];
+    if reader.read_exact(&mut rest).await.is_err() {
+        return;
+    }
+    let Some(hello) = wire::parse_hello(&[&head[..], &rest[..]].concat()) else {
+        return;
+    };
+    let leader = hello.leader;
     info!(
         shard = shard.id,
-        leader, "replication link from leader accepted"
+        leader,
+        leader_shard = hello.shard.map_or(-1, |s| s as i64),
+        "replication link from leader accepted"
     );
     let (ack_tx, ack_rx) = local_channel::new_bounded::<Bytes>(MAX_PENDING_ACKS);
     let writer_task = glommio::spawn_local(async move {

@@ -125,7 +125,10 @@ impl Links {
             .await?;
         let _ = stream.set_nodelay(true);
         let (reader, mut writer) = futures_lite::io::split(stream);
-        writer.write_all(&wire::hello(shard.node_id)).await.ok()?;
+        writer
+            .write_all(&wire::hello(shard.node_id, shard.id))
+            .await
+            .ok()?;
         let link = Rc::new(Link {
             broker,
             writer: RefCell::new(Some(writer)),

@@ -2,7 +2,8 @@
 //!
 //! The leader's shard opens a TCP connection to the follower's Kafka listener and sends a Hello
 //! shaped like a Kafka request frame with a private api key ([`HELLO_API_KEY`]), which the
-//! listener uses to hand the connection to replication. From then on (integers big-endian):
+//! listener uses to hand the connection to replication, and on to the follower's shard that owns
+//! the link's partitions ([`hello`]). From then on (integers big-endian):
 //!
 //! ```text
 //! frame    = length:u32 kind:u8 body          (length counts kind and body)
@@ -179,24 +180,58 @@ const EPOCH_END_BODY: usize = PART_BYTES + 4 + 4 + 8;
 const LOG_START_BODY: usize = PART_BYTES + 4 + 8;
 
 /// The Hello a leader's shard sends first: a Kafka-shaped frame (length, api key) naming the
-/// leader broker.
-pub fn hello(leader: i32) -> Bytes {
-    let mut out = BytesMut::with_capacity(10);
-    out.put_i32(6);
+/// leader broker and the leader's shard that opened the link. Shards own partitions by the same
+/// hash on every broker, so with equal shard counts the follower's shard of that index owns every
+/// partition the link carries: the follower serves the link there, and no frame crosses shards.
+pub fn hello(leader: i32, shard: usize) -> Bytes {
+    let mut out = BytesMut::with_capacity(HELLO_BYTES);
+    out.put_i32(HELLO_BODY as i32);
     out.put_i16(HELLO_API_KEY);
     out.put_i32(leader);
+    out.put_i32(i32::try_from(shard).unwrap_or(-1));
     out.freeze()
 }
 
-/// Whether the first bytes of a connection are a replication Hello.
-pub fn is_hello(first: &[u8]) -> bool {
-    first.len() >= 6
-        && first[..4] == 6i32.to_be_bytes()
-        && first[4..6] == HELLO_API_KEY.to_be_bytes()
-}
+/// Body length of the Hello (api key, leader, shard), and of the first version's (no shard), which
+/// is still accepted.
+const HELLO_BODY: usize = 10;
+const HELLO_BODY_V0: usize = 6;
 
 /// Length of the Hello frame.
-pub const HELLO_BYTES: usize = 10;
+pub const HELLO_BYTES: usize = 4 + HELLO_BODY;
+
+/// What a Hello says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hello {
+    pub leader: i32,
+    /// The leader's shard that opened the link; None from a first-version leader, or when only part
+    /// of the Hello was seen.
+    pub shard: Option<usize>,
+}
+
+/// The body length if the first bytes of a connection start a replication Hello.
+pub fn hello_body_len(first: &[u8]) -> Option<usize> {
+    if first.len() < 6 || first[4..6] != HELLO_API_KEY.to_be_bytes() {
+        return None;
+    }
+    let len = usize::try_from(i32::from_be_bytes([first[0], first[1], first[2], first[3]])).ok()?;
+    (len == HELLO_BODY || len == HELLO_BODY_V0).then_some(len)
+}
+
+/// Parses a Hello from the first bytes of a connection (all of it, or a prefix of at least the
+/// leader id); None if they are not one.
+pub fn parse_hello(first: &[u8]) -> Option<Hello> {
+    let body = hello_body_len(first)?;
+    let leader = i32::from_be_bytes(first.get(6..10)?.try_into().ok()?);
+    let shard = if body == HELLO_BODY {
+        first
+            .get(10..14)
+            .and_then(|b| usize::try_from(i32::from_be_bytes(b.try_into().ok()?)).ok())
+    } else {
+        None
+    };
+    Some(Hello { leader, shard })
+}
 
 fn put_part(out: &mut BytesMut, part: &WirePartition) {
     out.put_slice(part.topic_id.as_bytes());
@@ -539,12 +574,38 @@ mod tests {
 
     #[test]
     fn hello_is_recognised_and_kafka_frames_are_not() {
-        let h = hello(3);
+        let h = hello(3, 1);
         assert_eq!(h.len(), HELLO_BYTES);
-        assert!(is_hello(&h));
-        assert!(!is_hello(&h[..5]));
+        assert!(hello_body_len(&h).is_some());
+        assert!(hello_body_len(&h[..5]).is_none());
+        assert_eq!(
+            parse_hello(&h),
+            Some(Hello {
+                leader: 3,
+                shard: Some(1)
+            })
+        );
+        // Seen in part: the leader, not the shard.
+        assert_eq!(
+            parse_hello(&h[..12]),
+            Some(Hello {
+                leader: 3,
+                shard: None
+            })
+        );
+        // A first-version Hello (no shard) is still one.
+        let v0 = [0, 0, 0, 6, 0x72, 0x50, 0, 0, 0, 7];
+        assert_eq!(
+            parse_hello(&v0),
+            Some(Hello {
+                leader: 7,
+                shard: None
+            })
+        );
+        // Any other length is not a Hello.
+        assert!(hello_body_len(&[0, 0, 0, 8, 0x72, 0x50, 0, 0, 0, 7]).is_none());
         // ApiVersions v3 request header: length, api key 18.
-        assert!(!is_hello(&[0, 0, 0, 6, 0, 18, 0, 3]));
+        assert!(hello_body_len(&[0, 0, 0, 6, 0, 18, 0, 3]).is_none());
     }
 
     #[test]

@@ -31,8 +31,8 @@ const OWN_BUFFER_BYTES: usize = chronik_shards::log::ZERO_COPY_BYTES;
 /// broker shuts down (then in-flight requests are answered first).
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     // A leader broker's replication link arrives on the Kafka listener too.
-    if crate::replication::follower::is_replication(&shard, &stream).await {
-        return crate::replication::follower::serve(shard, stream).await;
+    if let Some(hello) = crate::replication::follower::peek_hello(&shard, &stream).await {
+        return crate::replication::follower::accept(shard, stream, hello).await;
     }
     let peer = stream
         .peer_addr()
