@@ -98,6 +98,20 @@ fn create_topic(client: &mut Client, name: &str, partitions: i32, replication: i
     assert_eq!(response.topics[0].error_code, 0, "{response:?}");
 }
 
+/// Metadata for `topic` from the broker at `addr`, once it names a leader for every partition.
+fn wait_for_leaders(addr: SocketAddr, topic: &str, timeout: Duration) -> MetadataResponse {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let metadata = Client::connect(addr).metadata(&[topic]);
+        let t = &metadata.topics[0];
+        if t.error_code == 0 && t.partitions.iter().all(|p| p.leader_id.0 > 0) {
+            return metadata;
+        }
+        assert!(Instant::now() < deadline, "no leaders: {metadata:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn produce_and_fetch_to_a_non_leader_name_the_current_leader() {
     let tmp = tempfile::tempdir().unwrap();
@@ -105,16 +119,7 @@ fn produce_and_fetch_to_a_non_leader_name_the_current_leader() {
     create_topic(&mut Client::connect(nodes[1].addr), "led", 3, 3);
 
     // Every broker answers Metadata from its own image: wait until the first one has leaders.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let metadata = loop {
-        let metadata = Client::connect(nodes[0].addr).metadata(&["led"]);
-        let topic = &metadata.topics[0];
-        if topic.error_code == 0 && topic.partitions.iter().all(|p| p.leader_id.0 > 0) {
-            break metadata;
-        }
-        assert!(Instant::now() < deadline, "no leaders: {metadata:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let metadata = wait_for_leaders(nodes[0].addr, "led", Duration::from_secs(10));
     // `chronik cluster status` reports what Metadata says, from any broker (once its image
     // has the topic too).
     let expected: Vec<(i64, i64)> = metadata.topics[0]
@@ -251,16 +256,7 @@ fn replication_links_are_served_on_the_shard_that_owns_their_partitions() {
         partitions,
         3,
     );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let metadata = loop {
-        let metadata = Client::connect(nodes[0].addr).metadata(&["sharded"]);
-        let topic = &metadata.topics[0];
-        if topic.error_code == 0 && topic.partitions.iter().all(|p| p.leader_id.0 > 0) {
-            break metadata;
-        }
-        assert!(Instant::now() < deadline, "no leaders: {metadata:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let metadata = wait_for_leaders(nodes[0].addr, "sharded", Duration::from_secs(20));
     for p in &metadata.topics[0].partitions {
         let leader = metadata
             .brokers
