@@ -236,10 +236,11 @@ fn produce_and_fetch_to_a_non_leader_name_the_current_leader() {
     assert!(response.node_endpoints.is_empty());
 }
 
-/// A leader's shard opens one replication link per follower, and its Hello names that shard: the
-/// follower serves the link on its shard of the same index, which owns the same partitions (shards
-/// own partitions by one hash on every broker), wherever the listener accepted it. acks=all to every
-/// partition then completes with no frame crossing shards on the follower.
+/// A leader's shard opens one replication link per follower, and once the follower announced it
+/// takes it, its Hello names that shard: the follower serves the link on its shard of the same
+/// index, which owns the same partitions (shards own partitions by one hash on every broker),
+/// wherever the listener accepted it. acks=all to every partition then completes with no frame
+/// crossing shards on the follower.
 #[test]
 fn replication_links_are_served_on_the_shard_that_owns_their_partitions() {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -295,8 +296,11 @@ fn replication_links_are_served_on_the_shard_that_owns_their_partitions() {
                     .parse()
                     .unwrap()
             };
-            assert_eq!(field("shard"), field("leader_shard"), "node{i}: {line}");
-            links += 1;
+            // -1: a first contact, before the leader knew this follower takes the routed Hello.
+            if field("leader_shard") >= 0 {
+                assert_eq!(field("shard"), field("leader_shard"), "node{i}: {line}");
+                links += 1;
+            }
         }
     }
     // Each broker leads partitions on both of its shards, and each leading shard links to both

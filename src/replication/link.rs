@@ -28,6 +28,10 @@ pub struct Link {
     alive: Cell<bool>,
     /// The wire version the follower announced; 0 until it does (older followers never do).
     peer_version: Cell<i64>,
+    /// The follower's incarnation when the link opened.
+    incarnation: u64,
+    /// Opened with the Hello that names this shard (the follower serves it on its owning shard).
+    routed: bool,
 }
 
 impl Link {
@@ -96,6 +100,8 @@ async fn write_all_vectored(writer: &mut WriteHalf<TcpStream>, buffers: &[Bytes]
 pub struct Links {
     links: RefCell<HashMap<i32, Rc<Link>>>,
     connecting: RefCell<HashMap<i32, Rc<Semaphore>>>,
+    /// Followers that announced [`wire::ROUTED_HELLO_VERSION`]: broker -> its incarnation then.
+    routable: RefCell<HashMap<i32, u64>>,
 }
 
 impl Links {
@@ -125,20 +131,23 @@ impl Links {
             .await?;
         let _ = stream.set_nodelay(true);
         let (reader, mut writer) = futures_lite::io::split(stream);
-        writer
-            .write_all(&wire::hello(shard.node_id, shard.id))
-            .await
-            .ok()?;
+        let incarnation = info.incarnation;
+        let routed = self.routable.borrow().get(&broker) == Some(&incarnation);
+        let hello = wire::hello(shard.node_id, routed.then_some(shard.id));
+        writer.write_all(&hello).await.ok()?;
         let link = Rc::new(Link {
             broker,
             writer: RefCell::new(Some(writer)),
             write_lock: Semaphore::new(1),
             alive: Cell::new(true),
             peer_version: Cell::new(0),
+            incarnation,
+            routed,
         });
         info!(
             shard = shard.id,
             follower = broker,
+            routed,
             "replication link to {address} open"
         );
         self.links.borrow_mut().insert(broker, link.clone());
@@ -157,6 +166,7 @@ impl Links {
 
 async fn read_acks(shard: Rc<Shard>, link: Rc<Link>, reader: ReadHalf<TcpStream>) {
     let mut frames = wire::FrameReader::new(reader);
+    let mut replace = false;
     loop {
         match frames.next(&shard.shutdown).await {
             Ok(Some(frame @ Frame::Ack { .. })) => match wire::announced_version(&frame) {
@@ -166,6 +176,18 @@ async fn read_acks(shard: Rc<Shard>, link: Rc<Link>, reader: ReadHalf<TcpStream>
                         version, "follower's replication wire version"
                     );
                     link.peer_version.set(version);
+                    if version >= wire::ROUTED_HELLO_VERSION && !link.routed {
+                        // Reopen with the Hello naming this shard, which the follower serves on
+                        // the shard owning these partitions. Pushes start over on the new link.
+                        shard
+                            .replication
+                            .links
+                            .routable
+                            .borrow_mut()
+                            .insert(link.broker, link.incarnation);
+                        replace = true;
+                        break;
+                    }
                 }
                 None => leader::on_ack_frame(&shard, link.broker, frame),
             },
@@ -181,6 +203,12 @@ async fn read_acks(shard: Rc<Shard>, link: Rc<Link>, reader: ReadHalf<TcpStream>
         }
     }
     link.alive.set(false);
+    if replace {
+        let writer = link.writer.borrow_mut().take();
+        if let Some(mut writer) = writer {
+            let _ = writer.close().await;
+        }
+    }
     debug!(follower = link.broker, "replication link closed");
     // Every partition pushing over it starts over with a probe on a new link.
     for partition in shard.partitions.all() {

@@ -29,7 +29,9 @@
 //! (nil topic id, partition -1) whose status is [`ACK_VERSION`] and whose `log_end` is the version.
 //! A leader of an older version ignores it (an ack for a partition it does not lead), and a leader
 //! sends LogStart only to followers that announced version 1 or later, so old and new brokers
-//! replicate to each other as before.
+//! replicate to each other as before. Likewise a leader sends the Hello that names its shard
+//! (version 2) only to a follower that announced version 2 or later in its current incarnation; to
+//! others it sends the first Hello, and once one announces version 2 it replaces that link.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use uuid::Uuid;
@@ -58,10 +60,12 @@ pub const ACK_STORAGE_ERROR: i16 = 5;
 /// Not about a partition: the follower's wire version, in `log_end` (see the module doc).
 pub const ACK_VERSION: i16 = 6;
 
-/// The wire version this build speaks: 1 added LogStart.
-pub const WIRE_VERSION: i64 = 1;
+/// The wire version this build speaks: 1 added LogStart, 2 the Hello that names the leader's shard.
+pub const WIRE_VERSION: i64 = 2;
 /// The first version with LogStart frames.
 pub const LOG_START_VERSION: i64 = 1;
+/// The first version that takes the Hello naming the leader's shard.
+pub const ROUTED_HELLO_VERSION: i64 = 2;
 
 /// The reserved partition of the version announcement.
 const VERSION_PART: WirePartition = WirePartition {
@@ -180,15 +184,25 @@ const EPOCH_END_BODY: usize = PART_BYTES + 4 + 4 + 8;
 const LOG_START_BODY: usize = PART_BYTES + 4 + 8;
 
 /// The Hello a leader's shard sends first: a Kafka-shaped frame (length, api key) naming the
-/// leader broker and the leader's shard that opened the link. Shards own partitions by the same
-/// hash on every broker, so with equal shard counts the follower's shard of that index owns every
-/// partition the link carries: the follower serves the link there, and no frame crosses shards.
-pub fn hello(leader: i32, shard: usize) -> Bytes {
+/// leader broker and, to followers of [`ROUTED_HELLO_VERSION`], the leader's shard that opened the
+/// link. Shards own partitions by the same hash on every broker, so with equal shard counts the
+/// follower's shard of that index owns every partition the link carries: the follower serves the
+/// link there, and no frame crosses shards.
+pub fn hello(leader: i32, shard: Option<usize>) -> Bytes {
     let mut out = BytesMut::with_capacity(HELLO_BYTES);
-    out.put_i32(HELLO_BODY as i32);
-    out.put_i16(HELLO_API_KEY);
-    out.put_i32(leader);
-    out.put_i32(i32::try_from(shard).unwrap_or(-1));
+    match shard {
+        Some(shard) => {
+            out.put_i32(HELLO_BODY as i32);
+            out.put_i16(HELLO_API_KEY);
+            out.put_i32(leader);
+            out.put_i32(i32::try_from(shard).unwrap_or(-1));
+        }
+        None => {
+            out.put_i32(HELLO_BODY_V0 as i32);
+            out.put_i16(HELLO_API_KEY);
+            out.put_i32(leader);
+        }
+    }
     out.freeze()
 }
 
@@ -574,7 +588,7 @@ mod tests {
 
     #[test]
     fn hello_is_recognised_and_kafka_frames_are_not() {
-        let h = hello(3, 1);
+        let h = hello(3, Some(1));
         assert_eq!(h.len(), HELLO_BYTES);
         assert!(hello_body_len(&h).is_some());
         assert!(hello_body_len(&h[..5]).is_none());
@@ -594,7 +608,8 @@ mod tests {
             })
         );
         // A first-version Hello (no shard) is still one.
-        let v0 = [0, 0, 0, 6, 0x72, 0x50, 0, 0, 0, 7];
+        let v0 = hello(7, None);
+        assert_eq!(&v0[..], [0, 0, 0, 6, 0x72, 0x50, 0, 0, 0, 7]);
         assert_eq!(
             parse_hello(&v0),
             Some(Hello {
