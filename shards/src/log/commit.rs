@@ -595,8 +595,9 @@ impl PartitionLog {
         file.truncate(index.size).await?;
         file.fdatasync().await?;
         index.write_files(&path)?;
-        // Epoch changes inside the sealed segment are now only known from the checkpoint.
-        self.save_epochs()?;
+        // Epoch changes inside the sealed segment are now only known from the checkpoint; everything
+        // below the new segment is durable now.
+        self.save_epochs(new_base)?;
         let map = segment::map_sealed(&path, index.size)?;
         {
             let mut st = self.state.borrow_mut();

@@ -4,7 +4,10 @@
 //! Kept in memory, and in `leader-epoch-checkpoint` (checksummed, replaced atomically) whenever a
 //! segment is sealed, the log is truncated or trimmed by retention, and on close. On open, entries at or
 //! past the newest segment's base are rebuilt from its recovery scan, so the file only has to be right
-//! for sealed segments; a missing or damaged file is rebuilt from the segments' batch headers.
+//! for sealed segments; a missing or damaged file is rebuilt from the segments' batch headers. The
+//! file names only epochs whose first batch is durable (and the epoch in force at an emptied log), so
+//! an epoch whose batches a crash took is not remembered (Kafka truncates its epoch cache to the log
+//! end on recovery for the same reason).
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -115,10 +118,22 @@ impl EpochHistory {
 
     /// Replaces the checkpoint file atomically (write, sync, rename, sync the directory).
     pub fn save(&mut self, dir: &Path) -> io::Result<()> {
-        let mut data = Vec::with_capacity(8 + self.entries.len() * ENTRY_LEN + 4);
+        self.save_where(dir, |_| true)
+    }
+
+    /// `save` with only the entries whose start offset `keep` accepts. The history stays dirty if any
+    /// was left out, so a later save writes it once it may.
+    pub fn save_where(&mut self, dir: &Path, keep: impl Fn(i64) -> bool) -> io::Result<()> {
+        let kept: Vec<(i32, i64)> = self
+            .entries
+            .iter()
+            .copied()
+            .filter(|&(_, start)| keep(start))
+            .collect();
+        let mut data = Vec::with_capacity(8 + kept.len() * ENTRY_LEN + 4);
         data.extend_from_slice(&MAGIC.to_le_bytes());
-        data.extend_from_slice(&(self.entries.len() as u32).to_le_bytes());
-        for &(epoch, start) in &self.entries {
+        data.extend_from_slice(&(kept.len() as u32).to_le_bytes());
+        for &(epoch, start) in &kept {
             data.extend_from_slice(&epoch.to_le_bytes());
             data.extend_from_slice(&start.to_le_bytes());
         }
@@ -130,7 +145,7 @@ impl EpochHistory {
         f.sync_data()?;
         std::fs::rename(&tmp, Self::path(dir))?;
         std::fs::File::open(dir)?.sync_all()?;
-        self.dirty = false;
+        self.dirty = kept.len() < self.entries.len();
         Ok(())
     }
 
@@ -190,6 +205,23 @@ mod tests {
         assert_eq!(h.end_offset_for(5, 30), (-1, -1));
         assert_eq!(h.end_offset_for(-1, 30), (-1, -1));
         assert_eq!(EpochHistory::default().end_offset_for(1, 0), (-1, -1));
+    }
+
+    /// Entries left out of a save (epochs whose batches are not durable yet) keep the history dirty,
+    /// so the next save writes them.
+    #[test]
+    fn a_partial_save_stays_dirty_until_a_full_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut h = history();
+        h.save_where(dir.path(), |start| start < 20).unwrap();
+        assert_eq!(EpochHistory::load(dir.path()), Some(vec![(1, 0), (3, 10)]));
+        assert!(h.is_dirty());
+        h.save(dir.path()).unwrap();
+        assert_eq!(
+            EpochHistory::load(dir.path()),
+            Some(vec![(1, 0), (3, 10), (4, 20)])
+        );
+        assert!(!h.is_dirty());
     }
 
     /// A log whose start moved to its end keeps the epoch in force there; the next epoch, starting at

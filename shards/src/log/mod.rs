@@ -436,12 +436,31 @@ impl PartitionLog {
     }
 
     /// Saves the leader epoch history if it changed (file lock held).
-    fn save_epochs(&self) -> Result<(), LogError> {
+    /// Saves the leader epoch checkpoint if it changed, with the entries of epochs that start below
+    /// `durable_below` (every batch below it is durable). A later entry would name an epoch whose
+    /// batches may not survive a crash; recovery rebuilds those from the newest segment's batches, and
+    /// a later save writes them once they are durable. The one exception is an epoch that starts at the
+    /// log end, which only the epoch in force at an emptied log does (its start moved to its end): no
+    /// batch holds it, so only the file can.
+    fn save_epochs(&self, durable_below: i64) -> Result<(), LogError> {
         let mut st = self.state.borrow_mut();
         if st.epochs.is_dirty() {
-            st.epochs.save(&self.dir)?;
+            let log_end = st.log_end;
+            st.epochs
+                .save_where(&self.dir, |start| start < durable_below || start == log_end)?;
         }
         Ok(())
+    }
+
+    /// Every batch below this is durable: the synced prefix, and every sealed segment.
+    fn durable_frontier(&self) -> i64 {
+        let st = self.state.borrow();
+        let unsealed = st
+            .segments
+            .iter()
+            .find(|(_, s)| !s.is_sealed())
+            .map_or(st.log_end, |(&base, _)| base);
+        st.synced_end.max(unsealed)
     }
 
     /// Topic config change; takes effect for later appends and flushes.
@@ -494,7 +513,7 @@ impl PartitionLog {
         }
         let end = self.state.borrow().log_end;
         self.flush_locked(true, end).await?;
-        self.save_epochs()?;
+        self.save_epochs(i64::MAX)?;
         self.closed.set(true);
         let active = {
             let mut st = self.state.borrow_mut();

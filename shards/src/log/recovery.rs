@@ -182,9 +182,12 @@ pub(super) async fn recover(dir: &Path, cfg: &LogConfig) -> Result<Recovered, Lo
         }
     };
     // The newest segment's epochs come from its scan. An empty one has none, and the epoch in force
-    // at its base (moved there when the log start advanced to the log end) would be lost: keep it.
-    let newest_empty = scan_epochs.is_empty();
-    entries.retain(|&(_, start)| start < last_base || (newest_empty && start == last_base));
+    // at its base when it is the whole log (the log start advanced to the log end) would be lost:
+    // keep that one. Below it, an empty newest segment's base is only where a batch that never became
+    // durable would have started (the checkpoint saved when the segment before it was sealed may name
+    // that batch's epoch): its epoch goes with it, as Kafka truncates its epoch cache to the log end.
+    let floor_only = scan_epochs.is_empty() && log_start == last_base;
+    entries.retain(|&(_, start)| start < last_base || (floor_only && start == last_base));
     let mut epochs = EpochHistory::from_entries(Vec::new());
     for (epoch, start) in entries.into_iter().chain(scan_epochs) {
         epochs.note(epoch, start);

@@ -94,7 +94,7 @@ impl PartitionLog {
             let start = st.log_start;
             st.epochs.trim_start(start);
             drop(st);
-            self.save_epochs()?;
+            self.save_epochs(self.durable_frontier())?;
         }
         Ok(victims.len())
     }
