@@ -329,7 +329,7 @@ async fn run_ops(dir: PathBuf, tail: usize, ops: Vec<Op>) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, max_shrink_iters: 200, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 256, max_shrink_iters: 200, ..ProptestConfig::default() })]
     #[test]
     fn log_matches_model(ops in prop::collection::vec(op(), 1..60), tail in prop_oneof![Just(0usize), Just(700), Just(1 << 20)]) {
         let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
