@@ -212,6 +212,10 @@ async fn run_ops(dir: PathBuf, tail: usize, ops: Vec<Op>) {
                     model.end = model.start;
                     model.batches.clear();
                 }
+                if offset < before && model.floor_epoch.is_some_and(|f| f.1 >= model.end) {
+                    // A cut at the floor epoch's start forgets it, as Kafka's truncateFromEnd does.
+                    model.floor_epoch = None;
+                }
                 assert_eq!(log.log_end_offset(), model.end);
                 if offset < before {
                     // a real truncation is durable on return; truncating at the end is a no-op
