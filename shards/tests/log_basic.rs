@@ -2,7 +2,7 @@
 //! corruption handling.
 
 use std::future::Future;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use chronik_shards::log::batch::build_test_batch;
@@ -24,6 +24,23 @@ where
 fn tmpdir() -> tempfile::TempDir {
     // Not tmpfs: O_DIRECT needs a real filesystem.
     tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap()
+}
+
+/// Runs `test` on an executor with a fresh log directory path (nothing created there yet).
+fn in_log_dir<F, Fut>(test: F)
+where
+    F: FnOnce(PathBuf) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + 'static,
+{
+    let dir = tmpdir();
+    let path = dir.path().join("t-0");
+    run(move || test(path));
+}
+
+async fn open_log(path: &Path, config: LogConfig) -> Rc<PartitionLog> {
+    PartitionLog::open(path.to_path_buf(), config)
+        .await
+        .unwrap()
 }
 
 fn batch(records: i32, ts: i64, payload_len: usize, fill: u8) -> Vec<u8> {
@@ -71,12 +88,8 @@ fn segment_files(dir: &Path) -> Vec<String> {
 
 #[test]
 fn append_assigns_offsets_and_survives_reopen() {
-    let dir = tmpdir();
-    let path = dir.path().join("t-0");
-    run(move || async move {
-        let log = PartitionLog::open(path.clone(), LogConfig::default())
-            .await
-            .unwrap();
+    in_log_dir(|path| async move {
+        let log = open_log(&path, LogConfig::default()).await;
         assert_eq!(log.log_end_offset(), 0);
         let a = log.append(&batch(3, 100, 50, 1), 5).unwrap();
         assert_eq!((a.base_offset, a.last_offset, a.record_count), (0, 2, 3));
@@ -101,9 +114,7 @@ fn append_assigns_offsets_and_survives_reopen() {
         ));
         drop(log);
 
-        let log = PartitionLog::open(path.clone(), LogConfig::default())
-            .await
-            .unwrap();
+        let log = open_log(&path, LogConfig::default()).await;
         assert_eq!(log.log_end_offset(), 6);
         assert_eq!(log.last_leader_epoch(), 5);
         let got = read_all(&log, 0).await;
@@ -116,27 +127,22 @@ fn append_assigns_offsets_and_survives_reopen() {
             log.append(&batch(1, 1, 1, 1), 6),
             Err(LogError::Closed)
         ));
-        let log = PartitionLog::open(path, LogConfig::default())
-            .await
-            .unwrap();
+        let log = open_log(&path, LogConfig::default()).await;
         assert_eq!(log.log_end_offset(), 7);
     });
 }
 
 #[test]
 fn invalid_batches_are_rejected_whole() {
-    let dir = tmpdir();
-    let path = dir.path().join("t-0");
-    run(move || async move {
-        let log = PartitionLog::open(
-            path,
+    in_log_dir(|path| async move {
+        let log = open_log(
+            &path,
             LogConfig {
                 max_batch_bytes: 500,
                 ..LogConfig::default()
             },
         )
-        .await
-        .unwrap();
+        .await;
         let mut recs = batch(1, 1, 10, 1);
         let mut bad = batch(1, 1, 10, 2);
         let n = bad.len();
@@ -162,12 +168,8 @@ fn invalid_batches_are_rejected_whole() {
 
 #[test]
 fn segments_roll_and_sealed_segments_serve_reads() {
-    let dir = tmpdir();
-    let path = dir.path().join("t-0");
-    run(move || async move {
-        let log = PartitionLog::open(path.clone(), small_config())
-            .await
-            .unwrap();
+    in_log_dir(|path| async move {
+        let log = open_log(&path, small_config()).await;
         for i in 0..40 {
             log.append(&batch(2, 1000 + i, 100 + i as usize, i as u8), 0)
                 .unwrap();
@@ -205,9 +207,7 @@ fn segments_roll_and_sealed_segments_serve_reads() {
         // damaged and missing indexes are rebuilt
         std::fs::write(path.join("00000000000000000000.index"), b"garbage").unwrap();
         std::fs::remove_file(path.join(&files[1]).with_extension("timeindex")).unwrap();
-        let log = PartitionLog::open(path.clone(), small_config())
-            .await
-            .unwrap();
+        let log = open_log(&path, small_config()).await;
         let got = read_all(&log, 0).await;
         assert_eq!(got.len(), 40);
         for off in 0..80 {
@@ -219,12 +219,8 @@ fn segments_roll_and_sealed_segments_serve_reads() {
 
 #[test]
 fn torn_tail_is_truncated_on_open() {
-    let dir = tmpdir();
-    let path = dir.path().join("t-0");
-    run(move || async move {
-        let log = PartitionLog::open(path.clone(), LogConfig::default())
-            .await
-            .unwrap();
+    in_log_dir(|path| async move {
+        let log = open_log(&path, LogConfig::default()).await;
         for i in 0..5 {
             log.append(&batch(1, i, 100, i as u8), 0).unwrap();
         }
@@ -236,9 +232,7 @@ fn torn_tail_is_truncated_on_open() {
         let mut data = std::fs::read(&seg).unwrap();
         data[3 * 161 + 100] ^= 1;
         std::fs::write(&seg, &data).unwrap();
-        let log = PartitionLog::open(path.clone(), LogConfig::default())
-            .await
-            .unwrap();
+        let log = open_log(&path, LogConfig::default()).await;
         assert_eq!(log.log_end_offset(), 3);
         assert_eq!(std::fs::metadata(&seg).unwrap().len(), 3 * 161);
         assert_eq!(read_all(&log, 0).await.len(), 3);
@@ -251,9 +245,7 @@ fn torn_tail_is_truncated_on_open() {
         data.extend_from_slice(&batch(1, 10, 100, 1)[..80]);
         data[3 * 161 + 71..3 * 161 + 79].copy_from_slice(&4i64.to_be_bytes());
         std::fs::write(&seg, &data).unwrap();
-        let log = PartitionLog::open(path.clone(), LogConfig::default())
-            .await
-            .unwrap();
+        let log = open_log(&path, LogConfig::default()).await;
         assert_eq!(log.log_end_offset(), 4);
         let got = read_all(&log, 0).await;
         assert_eq!(got.len(), 4);
@@ -263,12 +255,8 @@ fn torn_tail_is_truncated_on_open() {
 
 #[test]
 fn corrupt_sealed_segment_is_an_error_not_data() {
-    let dir = tmpdir();
-    let path = dir.path().join("t-0");
-    run(move || async move {
-        let log = PartitionLog::open(path.clone(), small_config())
-            .await
-            .unwrap();
+    in_log_dir(|path| async move {
+        let log = open_log(&path, small_config()).await;
         for i in 0..30 {
             log.append(&batch(1, i, 200, i as u8), 0).unwrap();
         }
@@ -277,9 +265,7 @@ fn corrupt_sealed_segment_is_an_error_not_data() {
         let mut data = std::fs::read(&first).unwrap();
         data[261 + 150] ^= 0x10; // inside the second batch (offset 1)
         std::fs::write(&first, &data).unwrap();
-        let log = PartitionLog::open(path.clone(), small_config())
-            .await
-            .unwrap();
+        let log = open_log(&path, small_config()).await;
         assert_eq!(log.log_end_offset(), 30);
         let got = log.read(0, 1, i64::MAX).await.unwrap();
         assert_eq!(got.len(), 1);
@@ -307,12 +293,8 @@ fn corrupt_sealed_segment_is_an_error_not_data() {
 
 #[test]
 fn truncate_removes_batches_and_stale_bytes_never_return() {
-    let dir = tmpdir();
-    let path = dir.path().join("t-0");
-    run(move || async move {
-        let log = PartitionLog::open(path.clone(), small_config())
-            .await
-            .unwrap();
+    in_log_dir(|path| async move {
+        let log = open_log(&path, small_config()).await;
         for i in 0..30 {
             log.append(&batch(2, i, 150, i as u8), 1).unwrap();
         }
@@ -330,9 +312,7 @@ fn truncate_removes_batches_and_stale_bytes_never_return() {
         log.append(&batch(1, 99, 5, 0xee), 2).unwrap();
         log.wait_durable(7).await.unwrap();
         drop(log);
-        let log = PartitionLog::open(path.clone(), small_config())
-            .await
-            .unwrap();
+        let log = open_log(&path, small_config()).await;
         assert_eq!(log.log_end_offset(), 7);
         assert_eq!(log.last_leader_epoch(), 2);
         let got = read_all(&log, 0).await;
@@ -351,14 +331,12 @@ fn truncate_removes_batches_and_stale_bytes_never_return() {
 
 #[test]
 fn timestamp_lookup_is_batch_granular() {
-    let dir = tmpdir();
-    let path = dir.path().join("t-0");
-    run(move || async move {
+    in_log_dir(|path| async move {
         let cfg = LogConfig {
             tail_cache_bytes: 1000,
             ..small_config()
         };
-        let log = PartitionLog::open(path.clone(), cfg).await.unwrap();
+        let log = open_log(&path, cfg).await;
         for i in 0..40 {
             log.append(&batch(2, 1000 + 10 * i, 100, 0), 0).unwrap();
             if i == 30 {
@@ -384,7 +362,7 @@ fn timestamp_lookup_is_batch_granular() {
         );
         assert_eq!(log.offset_for_timestamp(1391).await.unwrap(), None);
         log.close().await.unwrap();
-        let log = PartitionLog::open(path, small_config()).await.unwrap();
+        let log = open_log(&path, small_config()).await;
         for i in 0..40 {
             let ts = 1000 + 10 * i;
             assert_eq!(
@@ -397,14 +375,12 @@ fn timestamp_lookup_is_batch_granular() {
 
 #[test]
 fn retention_deletes_whole_old_segments() {
-    let dir = tmpdir();
-    let path = dir.path().join("t-0");
-    run(move || async move {
+    in_log_dir(|path| async move {
         let cfg = LogConfig {
             retention_ms: None,
             ..small_config()
         };
-        let log = PartitionLog::open(path.clone(), cfg.clone()).await.unwrap();
+        let log = open_log(&path, cfg.clone()).await;
         for i in 0..30 {
             log.append(&batch(1, 1000 + i, 300, 0), 0).unwrap();
         }
@@ -442,7 +418,7 @@ fn retention_deletes_whole_old_segments() {
             30 - log.log_start_offset()
         );
         drop(log);
-        let log = PartitionLog::open(path, small_config()).await.unwrap();
+        let log = open_log(&path, small_config()).await;
         assert!(log.log_start_offset() > start);
         assert_eq!(log.log_end_offset(), 30);
     });
@@ -450,14 +426,12 @@ fn retention_deletes_whole_old_segments() {
 
 #[test]
 fn segment_ms_rolls_by_age() {
-    let dir = tmpdir();
-    let path = dir.path().join("t-0");
-    run(move || async move {
+    in_log_dir(|path| async move {
         let cfg = LogConfig {
             segment_ms: Some(0),
             ..LogConfig::default()
         };
-        let log = PartitionLog::open(path.clone(), cfg).await.unwrap();
+        let log = open_log(&path, cfg).await;
         for i in 0..4 {
             log.append(&batch(1, i, 10, 0), 0).unwrap();
         }
@@ -509,12 +483,8 @@ fn flush_policies_define_durability() {
 
 #[test]
 fn concurrent_waiters_share_a_flush() {
-    let dir = tmpdir();
-    let path = dir.path().join("t-0");
-    run(move || async move {
-        let log = PartitionLog::open(path, LogConfig::default())
-            .await
-            .unwrap();
+    in_log_dir(|path| async move {
+        let log = open_log(&path, LogConfig::default()).await;
         let mut tasks = Vec::new();
         for i in 0..20 {
             let log = log.clone();
@@ -537,12 +507,8 @@ fn concurrent_waiters_share_a_flush() {
 
 #[test]
 fn delete_removes_the_directory() {
-    let dir = tmpdir();
-    let path = dir.path().join("t-0");
-    run(move || async move {
-        let log = PartitionLog::open(path.clone(), LogConfig::default())
-            .await
-            .unwrap();
+    in_log_dir(|path| async move {
+        let log = open_log(&path, LogConfig::default()).await;
         log.append(&batch(1, 1, 10, 0), 0).unwrap();
         log.delete().await.unwrap();
         assert!(!path.exists());
@@ -555,12 +521,8 @@ fn delete_removes_the_directory() {
 
 #[test]
 fn abandoned_waits_do_not_break_the_log() {
-    let dir = tmpdir();
-    let path = dir.path().join("t-0");
-    run(move || async move {
-        let log = PartitionLog::open(path.clone(), small_config())
-            .await
-            .unwrap();
+    in_log_dir(|path| async move {
+        let log = open_log(&path, small_config()).await;
         for i in 0..50 {
             log.append(&batch(1, i, 300, i as u8), 0).unwrap();
             // Start waiting, poll once, then give up (a request timeout dropping the future).
@@ -583,7 +545,7 @@ fn abandoned_waits_do_not_break_the_log() {
         let got = read_all(&log, 0).await;
         assert_eq!(got.len() as i64, end);
         drop(log);
-        let log = PartitionLog::open(path, small_config()).await.unwrap();
+        let log = open_log(&path, small_config()).await;
         assert_eq!(log.log_end_offset(), end);
         assert_eq!(read_all(&log, 0).await.len() as i64, end);
     });
@@ -597,12 +559,8 @@ fn with_offsets(mut b: Vec<u8>, base: i64, epoch: i32) -> Vec<u8> {
 
 #[test]
 fn replica_appends_keep_leader_offsets_and_order() {
-    let dir = tmpdir();
-    let path = dir.path().join("t-0");
-    run(move || async move {
-        let log = PartitionLog::open(path.clone(), LogConfig::default())
-            .await
-            .unwrap();
+    in_log_dir(|path| async move {
+        let log = open_log(&path, LogConfig::default()).await;
         let mut two = with_offsets(batch(2, 1, 10, 1), 0, 3);
         two.extend(with_offsets(batch(3, 2, 10, 2), 2, 4));
         let info = log
@@ -634,9 +592,7 @@ fn replica_appends_keep_leader_offsets_and_order() {
             .unwrap();
         log.wait_durable(6).await.unwrap();
         drop(log);
-        let log = PartitionLog::open(path, LogConfig::default())
-            .await
-            .unwrap();
+        let log = open_log(&path, LogConfig::default()).await;
         let got = read_all(&log, 0).await;
         assert_eq!(
             got.iter().map(|b| base_of(b)).collect::<Vec<_>>(),
@@ -651,14 +607,12 @@ fn replica_appends_keep_leader_offsets_and_order() {
 
 #[test]
 fn unflushed_batches_are_served_from_the_tail() {
-    let dir = tmpdir();
-    let path = dir.path().join("t-0");
-    run(move || async move {
+    in_log_dir(|path| async move {
         let cfg = LogConfig {
             tail_cache_bytes: 0,
             ..small_config()
         };
-        let log = PartitionLog::open(path, cfg).await.unwrap();
+        let log = open_log(&path, cfg).await;
         for i in 0..30 {
             log.append(&batch(1, i, 120, i as u8), 0).unwrap();
         }
@@ -681,12 +635,8 @@ fn unflushed_batches_are_served_from_the_tail() {
 
 #[test]
 fn recovery_stops_at_stale_or_out_of_order_batches() {
-    let dir = tmpdir();
-    let path = dir.path().join("t-0");
-    run(move || async move {
-        let log = PartitionLog::open(path.clone(), LogConfig::default())
-            .await
-            .unwrap();
+    in_log_dir(|path| async move {
+        let log = open_log(&path, LogConfig::default()).await;
         for i in 0..3 {
             log.append(&batch(1, i, 50, 1), 5).unwrap();
         }
@@ -697,9 +647,7 @@ fn recovery_stops_at_stale_or_out_of_order_batches() {
         let mut data = valid.clone();
         data.extend(with_offsets(batch(1, 9, 50, 2), 17, 5));
         std::fs::write(&seg, &data).unwrap();
-        let log = PartitionLog::open(path.clone(), LogConfig::default())
-            .await
-            .unwrap();
+        let log = open_log(&path, LogConfig::default()).await;
         assert_eq!(log.log_end_offset(), 3);
         assert_eq!(std::fs::metadata(&seg).unwrap().len(), valid.len() as u64);
         log.close().await.unwrap();
@@ -707,9 +655,7 @@ fn recovery_stops_at_stale_or_out_of_order_batches() {
         let mut data = valid.clone();
         data.extend(with_offsets(batch(1, 9, 50, 2), 3, 4));
         std::fs::write(&seg, &data).unwrap();
-        let log = PartitionLog::open(path.clone(), LogConfig::default())
-            .await
-            .unwrap();
+        let log = open_log(&path, LogConfig::default()).await;
         assert_eq!(log.log_end_offset(), 3);
         log.close().await.unwrap();
         // Zeros (preallocated space) and garbage are not batches either.
@@ -717,9 +663,7 @@ fn recovery_stops_at_stale_or_out_of_order_batches() {
         data.extend(vec![0u8; 5000]);
         data.extend(vec![0xffu8; 100]);
         std::fs::write(&seg, &data).unwrap();
-        let log = PartitionLog::open(path, LogConfig::default())
-            .await
-            .unwrap();
+        let log = open_log(&path, LogConfig::default()).await;
         assert_eq!(log.log_end_offset(), 3);
         assert_eq!(read_all(&log, 0).await.len(), 3);
     });
@@ -727,14 +671,12 @@ fn recovery_stops_at_stale_or_out_of_order_batches() {
 
 #[test]
 fn retention_by_time_falls_back_to_file_time_without_timestamps() {
-    let dir = tmpdir();
-    let path = dir.path().join("t-0");
-    run(move || async move {
+    in_log_dir(|path| async move {
         let cfg = LogConfig {
             retention_ms: Some(60_000),
             ..small_config()
         };
-        let log = PartitionLog::open(path.clone(), cfg).await.unwrap();
+        let log = open_log(&path, cfg).await;
         for _ in 0..20 {
             log.append(&batch(1, -1, 300, 0), 0).unwrap();
         }
@@ -758,12 +700,8 @@ fn retention_by_time_falls_back_to_file_time_without_timestamps() {
 
 #[test]
 fn flush_policy_can_change_at_runtime() {
-    let dir = tmpdir();
-    let path = dir.path().join("t-0");
-    run(move || async move {
-        let log = PartitionLog::open(path.clone(), LogConfig::default())
-            .await
-            .unwrap();
+    in_log_dir(|path| async move {
+        let log = open_log(&path, LogConfig::default()).await;
         log.append(&batch(1, 1, 10, 0), 0).unwrap();
         assert_eq!(log.durable_end_offset(), 0);
         log.update_config(LogConfig {
@@ -776,21 +714,15 @@ fn flush_policy_can_change_at_runtime() {
         log.wait_durable(2).await.unwrap();
         assert_eq!(log.durable_end_offset(), 2);
         drop(log);
-        let log = PartitionLog::open(path, LogConfig::default())
-            .await
-            .unwrap();
+        let log = open_log(&path, LogConfig::default()).await;
         assert_eq!(log.log_end_offset(), 2);
     });
 }
 
 #[test]
 fn a_wait_cut_short_by_truncation_fails_even_if_offsets_are_reused() {
-    let dir = tmpdir();
-    let path = dir.path().join("t-0");
-    run(move || async move {
-        let log = PartitionLog::open(path, LogConfig::default())
-            .await
-            .unwrap();
+    in_log_dir(|path| async move {
+        let log = open_log(&path, LogConfig::default()).await;
         for i in 0..10 {
             log.append(&batch(1, i, 20, 1), 1).unwrap();
         }
@@ -814,12 +746,8 @@ fn a_wait_cut_short_by_truncation_fails_even_if_offsets_are_reused() {
 
 #[test]
 fn appends_racing_a_truncation_are_refused_or_kept_whole() {
-    let dir = tmpdir();
-    let path = dir.path().join("t-0");
-    run(move || async move {
-        let log = PartitionLog::open(path.clone(), small_config())
-            .await
-            .unwrap();
+    in_log_dir(|path| async move {
+        let log = open_log(&path, small_config()).await;
         for i in 0..40 {
             log.append(&batch(1, i, 100, 1), 1).unwrap();
         }
@@ -872,7 +800,7 @@ fn appends_racing_a_truncation_are_refused_or_kept_whole() {
             assert_eq!(got[0][61], fill, "offset {offset}");
         }
         drop(log);
-        let log = PartitionLog::open(path, small_config()).await.unwrap();
+        let log = open_log(&path, small_config()).await;
         assert_eq!(log.log_end_offset(), end);
         assert_eq!(read_all(&log, 0).await.len() as i64, end);
     });
@@ -880,12 +808,8 @@ fn appends_racing_a_truncation_are_refused_or_kept_whole() {
 
 #[test]
 fn leader_epoch_history_survives_reopen_and_damage() {
-    let dir = tmpdir();
-    let path = dir.path().join("t-0");
-    run(move || async move {
-        let log = PartitionLog::open(path.clone(), small_config())
-            .await
-            .unwrap();
+    in_log_dir(|path| async move {
+        let log = open_log(&path, small_config()).await;
         assert_eq!(log.end_offset_for_epoch(0), (-1, -1));
         for (epoch, n) in [(1, 10), (2, 15), (5, 10)] {
             for _ in 0..n {
@@ -906,9 +830,7 @@ fn leader_epoch_history_survives_reopen_and_damage() {
             assert_eq!(log.end_offset_for_epoch(asked), answer, "epoch {asked}");
         }
         drop(log);
-        let log = PartitionLog::open(path.clone(), small_config())
-            .await
-            .unwrap();
+        let log = open_log(&path, small_config()).await;
         for (asked, answer) in expect {
             assert_eq!(
                 log.end_offset_for_epoch(asked),
@@ -918,9 +840,7 @@ fn leader_epoch_history_survives_reopen_and_damage() {
         }
         log.close().await.unwrap();
         std::fs::write(path.join("leader-epoch-checkpoint"), b"damaged").unwrap();
-        let log = PartitionLog::open(path.clone(), small_config())
-            .await
-            .unwrap();
+        let log = open_log(&path, small_config()).await;
         for (asked, answer) in expect {
             assert_eq!(
                 log.end_offset_for_epoch(asked),
@@ -934,7 +854,7 @@ fn leader_epoch_history_survives_reopen_and_damage() {
         assert_eq!(log.end_offset_for_epoch(5), (-1, -1));
         assert_eq!(log.end_offset_for_epoch(2), (2, 30));
         drop(log);
-        let log = PartitionLog::open(path, small_config()).await.unwrap();
+        let log = open_log(&path, small_config()).await;
         assert_eq!(log.end_offset_for_epoch(5), (-1, -1));
         assert_eq!(log.end_offset_for_epoch(2), (2, 30));
         assert_eq!(log.end_offset_for_epoch(1), (1, 20));
@@ -946,12 +866,8 @@ fn leader_epoch_history_survives_reopen_and_damage() {
 /// untouched. Either way the log holds the same offsets and bytes, and they survive a reopen.
 #[test]
 fn append_bytes_patches_a_unique_buffer_in_place() {
-    let dir = tmpdir();
-    let path = dir.path().join("t-0");
-    run(move || async move {
-        let log = PartitionLog::open(path.clone(), LogConfig::default())
-            .await
-            .unwrap();
+    in_log_dir(|path| async move {
+        let log = open_log(&path, LogConfig::default()).await;
         log.append(&batch(3, 10, 100, 1), 0).unwrap();
 
         let unique = bytes::Bytes::from(batch(2, 20, 128 << 10, 2));
@@ -978,9 +894,7 @@ fn append_bytes_patches_a_unique_buffer_in_place() {
         drop(got);
         log.close().await.unwrap();
 
-        let log = PartitionLog::open(path, LogConfig::default())
-            .await
-            .unwrap();
+        let log = open_log(&path, LogConfig::default()).await;
         let all = read_all(&log, 0).await;
         let bases: Vec<i64> = all.iter().map(|b| base_of(b)).collect();
         assert_eq!(bases, vec![0, 3, 5, 7]);
@@ -1015,9 +929,7 @@ fn overlapping_group_commits_keep_every_byte_in_order() {
             tail_cache_bytes: 0,
             ..LogConfig::default()
         };
-        let log = PartitionLog::open(path.clone(), config.clone())
-            .await
-            .unwrap();
+        let log = open_log(&path, config.clone()).await;
         let done = Rc::new(std::cell::Cell::new(false));
         let reader = {
             let (log, done) = (log.clone(), done.clone());
@@ -1084,7 +996,7 @@ fn overlapping_group_commits_keep_every_byte_in_order() {
         check(read_all(&log, 0).await);
         assert!(segment_files(&path).len() > 2, "segments rolled");
         log.close().await.unwrap();
-        let log = PartitionLog::open(path, config).await.unwrap();
+        let log = open_log(&path, config).await;
         assert_eq!(log.log_end_offset(), total);
         check(read_all(&log, 0).await);
     });
