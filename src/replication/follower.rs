@@ -45,7 +45,7 @@ pub async fn accept(shard: Rc<Shard>, stream: TcpStream, hello: wire::Hello) {
         .shard
         .filter(|&s| s != shard.id && s < shard.mesh.shards());
     let Some(target) = target else {
-        return serve(shard, stream).await;
+        return serve(shard, stream, hello).await;
     };
     // The socket moves as a duplicate descriptor; this shard's handle closes, the connection stays.
     // SAFETY: the descriptor is open for as long as `stream` lives, which outlives the borrow.
@@ -55,7 +55,7 @@ pub async fn accept(shard: Rc<Shard>, stream: TcpStream, hello: wire::Hello) {
         Ok(fd) => fd,
         Err(e) => {
             debug!("replication link stays on shard {}: dup: {e}", shard.id);
-            return serve(shard, stream).await;
+            return serve(shard, stream, hello).await;
         }
     };
     drop(stream);
@@ -69,7 +69,7 @@ pub async fn accept(shard: Rc<Shard>, stream: TcpStream, hello: wire::Hello) {
         .send(target, move |owner: &Rc<Shard>| {
             // SAFETY: `fd` is an open TCP socket this closure owns.
             let stream = unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) };
-            glommio::spawn_local(serve(owner.clone(), stream)).detach();
+            glommio::spawn_local(serve(owner.clone(), stream, hello)).detach();
             Box::pin(async {}) as LocalFuture<()>
         })
         .await;
@@ -82,24 +82,18 @@ pub async fn accept(shard: Rc<Shard>, stream: TcpStream, hello: wire::Hello) {
     }
 }
 
-/// Serves a replication connection until the leader closes it or the broker stops.
-async fn serve(shard: Rc<Shard>, stream: TcpStream) {
+/// Serves a replication connection, whose `hello` was peeked, until the leader closes it or the
+/// broker stops.
+async fn serve(shard: Rc<Shard>, stream: TcpStream, hello: wire::Hello) {
     let _ = stream.set_nodelay(true);
     let (mut reader, mut writer) = futures_lite::io::split(stream);
-    let mut head = [0u8; 6];
-    if reader.read_exact(&mut head).await.is_err() {
-        return;
-    }
-    let Some(body) = wire::hello_body_len(&head) else {
+    let mut consumed = [0u8; wire::HELLO_BYTES];
+    let Some(consumed) = consumed.get_mut(..hello.frame_len) else {
         return;
     };
-    let mut rest = vec![0u8; body - 2];
-    if reader.read_exact(&mut rest).await.is_err() {
+    if reader.read_exact(consumed).await.is_err() {
         return;
     }
-    let Some(hello) = wire::parse_hello(&[&head[..], &rest[..]].concat()) else {
-        return;
-    };
     let leader = hello.leader;
     info!(
         shard = shard.id,

@@ -221,6 +221,8 @@ pub struct Hello {
     /// The leader's shard that opened the link; None from a first-version leader, or when only part
     /// of the Hello was seen.
     pub shard: Option<usize>,
+    /// Bytes of the Hello frame on the connection (length field included).
+    pub frame_len: usize,
 }
 
 /// The body length if the first bytes of a connection start a replication Hello.
@@ -244,7 +246,11 @@ pub fn parse_hello(first: &[u8]) -> Option<Hello> {
     } else {
         None
     };
-    Some(Hello { leader, shard })
+    Some(Hello {
+        leader,
+        shard,
+        frame_len: 4 + body,
+    })
 }
 
 fn put_part(out: &mut BytesMut, part: &WirePartition) {
@@ -596,7 +602,8 @@ mod tests {
             parse_hello(&h),
             Some(Hello {
                 leader: 3,
-                shard: Some(1)
+                shard: Some(1),
+                frame_len: HELLO_BYTES
             })
         );
         // Seen in part: the leader, not the shard.
@@ -604,7 +611,8 @@ mod tests {
             parse_hello(&h[..12]),
             Some(Hello {
                 leader: 3,
-                shard: None
+                shard: None,
+                frame_len: HELLO_BYTES
             })
         );
         // A first-version Hello (no shard) is still one.
@@ -614,7 +622,8 @@ mod tests {
             parse_hello(&v0),
             Some(Hello {
                 leader: 7,
-                shard: None
+                shard: None,
+                frame_len: 10
             })
         );
         // Any other length is not a Hello.
