@@ -192,36 +192,83 @@ impl SeqWriteProbe {
     }
 }
 
-/// TCP loopback round trip (ns) of a 100-byte message between two blocking threads.
-pub fn loopback_rtt_floor(samples: usize) -> io::Result<Histogram<u64>> {
-    let listener = TcpListener::bind("127.0.0.1:0")?;
-    let addr = listener.local_addr()?;
-    let server = std::thread::spawn(move || -> io::Result<()> {
-        let (mut s, _) = listener.accept()?;
-        s.set_nodelay(true)?;
-        let mut buf = [0u8; 100];
-        loop {
-            match s.read_exact(&mut buf) {
-                Ok(()) => s.write_all(&buf)?,
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
-                Err(e) => return Err(e),
-            }
-        }
-    });
-    let mut c = TcpStream::connect(addr)?;
-    c.set_nodelay(true)?;
-    let mut hist = latency_histogram();
-    let mut buf = [7u8; 100];
-    for _ in 0..samples {
-        let t = Instant::now();
-        c.write_all(&buf)?;
-        c.read_exact(&mut buf)?;
-        hist.saturating_record(t.elapsed().as_nanos() as u64);
+/// TCP loopback round trips of a 100-byte message to an echo thread, one sample at a time (like
+/// `FsyncProbe`), over one connection kept for the probe's life.
+pub struct RttProbe {
+    client: Option<TcpStream>,
+    server: Option<std::thread::JoinHandle<io::Result<()>>>,
+    buf: [u8; 100],
+}
+
+impl RttProbe {
+    pub fn new() -> io::Result<Self> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let server = std::thread::Builder::new()
+            .name("floor-echo".into())
+            .spawn(move || -> io::Result<()> {
+                let (mut s, _) = listener.accept()?;
+                s.set_nodelay(true)?;
+                let mut buf = [0u8; 100];
+                loop {
+                    match s.read_exact(&mut buf) {
+                        Ok(()) => s.write_all(&buf)?,
+                        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+                        Err(e) => return Err(e),
+                    }
+                }
+            })?;
+        let client = TcpStream::connect(addr)?;
+        client.set_nodelay(true)?;
+        Ok(RttProbe {
+            client: Some(client),
+            server: Some(server),
+            buf: [7u8; 100],
+        })
     }
-    drop(c);
-    server
-        .join()
-        .map_err(|_| io::Error::other("loopback echo thread panicked"))??;
+
+    /// One round trip; its latency in ns.
+    pub fn sample(&mut self) -> io::Result<u64> {
+        let c = self
+            .client
+            .as_mut()
+            .ok_or_else(|| io::Error::other("the round-trip probe is closed"))?;
+        let t = Instant::now();
+        c.write_all(&self.buf)?;
+        c.read_exact(&mut self.buf)?;
+        Ok(t.elapsed().as_nanos() as u64)
+    }
+
+    /// Closes the connection and reports whether the echo thread failed.
+    pub fn close(mut self) -> io::Result<()> {
+        self.shut()
+    }
+
+    fn shut(&mut self) -> io::Result<()> {
+        drop(self.client.take());
+        match self.server.take() {
+            Some(server) => server
+                .join()
+                .map_err(|_| io::Error::other("loopback echo thread panicked"))?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for RttProbe {
+    fn drop(&mut self) {
+        let _ = self.shut();
+    }
+}
+
+/// TCP loopback round trip latency (ns): `samples` of `RttProbe` in a row.
+pub fn loopback_rtt_floor(samples: usize) -> io::Result<Histogram<u64>> {
+    let mut probe = RttProbe::new()?;
+    let mut hist = latency_histogram();
+    for _ in 0..samples {
+        hist.saturating_record(probe.sample()?);
+    }
+    probe.close()?;
     Ok(hist)
 }
 

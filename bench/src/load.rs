@@ -255,6 +255,7 @@ fn run_on(
             n,
             measure_from,
             schedule.end,
+            stall_window(args, batch_records, &map),
         )?),
     };
     let issued_batches = Arc::new(AtomicU64::new(0));
@@ -395,6 +396,16 @@ fn run_on(
         partitions,
         errors: driver.errors(),
     })
+}
+
+/// How long the load keeps sending into a stall: until `max_in_flight` requests wait on one
+/// connection, at the rate one connection's batches are due (the floor counts a stall that long).
+fn stall_window(args: &LoadArgs, batch_records: u32, map: &ClusterMap) -> Duration {
+    let leaders: std::collections::BTreeSet<i32> =
+        map.partitions.values().map(|p| p.leader).collect();
+    let connections = (leaders.len().max(1) * args.connections) as f64;
+    let batches_per_s = args.rate / batch_records.max(1) as f64 / connections;
+    Duration::try_from_secs_f64(args.max_in_flight as f64 / batches_per_s).unwrap_or(Duration::MAX)
 }
 
 fn wait_for_leaders(

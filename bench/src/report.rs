@@ -9,8 +9,9 @@ use serde::{Deserialize, Serialize};
 use crate::machine::Machine;
 use crate::stats::{Group, Recorder, Summary};
 
-/// Bumped whenever a key is renamed or removed; `compare` refuses a mismatch.
-pub const SCHEMA: &str = "chronik-bench-report/1";
+/// Bumped whenever a key is renamed or removed or a figure changes meaning
+/// (2: the floor counts stalls as the load does); `compare` refuses a mismatch.
+pub const SCHEMA: &str = "chronik-bench-report/2";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {
@@ -73,12 +74,24 @@ pub struct ClusterInfo {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FloorInfo {
     pub dir: String,
-    /// Raw O_DIRECT 4 KiB write + fdatasync.
+    /// Raw O_DIRECT 4 KiB write + fdatasync, one sample per tick, as taken.
     pub fsync_4k: Summary,
-    /// TCP loopback round trip.
+    /// TCP loopback round trip, as taken.
     pub loopback_rtt: Summary,
-    /// fsync p99 + round-trip p99: the cheapest durable acknowledgement
-    /// this machine can give. Latency p99 is judged divided by this.
+    /// How long the load keeps sending into a stall (its in-flight window);
+    /// 0 in reports from before the floor counted stalls.
+    #[serde(default)]
+    pub stall_window_ms: f64,
+    /// `fsync_4k` counted as the load counts records: a slow sample also
+    /// stands for the ticks it held up within the stall window.
+    #[serde(default)]
+    pub fsync_4k_stall_counted: Option<Summary>,
+    /// `loopback_rtt` counted the same way.
+    #[serde(default)]
+    pub loopback_rtt_stall_counted: Option<Summary>,
+    /// Stall-counted fsync p99 + round-trip p99 (before session 5: as
+    /// taken): the cheapest durable acknowledgement this machine gives
+    /// the same load. Latency p99 is judged divided by this.
     pub floor_p99_us: f64,
 }
 
@@ -297,9 +310,13 @@ impl Report {
             Some(f) => {
                 let _ = writeln!(
                     out,
-                    "floor ({}): fsync 4 KiB p99 {} ms, loopback RTT p99 {} ms, floor {} ms; total p99 / floor = {}",
+                    "floor ({}): fsync 4 KiB p99 {} ms ({} ms counting stalls within {} ms), loopback RTT p99 {} ms, floor {} ms; total p99 / floor = {}",
                     f.dir,
                     ms(f.fsync_4k.p99_us),
+                    f.fsync_4k_stall_counted
+                        .map(|s| ms(s.p99_us))
+                        .unwrap_or_else(|| "-".into()),
+                    f.stall_window_ms.round(),
                     ms(f.loopback_rtt.p99_us),
                     ms(f.floor_p99_us),
                     self.total
