@@ -68,7 +68,8 @@ impl FloorSampler {
         stall_window: Duration,
     ) -> std::io::Result<FloorSampler> {
         let window = until.saturating_duration_since(from);
-        let interval = (window / u32::try_from(samples.max(1)).unwrap_or(u32::MAX)).max(MIN_INTERVAL);
+        let interval =
+            (window / u32::try_from(samples.max(1)).unwrap_or(u32::MAX)).max(MIN_INTERVAL);
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let stop = stop.clone();
