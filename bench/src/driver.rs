@@ -84,6 +84,9 @@ pub struct Driver {
     pub recorder: Recorder,
     /// Batches intended before this are warm-up.
     pub measure_from: Instant,
+    /// When the last measured batch was acknowledged (sent, for acks=0): a run the cluster cannot keep
+    /// up with ends here, after its schedule, and its throughput is counted over that longer time.
+    pub last_measured_done: Option<Instant>,
     pub encode: Histogram<u64>,
     errors: BTreeMap<(Option<i16>, String), (u64, u64)>,
     retry: Vec<ProduceJob>,
@@ -120,6 +123,7 @@ impl Driver {
             outcomes,
             recorder: Recorder::default(),
             measure_from,
+            last_measured_done: None,
             encode: stats::new_histogram(),
             errors: BTreeMap::new(),
             retry: Vec::new(),
@@ -258,6 +262,8 @@ impl Driver {
         }
         let sent = job.first_sent.unwrap_or(job.intended);
         self.counts.measured_records += records;
+        let done = acked.unwrap_or(sent);
+        self.last_measured_done = Some(self.last_measured_done.map_or(done, |d| d.max(done)));
         self.recorder.record(
             broker,
             job.partition,

@@ -346,7 +346,11 @@ fn run_on(
         None => driver.recorder.clone(),
     };
 
-    let seconds = measured_until
+    // Throughput counts until the last measured acknowledgement when that came after the schedule's
+    // end: a cluster that fell behind delivered the records over that longer time.
+    let seconds = driver
+        .last_measured_done
+        .map_or(measured_until, |done| done.max(measured_until))
         .saturating_duration_since(measure_from)
         .as_secs_f64();
     let floor_us = floor.as_ref().map(|f| f.floor_p99_us);

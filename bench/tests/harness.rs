@@ -134,6 +134,51 @@ fn a_stall_shows_in_publish_latency_p99_when_requests_pipeline() {
 }
 
 #[test]
+fn throughput_counts_until_the_last_acknowledgement_of_a_run_that_fell_behind() {
+    // 1000 batches/s for 2 s after a 0.3 s warm-up; the broker stops reading for 600 ms at the
+    // 2250th request, 50 ms before the schedule ends, so the measured records are acknowledged
+    // over about 2.55 s, not the 2 s the schedule lasted.
+    let cluster = FakeCluster::start(
+        1,
+        Behaviour {
+            stall: Some(Stall {
+                at_request: 2250,
+                duration: Duration::from_millis(600),
+            }),
+            leader_move: None,
+        },
+    );
+    let a = args(
+        &cluster.bootstrap(),
+        &[
+            "--topic",
+            "behind",
+            "--partitions",
+            "2",
+            "--acks",
+            "1",
+            "--rate",
+            "1000",
+            "--batch-records",
+            "1",
+            "--duration",
+            "2s",
+            "--warmup",
+            "300ms",
+        ],
+    );
+    let report = load::run(&a, Mode::Produce).unwrap();
+    no_record_lost(&report);
+    let t = &report.total;
+    assert_eq!(t.records, 2000, "{t:?}");
+    assert!(
+        t.records_per_s > 600.0 && t.records_per_s < 900.0,
+        "2000 records over about 2.55 s, not 2 s: {} records/s",
+        t.records_per_s
+    );
+}
+
+#[test]
 fn batches_follow_a_leadership_change_and_group_by_the_new_leader() {
     // Partition 0 starts on broker 1 and moves to broker 2 after 300 batches;
     // broker 1 then answers NOT_LEADER_OR_FOLLOWER.
