@@ -51,13 +51,21 @@ fn no_record_lost(report: &Report) {
 /// Runs 1000 batches/s for 2 s (after a 0.3 s warm-up) against one broker
 /// that stops reading for 200 ms at the 1000th produce request.
 fn stalled_run(max_in_flight: &str) -> (Report, FakeCluster) {
+    run_with_stall(
+        Stall {
+            at_request: 1000,
+            duration: Duration::from_millis(200),
+        },
+        max_in_flight,
+    )
+}
+
+/// Runs 1000 batches/s for 2 s (after a 0.3 s warm-up) against one broker that stalls as told.
+fn run_with_stall(stall: Stall, max_in_flight: &str) -> (Report, FakeCluster) {
     let cluster = FakeCluster::start(
         1,
         Behaviour {
-            stall: Some(Stall {
-                at_request: 1000,
-                duration: Duration::from_millis(200),
-            }),
+            stall: Some(stall),
             leader_move: None,
         },
     );
@@ -135,39 +143,15 @@ fn a_stall_shows_in_publish_latency_p99_when_requests_pipeline() {
 
 #[test]
 fn throughput_counts_until_the_last_acknowledgement_of_a_run_that_fell_behind() {
-    // 1000 batches/s for 2 s after a 0.3 s warm-up; the broker stops reading for 600 ms at the
-    // 2250th request, 50 ms before the schedule ends, so the measured records are acknowledged
-    // over about 2.55 s, not the 2 s the schedule lasted.
-    let cluster = FakeCluster::start(
-        1,
-        Behaviour {
-            stall: Some(Stall {
-                at_request: 2250,
-                duration: Duration::from_millis(600),
-            }),
-            leader_move: None,
+    // The broker stops reading for 600 ms at the 2250th request, 50 ms before the schedule ends,
+    // so the measured records are acknowledged over about 2.55 s, not the 2 s the schedule lasted.
+    let (report, _cluster) = run_with_stall(
+        Stall {
+            at_request: 2250,
+            duration: Duration::from_millis(600),
         },
+        "5",
     );
-    let a = args(
-        &cluster.bootstrap(),
-        &[
-            "--topic",
-            "behind",
-            "--partitions",
-            "2",
-            "--acks",
-            "1",
-            "--rate",
-            "1000",
-            "--batch-records",
-            "1",
-            "--duration",
-            "2s",
-            "--warmup",
-            "300ms",
-        ],
-    );
-    let report = load::run(&a, Mode::Produce).unwrap();
     no_record_lost(&report);
     let t = &report.total;
     assert_eq!(t.records, 2000, "{t:?}");
