@@ -325,12 +325,12 @@ impl PartitionLog {
             return Ok(());
         }
         let writes = std::mem::take(&mut self.state.borrow_mut().pending);
-        if writes.is_empty() {
+        let Some(last_end) = writes.last().map(|w| w.end_offset) else {
             // A group staged earlier covers `target` and is still writing: wait for it, so the
             // caller's fdatasync covers it.
             order.wait_for_write_lock().await?;
             return Ok(());
-        }
+        };
         let staged = self
             .stage_segments(&writes, dsync_allowed, &mut order)
             .await;
@@ -339,16 +339,13 @@ impl PartitionLog {
         let written = order.finish_writes().await;
         let (all_durable, ends) = staged?;
         written?;
-        let Some(w) = writes.last() else {
-            return Ok(());
-        };
         let mut st = self.state.borrow_mut();
         for (base, end) in ends {
             if let Some(Storage::Active(a)) = st.segments.get_mut(&base).map(|s| &mut s.storage) {
                 a.written = end;
             }
         }
-        st.written_end = w.end_offset;
+        st.written_end = last_end;
         let budget = self.config.borrow().tail_cache_bytes;
         let written_end = st.written_end;
         st.tail.evict(budget, written_end);
@@ -452,15 +449,14 @@ impl PartitionLog {
             tracing::debug!(segment = ?path, "rolled to a new segment");
             let mut st = self.state.borrow_mut();
             if let Some(seg) = st.segments.get_mut(&base) {
-                seg.storage = Storage::Active(ActiveFile {
-                    file: Rc::new(file),
-                    dsync: Rc::new(dsync),
-                    reader: Rc::new(reader),
-                    written: 0,
-                    staged: 0,
-                    tail_block: Vec::new(),
-                    preallocated: prealloc,
-                });
+                seg.storage = Storage::Active(ActiveFile::new(
+                    Rc::new(file),
+                    Rc::new(dsync),
+                    Rc::new(reader),
+                    0,
+                    Vec::new(),
+                    prealloc,
+                ));
             }
         }
         let (file, dsync_file, written, tail_block, preallocated) = {

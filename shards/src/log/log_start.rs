@@ -185,15 +185,7 @@ impl PartitionLog {
             Segment {
                 path,
                 index: SegmentIndex::new(offset),
-                storage: Storage::Active(ActiveFile {
-                    file,
-                    dsync,
-                    reader,
-                    written: 0,
-                    staged: 0,
-                    tail_block: Vec::new(),
-                    preallocated: 0,
-                }),
+                storage: Storage::Active(ActiveFile::new(file, dsync, reader, 0, Vec::new(), 0)),
                 created_ms: now_ms(),
             },
         );

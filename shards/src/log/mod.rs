@@ -435,7 +435,6 @@ impl PartitionLog {
         st.epochs.end_offset_for(epoch, st.log_end)
     }
 
-    /// Saves the leader epoch history if it changed (file lock held).
     /// Saves the leader epoch checkpoint if it changed, with the entries of epochs that start below
     /// `durable_below` (every batch below it is durable). A later entry would name an epoch whose
     /// batches may not survive a crash; recovery rebuilds those from the newest segment's batches, and

@@ -143,15 +143,7 @@ pub(super) async fn recover(dir: &Path, cfg: &LogConfig) -> Result<Recovered, Lo
         Segment {
             path,
             index: scan.index,
-            storage: Storage::Active(ActiveFile {
-                file,
-                dsync,
-                reader,
-                written: size,
-                staged: size,
-                tail_block,
-                preallocated: size,
-            }),
+            storage: Storage::Active(ActiveFile::new(file, dsync, reader, size, tail_block, size)),
             created_ms: now,
         },
     );

@@ -63,6 +63,28 @@ pub struct ActiveFile {
     pub preallocated: u64,
 }
 
+impl ActiveFile {
+    /// A file whose first `end` bytes are on disk and nothing is in flight (`written` = `staged`).
+    pub fn new(
+        file: Rc<DmaFile>,
+        dsync: Rc<DmaFile>,
+        reader: Rc<BufferedFile>,
+        end: u64,
+        tail_block: Vec<u8>,
+        preallocated: u64,
+    ) -> ActiveFile {
+        ActiveFile {
+            file,
+            dsync,
+            reader,
+            written: end,
+            staged: end,
+            tail_block,
+            preallocated,
+        }
+    }
+}
+
 /// How a segment's bytes are reached.
 pub enum Storage {
     /// Created by a roll at append time; the file appears at the next flush.

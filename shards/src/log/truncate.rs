@@ -183,15 +183,9 @@ impl PartitionLog {
         let mut st = self.state.borrow_mut();
         if let Some(seg) = st.segments.get_mut(&target_base) {
             seg.index = scan.index;
-            seg.storage = Storage::Active(ActiveFile {
-                file,
-                dsync,
-                reader,
-                written: cut_pos,
-                staged: cut_pos,
-                tail_block,
-                preallocated: cut_pos,
-            });
+            seg.storage = Storage::Active(ActiveFile::new(
+                file, dsync, reader, cut_pos, tail_block, cut_pos,
+            ));
         }
         st.log_end = point;
         st.written_end = point;
