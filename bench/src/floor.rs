@@ -140,16 +140,6 @@ impl FsyncProbe {
     }
 }
 
-/// Raw O_DIRECT 4 KiB write + fdatasync latency (ns): `samples` of `FsyncProbe` in a row.
-pub fn fdatasync_floor(dir: &Path, samples: usize) -> io::Result<Histogram<u64>> {
-    let mut probe = FsyncProbe::new(dir)?;
-    let mut hist = latency_histogram();
-    for _ in 0..samples {
-        hist.saturating_record(probe.sample()?);
-    }
-    Ok(hist)
-}
-
 /// Raw O_DIRECT sequential writes of 1 MiB to a preallocated file, taken in rounds (each ending with
 /// one fdatasync) so a benchmark can alternate them with what it compares, as `FsyncProbe` does for
 /// latency: on a shared machine the disk's bandwidth drifts by tens of percent within seconds.
@@ -261,17 +251,6 @@ impl Drop for RttProbe {
     }
 }
 
-/// TCP loopback round trip latency (ns): `samples` of `RttProbe` in a row.
-pub fn loopback_rtt_floor(samples: usize) -> io::Result<Histogram<u64>> {
-    let mut probe = RttProbe::new()?;
-    let mut hist = latency_histogram();
-    for _ in 0..samples {
-        hist.saturating_record(probe.sample()?);
-    }
-    probe.close()?;
-    Ok(hist)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -279,8 +258,11 @@ mod tests {
     #[test]
     fn floors_measure_something() {
         let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
-        let h = fdatasync_floor(dir.path(), 5).unwrap();
+        let mut fsync = FsyncProbe::new(dir.path()).unwrap();
+        let h: Vec<u64> = (0..5).map(|_| fsync.sample().unwrap()).collect();
         assert_eq!(h.len(), 5);
+        assert!(h.iter().all(|&ns| ns > 0));
+        drop(fsync);
         let mut probe = SeqWriteProbe::new(dir.path(), 2 << 20).unwrap();
         for _ in 0..3 {
             let (bytes, took) = probe.round(3 << 20).unwrap();
@@ -288,7 +270,10 @@ mod tests {
             assert!(took > Duration::ZERO);
         }
         drop(probe);
-        assert_eq!(loopback_rtt_floor(5).unwrap().len(), 5);
+        let mut rtt = RttProbe::new().unwrap();
+        let h: Vec<u64> = (0..5).map(|_| rtt.sample().unwrap()).collect();
+        assert_eq!(h.len(), 5);
+        rtt.close().unwrap();
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 }

@@ -12,9 +12,10 @@
 //! `max_in_flight` requests wait on one connection, and each of them counts
 //! the stall. Without that, a 60 ms disk stall is one floor sample in a
 //! thousand but every record sent during it, and the floor's p99 misses what
-//! the load's p99 sees (bench/RESULTS.md, "Session 5"). The probes keep one scratch file and one connection for the
-//! whole window: creating and deleting a 64 MiB file per chunk made the
-//! sampler itself a source of discards on a `discard`-mounted disk.
+//! the load's p99 sees (bench/RESULTS.md, "Session 5"). The probes keep one
+//! scratch file and one connection for the whole window: creating and
+//! deleting a 64 MiB file per chunk made the sampler itself a source of
+//! discards on a `discard`-mounted disk.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -116,8 +117,8 @@ impl FloorSampler {
             fsync_4k: Summary::of(&fsync.raw),
             loopback_rtt: Summary::of(&rtt.raw),
             stall_window_ms: self.stall_window.as_secs_f64() * 1000.0,
-            fsync_4k_stall_counted: Some(fsync_counted),
-            loopback_rtt_stall_counted: Some(rtt_counted),
+            fsync_4k_stall_counted: fsync_counted,
+            loopback_rtt_stall_counted: rtt_counted,
             floor_p99_us: fsync_counted.p99_us + rtt_counted.p99_us,
         }))
     }

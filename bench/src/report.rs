@@ -78,20 +78,16 @@ pub struct FloorInfo {
     pub fsync_4k: Summary,
     /// TCP loopback round trip, as taken.
     pub loopback_rtt: Summary,
-    /// How long the load keeps sending into a stall (its in-flight window);
-    /// 0 in reports from before the floor counted stalls.
-    #[serde(default)]
+    /// How long the load keeps sending into a stall (its in-flight window).
     pub stall_window_ms: f64,
     /// `fsync_4k` counted as the load counts records: a slow sample also
     /// stands for the ticks it held up within the stall window.
-    #[serde(default)]
-    pub fsync_4k_stall_counted: Option<Summary>,
+    pub fsync_4k_stall_counted: Summary,
     /// `loopback_rtt` counted the same way.
-    #[serde(default)]
-    pub loopback_rtt_stall_counted: Option<Summary>,
-    /// Stall-counted fsync p99 + round-trip p99 (before session 5: as
-    /// taken): the cheapest durable acknowledgement this machine gives
-    /// the same load. Latency p99 is judged divided by this.
+    pub loopback_rtt_stall_counted: Summary,
+    /// Stall-counted fsync p99 + round-trip p99: the cheapest durable
+    /// acknowledgement this machine gives the same load. Latency p99 is
+    /// judged divided by this.
     pub floor_p99_us: f64,
 }
 
@@ -313,9 +309,7 @@ impl Report {
                     "floor ({}): fsync 4 KiB p99 {} ms ({} ms counting stalls within {} ms), loopback RTT p99 {} ms, floor {} ms; total p99 / floor = {}",
                     f.dir,
                     ms(f.fsync_4k.p99_us),
-                    f.fsync_4k_stall_counted
-                        .map(|s| ms(s.p99_us))
-                        .unwrap_or_else(|| "-".into()),
+                    ms(f.fsync_4k_stall_counted.p99_us),
                     f.stall_window_ms.round(),
                     ms(f.loopback_rtt.p99_us),
                     ms(f.floor_p99_us),
