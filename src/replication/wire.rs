@@ -226,7 +226,7 @@ pub struct Hello {
 }
 
 /// The body length if the first bytes of a connection start a replication Hello.
-pub fn hello_body_len(first: &[u8]) -> Option<usize> {
+fn hello_body_len(first: &[u8]) -> Option<usize> {
     if first.len() < 6 || first[4..6] != HELLO_API_KEY.to_be_bytes() {
         return None;
     }
