@@ -136,6 +136,11 @@ pub struct LoadArgs {
     /// window while the load runs (0 skips the floor).
     #[arg(long, default_value_t = 2000)]
     pub floor_samples: usize,
+    /// Also measure the disk's raw O_DIRECT sequential write bandwidth (1 MiB writes) in the same
+    /// run, where the floor is measured: one round of this many MiB right before the load and one
+    /// right after it, so the throughput can be judged against the disk of that run (0 skips it).
+    #[arg(long, default_value_t = 0)]
+    pub raw_bandwidth_mib: u64,
     /// No progress line.
     #[arg(long)]
     pub quiet: bool,

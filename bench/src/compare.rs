@@ -275,6 +275,7 @@ mod tests {
                 loopback_rtt_stall_counted: Summary::default(),
                 floor_p99_us: floor_us,
             }),
+            disk_bandwidth: None,
             harness: Harness::default(),
             records: RecordCounts::default(),
             total: group(total_p99, floor_us),

@@ -15,11 +15,14 @@ use crate::client::{ClientError, ClusterMap, Connection};
 use crate::driver::Driver;
 use crate::e2e::{self, ConsumerPlan, ConsumerSet};
 use crate::embedded::{EmbeddedCluster, EmbeddedOptions};
+use crate::floor::SeqWriteProbe;
 use crate::floor_sampler::FloorSampler;
 use crate::interrupt;
 use crate::machine::Machine;
 use crate::pacing::{self, Schedule};
-use crate::report::{self, ClusterInfo, Config, Harness, RecordCounts, Report, VersionsInfo};
+use crate::report::{
+    self, ClusterInfo, Config, DiskBandwidth, Harness, RecordCounts, Report, VersionsInfo,
+};
 use crate::stats::Summary;
 
 /// Which benchmark.
@@ -211,6 +214,18 @@ fn run_on(
         timeout: args.request_timeout,
         max_in_flight: args.max_in_flight,
     };
+    // The raw bandwidth round before the load; the file stays until the round after it, which
+    // writes the other half (fresh blocks, as the log's appends are), so no deletion's discards
+    // land in the measured window.
+    let raw_round_bytes = args.raw_bandwidth_mib << 20;
+    let mut seq_probe = match raw_round_bytes {
+        0 => None,
+        n => Some(SeqWriteProbe::new(&floor_dir, 2 * n)?),
+    };
+    let raw_before = match seq_probe.as_mut() {
+        Some(p) => Some(p.round(raw_round_bytes)?),
+        None => None,
+    };
     let base = Instant::now();
     // Setup (connections, consumers) happens before the first batch is due.
     let start = base + Duration::from_millis(500);
@@ -251,7 +266,7 @@ fn run_on(
     let sampler = match args.floor_samples {
         0 => None,
         n => Some(FloorSampler::start(
-            floor_dir,
+            floor_dir.clone(),
             n,
             measure_from,
             schedule.end,
@@ -327,6 +342,11 @@ fn run_on(
         Some(s) => s.finish()?,
         None => None,
     };
+    let raw_after = match seq_probe.as_mut() {
+        Some(p) => Some(p.round(raw_round_bytes)?),
+        None => None,
+    };
+    drop(seq_probe);
 
     let mut consumed = None;
     let recorder = match consumers {
@@ -355,6 +375,16 @@ fn run_on(
         .as_secs_f64();
     let floor_us = floor.as_ref().map(|f| f.floor_p99_us);
     let (total, leaders, partitions) = report::groups(&recorder, seconds, floor_us);
+    let disk_bandwidth = match (raw_before, raw_after) {
+        (Some(before), Some(after)) => Some(DiskBandwidth::new(
+            floor_dir.display().to_string(),
+            before,
+            after,
+            replication_factor,
+            total.mb_per_s,
+        )),
+        _ => None,
+    };
     let refreshed = driver.cluster.clone();
     let versions = versions_info(&admin, driver.produce_version);
     Ok(Report {
@@ -383,6 +413,7 @@ fn run_on(
         machine,
         cluster: cluster_info(&refreshed, &map, embedded),
         floor,
+        disk_bandwidth,
         harness: Harness {
             pacer_lateness: Summary::of(&lateness),
             encode: Summary::of(&driver.encode),

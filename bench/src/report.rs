@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -24,6 +25,9 @@ pub struct Report {
     pub machine: Machine,
     pub cluster: ClusterInfo,
     pub floor: Option<FloorInfo>,
+    /// Only with `--raw-bandwidth-mib`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_bandwidth: Option<DiskBandwidth>,
     pub harness: Harness,
     pub records: RecordCounts,
     pub total: GroupReport,
@@ -89,6 +93,51 @@ pub struct FloorInfo {
     /// acknowledgement this machine gives the same load. Latency p99 is
     /// judged divided by this.
     pub floor_p99_us: f64,
+}
+
+/// The disk's raw sequential write bandwidth, measured in the same run as the throughput it
+/// normalizes. Every record is written once per replica to this one disk when the embedded
+/// cluster's brokers share it, so the ceiling for the produced bytes is raw / RF.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DiskBandwidth {
+    pub dir: String,
+    /// Bytes of each round (1 MiB O_DIRECT writes one at a time, then one fdatasync).
+    pub round_bytes: u64,
+    /// MB/s (10^6 bytes) of the round right before the load.
+    pub before_mb_s: f64,
+    /// MB/s of the round right after the load.
+    pub after_mb_s: f64,
+    /// The faster of the two: a round slowed by the host must not flatter the ratio below.
+    pub raw_mb_s: f64,
+    pub replication_factor: i16,
+    /// Total produced MB/s over `raw_mb_s / replication_factor`.
+    pub throughput_over_raw_per_replica: f64,
+}
+
+impl DiskBandwidth {
+    /// From the two rounds' (bytes, time) and the run's produced MB/s.
+    pub fn new(
+        dir: String,
+        before: (u64, Duration),
+        after: (u64, Duration),
+        replication_factor: i16,
+        produced_mb_s: f64,
+    ) -> DiskBandwidth {
+        let mb_s =
+            |(bytes, took): (u64, Duration)| bytes as f64 / took.as_secs_f64().max(1e-9) / 1e6;
+        let (before_mb_s, after_mb_s) = (mb_s(before), mb_s(after));
+        let raw_mb_s = before_mb_s.max(after_mb_s);
+        let per_replica = raw_mb_s / f64::from(replication_factor.max(1));
+        DiskBandwidth {
+            dir,
+            round_bytes: before.0,
+            before_mb_s,
+            after_mb_s,
+            raw_mb_s,
+            replication_factor,
+            throughput_over_raw_per_replica: produced_mb_s / per_replica,
+        }
+    }
 }
 
 /// The benchmark's own overhead, so it is not mistaken for the broker's.
@@ -323,6 +372,18 @@ impl Report {
                 let _ = writeln!(out, "floor: not measured");
             }
         }
+        if let Some(d) = &self.disk_bandwidth {
+            let _ = writeln!(
+                out,
+                "disk ({}): raw O_DIRECT 1 MiB sequential write {:.1} MB/s before the load, {:.1} after; total MB/s / ({:.1} / RF {}) = {:.2}",
+                d.dir,
+                d.before_mb_s,
+                d.after_mb_s,
+                d.raw_mb_s,
+                d.replication_factor,
+                d.throughput_over_raw_per_replica
+            );
+        }
         let _ = writeln!(
             out,
             "harness: pacer lateness p99 {} ms (max {} ms), request encode p99 {} ms",
@@ -353,5 +414,27 @@ impl Report {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_bandwidth_judges_against_the_faster_round_per_replica() {
+        let d = DiskBandwidth::new(
+            "/d".into(),
+            (600_000_000, Duration::from_secs(1)),
+            (900_000_000, Duration::from_secs(1)),
+            3,
+            150.0,
+        );
+        assert_eq!(d.round_bytes, 600_000_000);
+        assert!((d.before_mb_s - 600.0).abs() < 1e-9);
+        assert!((d.after_mb_s - 900.0).abs() < 1e-9);
+        assert!((d.raw_mb_s - 900.0).abs() < 1e-9);
+        // 150 MB/s of records, each written by 3 replicas to a 900 MB/s disk: half its share.
+        assert!((d.throughput_over_raw_per_replica - 0.5).abs() < 1e-9);
     }
 }

@@ -163,6 +163,53 @@ fn throughput_counts_until_the_last_acknowledgement_of_a_run_that_fell_behind() 
 }
 
 #[test]
+fn raw_bandwidth_is_measured_around_the_load_and_normalizes_the_throughput() {
+    let cluster = FakeCluster::start(1, Behaviour::default());
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let dir_arg = dir.path().to_str().unwrap().to_string();
+    let a = args(
+        &cluster.bootstrap(),
+        &[
+            "--partitions",
+            "2",
+            "--rate",
+            "400",
+            "--duration",
+            "300ms",
+            "--warmup",
+            "100ms",
+            "--raw-bandwidth-mib",
+            "4",
+            "--data-dir",
+            &dir_arg,
+        ],
+    );
+    let report = load::run(&a, Mode::Produce).unwrap();
+    no_record_lost(&report);
+    let d = report
+        .disk_bandwidth
+        .as_ref()
+        .expect("raw bandwidth measured");
+    assert_eq!(d.round_bytes, 4 << 20);
+    assert!(d.before_mb_s > 0.0 && d.after_mb_s > 0.0, "{d:?}");
+    assert_eq!(d.raw_mb_s, d.before_mb_s.max(d.after_mb_s));
+    let rf = f64::from(report.config.replication_factor);
+    let expected = report.total.mb_per_s / (d.raw_mb_s / rf);
+    assert!(
+        (d.throughput_over_raw_per_replica - expected).abs() < 1e-9,
+        "{d:?}"
+    );
+    assert!(report.table(false).contains("sequential write"));
+    // The scratch file is gone with the run.
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "scratch files left behind: {left:?}");
+}
+
+#[test]
 fn batches_follow_a_leadership_change_and_group_by_the_new_leader() {
     // Partition 0 starts on broker 1 and moves to broker 2 after 300 batches;
     // broker 1 then answers NOT_LEADER_OR_FOLLOWER.
