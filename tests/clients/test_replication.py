@@ -674,8 +674,8 @@ def test_follower_below_leader_log_start_catches_up(tmp_path):
 
 
 def test_chaos_random_crashes_lose_no_acknowledged_write(tmp_path, long_mode):
-    """Brokers (the controller among them) crash at random, SIGKILL or SIGTERM, one at a time but
-    without waiting for the ISR to fill again, while an acks=all producer (min.insync.replicas=2,
+    """Brokers (the controller among them) crash at random, SIGKILL or SIGTERM, or freeze (SIGSTOP,
+    then SIGCONT), one at a time but without waiting for the ISR to fill again, while an acks=all producer (min.insync.replicas=2,
     retries on, idempotence off) writes to 6 partitions: 45 s of it, 5 minutes with --long. Every
     acknowledged message must be in the log at its acknowledged offset, in order per partition,
     and once the cluster is whole again every replica holds the same bytes. CHAOS_SEED replays a
@@ -730,8 +730,16 @@ def test_chaos_random_crashes_lose_no_acknowledged_write(tmp_path, long_mode):
                 except Exception:  # a broker just restarted may not answer yet: pick at random
                     pass
             victim = controller if controller in live else rng.choice(live)
-            how = rng.choice(["SIGKILL", "SIGKILL", "SIGTERM"])
+            how = rng.choice(["SIGKILL", "SIGKILL", "SIGTERM", "SIGSTOP"])
             events.append(f"{time.monotonic() - deadline + chaos_seconds:6.1f}s {how} broker {victim}")
+            if how == "SIGSTOP":
+                # Frozen past the 9 s session timeout or not: it is fenced and loses its
+                # leaderships, then wakes up believing it still leads. Its epoch is stale, so
+                # nothing may be acknowledged through it.
+                c.brokers[victim].proc.send_signal(signal.SIGSTOP)
+                time.sleep(rng.uniform(2, 14))
+                c.brokers[victim].proc.send_signal(signal.SIGCONT)
+                continue
             if how == "SIGKILL":
                 c.brokers[victim].kill()
             else:
