@@ -769,7 +769,7 @@ def test_chaos_random_crashes_lose_no_acknowledged_write(tmp_path, long_mode):
         lost = [a for a in acked if stored[a[0]].get(a[1]) != a[2]]
         values = [v for per in stored.values() for v in per.values()]
         duplicates = len(values) - len(set(values))
-        print(f"seed {seed}: {len(events)} crashes, acknowledged {len(acked)}, "
+        print(f"seed {seed}: {len(events)} crashes and freezes, acknowledged {len(acked)}, "
               f"errors {len(errors)}, lost {len(lost)}, duplicates {duplicates}")
         assert lost == [], f"seed {seed}: {len(lost)} acknowledged messages lost, e.g. {lost[:5]}"
         for p in range(partitions):
