@@ -182,6 +182,14 @@ impl SeqWriteProbe {
     }
 }
 
+/// Bytes per second over rounds of (bytes, time), as `SeqWriteProbe::round` returns them.
+pub fn bandwidth(rounds: impl IntoIterator<Item = (u64, Duration)>) -> f64 {
+    let (bytes, time) = rounds
+        .into_iter()
+        .fold((0u64, Duration::ZERO), |(b, t), (b2, t2)| (b + b2, t + t2));
+    bytes as f64 / time.as_secs_f64()
+}
+
 /// TCP loopback round trips of a 100-byte message to an echo thread, one sample at a time (like
 /// `FsyncProbe`), over one connection kept for the probe's life.
 pub struct RttProbe {

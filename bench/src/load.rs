@@ -222,10 +222,10 @@ fn run_on(
         0 => None,
         n => Some(SeqWriteProbe::new(&floor_dir, 2 * n)?),
     };
-    let raw_before = match seq_probe.as_mut() {
-        Some(p) => Some(p.round(raw_round_bytes)?),
-        None => None,
-    };
+    let raw_before = seq_probe
+        .as_mut()
+        .map(|p| p.round(raw_round_bytes))
+        .transpose()?;
     let base = Instant::now();
     // Setup (connections, consumers) happens before the first batch is due.
     let start = base + Duration::from_millis(500);
@@ -342,10 +342,10 @@ fn run_on(
         Some(s) => s.finish()?,
         None => None,
     };
-    let raw_after = match seq_probe.as_mut() {
-        Some(p) => Some(p.round(raw_round_bytes)?),
-        None => None,
-    };
+    let raw_after = seq_probe
+        .as_mut()
+        .map(|p| p.round(raw_round_bytes))
+        .transpose()?;
     drop(seq_probe);
 
     let mut consumed = None;

@@ -22,7 +22,7 @@ use chronik_shards::log::batch::build_test_batch;
 use chronik_shards::log::{LogConfig, LogError, PartitionLog};
 use hdrhistogram::Histogram;
 
-use crate::floor;
+use crate::floor::{self, bandwidth};
 
 #[derive(Debug, clap::Args)]
 pub struct LogBenchArgs {
@@ -299,13 +299,6 @@ impl Throughput {
         v.sort_by(f64::total_cmp);
         v
     }
-}
-
-fn bandwidth(parts: impl IntoIterator<Item = (u64, Duration)>) -> f64 {
-    let (bytes, time) = parts
-        .into_iter()
-        .fold((0u64, Duration::ZERO), |(b, t), (b2, t2)| (b + b2, t + t2));
-    bytes as f64 / time.as_secs_f64()
 }
 
 /// The median of sorted values (0 if none).

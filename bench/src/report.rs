@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::floor::bandwidth;
 use crate::machine::Machine;
 use crate::stats::{Group, Recorder, Summary};
 
@@ -123,9 +124,7 @@ impl DiskBandwidth {
         replication_factor: i16,
         produced_mb_s: f64,
     ) -> DiskBandwidth {
-        let mb_s =
-            |(bytes, took): (u64, Duration)| bytes as f64 / took.as_secs_f64().max(1e-9) / 1e6;
-        let (before_mb_s, after_mb_s) = (mb_s(before), mb_s(after));
+        let (before_mb_s, after_mb_s) = (bandwidth([before]) / 1e6, bandwidth([after]) / 1e6);
         let raw_mb_s = before_mb_s.max(after_mb_s);
         let per_replica = raw_mb_s / f64::from(replication_factor.max(1));
         DiskBandwidth {
