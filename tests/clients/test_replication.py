@@ -6,6 +6,7 @@ import signal
 import socket
 import struct
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -271,39 +272,78 @@ def test_follower_catches_up_from_disk(tmp_path):
             b.assert_no_panic()
 
 
+class NumberedProducer:
+    """A thread sending numbered messages round robin over the partitions with acks=all (retries
+    on, idempotence off) until `finish`; `acked` collects (partition, offset, number) and `errors`
+    the failed deliveries."""
+
+    def __init__(self, bootstrap: str, topic: str, partitions: int, retries: int,
+                 message_timeout_ms: int, request_timeout_ms: int, flush_timeout: float):
+        self.acked, self.errors = [], []
+        self.unflushed = None
+        self._stop = threading.Event()
+        config = {"bootstrap.servers": bootstrap, "acks": "all", "retries": retries,
+                  "enable.idempotence": False, "linger.ms": 2,
+                  "message.timeout.ms": message_timeout_ms, "request.timeout.ms": request_timeout_ms}
+        self._thread = threading.Thread(target=self._run,
+                                        args=(config, topic, partitions, flush_timeout))
+        self._thread.start()
+
+    def _on_delivery(self, err, msg):
+        if err is not None:
+            self.errors.append(err)
+        else:
+            self.acked.append((msg.partition(), msg.offset(), int(msg.value())))
+
+    def _run(self, config, topic, partitions, flush_timeout):
+        p = Producer(config)
+        n = 0
+        while not self._stop.is_set():
+            try:
+                p.produce(topic, value=str(n).encode(), partition=n % partitions,
+                          on_delivery=self._on_delivery)
+                n += 1
+            except BufferError:
+                pass  # the queue is full while a partition has no leader: wait for room
+            p.poll(0.002)
+        self.unflushed = p.flush(flush_timeout)
+
+    def finish(self):
+        """Stops sending and waits until everything sent is delivered or failed."""
+        self._stop.set()
+        self._thread.join(200)
+        assert not self._thread.is_alive()
+        assert self.unflushed == 0, f"{self.unflushed} messages still in flight"
+        assert self.acked, "nothing acknowledged"
+
+
+def read_back_acknowledged(c: Cluster, topic: str, partitions: int, acked):
+    """Reads every partition up to its last acknowledged offset. Returns {partition: {offset:
+    number}}, the acknowledged messages not at their acknowledged offset, and how many numbers the
+    logs hold more than once."""
+    stored = {}
+    for p in range(partitions):
+        mine = [a for a in acked if a[0] == p]
+        last = max((a[1] for a in mine), default=-1)
+        got = read_all(c.bootstrap(), topic, p, len(mine), timeout=60, until_offset=last)
+        stored[p] = {o: int(v) for o, v in got}
+    lost = [a for a in acked if stored[a[0]].get(a[1]) != a[2]]
+    values = [v for per in stored.values() for v in per.values()]
+    return stored, lost, len(values) - len(set(values))
+
+
 def test_failover_under_load_loses_nothing(tmp_path):
     """acks=all producer (retries on, idempotence off) for over 60 s while partition leaders are
     SIGKILLed and restarted: every acknowledged message is in the log at its acknowledged offset;
     duplicates are counted and reported."""
-    import threading
-
     c = make_cluster(tmp_path).start()
     topic = "failover"
     partitions = 3
     try:
         create_topic(c, topic, partitions)
-        acked, errors = [], []
-        stop = threading.Event()
-
-        def on_delivery(err, msg):
-            if err is not None:
-                errors.append(err)
-            else:
-                acked.append((msg.partition(), msg.offset(), int(msg.value())))
-
-        def produce():
-            p = Producer({"bootstrap.servers": c.bootstrap(), "acks": "all", "retries": 1000,
-                          "enable.idempotence": False, "linger.ms": 2,
-                          "message.timeout.ms": 120000, "request.timeout.ms": 15000})
-            n = 0
-            while not stop.is_set():
-                p.produce(topic, value=str(n).encode(), partition=n % partitions, on_delivery=on_delivery)
-                n += 1
-                p.poll(0.002)
-            assert p.flush(150) == 0
-
-        thread = threading.Thread(target=produce)
-        thread.start()
+        producer = NumberedProducer(c.bootstrap(), topic, partitions, retries=1000,
+                                    message_timeout_ms=120000, request_timeout_ms=15000,
+                                    flush_timeout=150)
         started = time.monotonic()
         time.sleep(5)
         first = leaders(c, topic, 1)[0]
@@ -321,21 +361,11 @@ def test_failover_under_load_loses_nothing(tmp_path):
         c.brokers[second].start_process()
         c.brokers[second].wait_ready(60)
         time.sleep(max(0.0, 62 - (time.monotonic() - started)))
-        stop.set()
-        thread.join(200)
-        assert not thread.is_alive()
-        assert acked, "nothing acknowledged"
+        producer.finish()
+        acked, errors = producer.acked, producer.errors
 
         c.wait_for(lambda: isr_full(c, topic, first), 60, "every ISR full again")
-        stored = {}
-        for p in range(partitions):
-            mine = [a for a in acked if a[0] == p]
-            last = max((a[1] for a in mine), default=-1)
-            got = read_all(c.bootstrap(), topic, p, len(mine), timeout=60, until_offset=last)
-            stored[p] = {o: int(v) for o, v in got}
-        lost = [a for a in acked if stored[a[0]].get(a[1]) != a[2]]
-        values = [v for per in stored.values() for v in per.values()]
-        duplicates = len(values) - len(set(values))
+        _, lost, duplicates = read_back_acknowledged(c, topic, partitions, acked)
         print(f"acknowledged {len(acked)}, errors {len(errors)}, lost {len(lost)}, duplicates {duplicates}")
         assert lost == [], f"{len(lost)} acknowledged messages lost, e.g. {lost[:5]}"
         # In order per partition: acknowledged numbers increase with their offsets.
@@ -675,13 +705,12 @@ def test_follower_below_leader_log_start_catches_up(tmp_path):
 
 def test_chaos_random_crashes_lose_no_acknowledged_write(tmp_path, long_mode):
     """Brokers (the controller among them) crash at random, SIGKILL or SIGTERM, or freeze (SIGSTOP,
-    then SIGCONT), one at a time but without waiting for the ISR to fill again, while an acks=all producer (min.insync.replicas=2,
-    retries on, idempotence off) writes to 6 partitions: 45 s of it, 5 minutes with --long. Every
-    acknowledged message must be in the log at its acknowledged offset, in order per partition,
-    and once the cluster is whole again every replica holds the same bytes. CHAOS_SEED replays a
-    run's choices."""
+    then SIGCONT), one at a time but without waiting for the ISR to fill again, while an acks=all
+    producer (min.insync.replicas=2, retries on, idempotence off) writes to 6 partitions: 45 s of
+    it, 5 minutes with --long. Every acknowledged message must be in the log at its acknowledged
+    offset, in order per partition, and once the cluster is whole again every replica holds the
+    same bytes. CHAOS_SEED replays a run's choices."""
     import random
-    import threading
 
     seed = int(os.environ.get("CHAOS_SEED", time.time_ns() % 1_000_000))
     rng = random.Random(seed)
@@ -692,32 +721,9 @@ def test_chaos_random_crashes_lose_no_acknowledged_write(tmp_path, long_mode):
     partitions = 6
     try:
         create_topic(c, topic, partitions, config={"min.insync.replicas": "2"})
-        acked, errors = [], []
-        stop = threading.Event()
-
-        def on_delivery(err, msg):
-            if err is not None:
-                errors.append(err)
-            else:
-                acked.append((msg.partition(), msg.offset(), int(msg.value())))
-
-        def produce():
-            p = Producer({"bootstrap.servers": c.bootstrap(), "acks": "all", "retries": 1000000,
-                          "enable.idempotence": False, "linger.ms": 2,
-                          "message.timeout.ms": 60000, "request.timeout.ms": 10000})
-            n = 0
-            while not stop.is_set():
-                try:
-                    p.produce(topic, value=str(n).encode(), partition=n % partitions,
-                              on_delivery=on_delivery)
-                    n += 1
-                except BufferError:
-                    pass  # the queue is full while a partition has no leader: wait for room
-                p.poll(0.002)
-            assert p.flush(120) == 0
-
-        thread = threading.Thread(target=produce)
-        thread.start()
+        producer = NumberedProducer(c.bootstrap(), topic, partitions, retries=1000000,
+                                    message_timeout_ms=60000, request_timeout_ms=10000,
+                                    flush_timeout=120)
         events = []
         deadline = time.monotonic() + chaos_seconds
         while time.monotonic() < deadline:
@@ -747,11 +753,9 @@ def test_chaos_random_crashes_lose_no_acknowledged_write(tmp_path, long_mode):
             time.sleep(rng.uniform(1, 8))
             c.brokers[victim].start_process()
             c.brokers[victim].wait_ready(60)
-        stop.set()
-        thread.join(200)
-        assert not thread.is_alive()
+        producer.finish()
+        acked, errors = producer.acked, producer.errors
         print("\n".join(events))
-        assert acked, "nothing acknowledged"
 
         def whole():
             try:
@@ -760,15 +764,7 @@ def test_chaos_random_crashes_lose_no_acknowledged_write(tmp_path, long_mode):
                 return False
 
         c.wait_for(whole, 90, "every ISR full again")
-        stored = {}
-        for p in range(partitions):
-            mine = [a for a in acked if a[0] == p]
-            last = max((a[1] for a in mine), default=-1)
-            got = read_all(c.bootstrap(), topic, p, len(mine), timeout=60, until_offset=last)
-            stored[p] = {o: int(v) for o, v in got}
-        lost = [a for a in acked if stored[a[0]].get(a[1]) != a[2]]
-        values = [v for per in stored.values() for v in per.values()]
-        duplicates = len(values) - len(set(values))
+        stored, lost, duplicates = read_back_acknowledged(c, topic, partitions, acked)
         print(f"seed {seed}: {len(events)} crashes and freezes, acknowledged {len(acked)}, "
               f"errors {len(errors)}, lost {len(lost)}, duplicates {duplicates}")
         assert lost == [], f"seed {seed}: {len(lost)} acknowledged messages lost, e.g. {lost[:5]}"
