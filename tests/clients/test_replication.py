@@ -165,7 +165,9 @@ def send_one(bootstrap: str, topic: str, partition: int, acks, value=b"x", timeo
 def test_min_insync_two_brokers_down(tmp_path):
     """min.insync.replicas=2 with two of three brokers killed: acks=all is refused with
     NOT_ENOUGH_REPLICAS (no controller can shrink the ISR: the leader judges the lag itself),
-    acks=1 works where the leader lives; once they return the ISR fills and acks=all works."""
+    acks=1 works where the leader lives, but what only the leader has stays above the high
+    watermark: no consumer reads it and ListOffsets latest does not count it; once they return the
+    ISR fills, acks=all works and the acks=1 message is served."""
     c = make_cluster(tmp_path, extra_args=["--replica-lag-time-max-ms", "2000"]).start()
     try:
         topic = "minisr"
@@ -179,7 +181,12 @@ def test_min_insync_two_brokers_down(tmp_path):
         time.sleep(3)  # past replica.lag.time.max.ms
         err = send_one(c.brokers[survivor].bootstrap, topic, 0, "all")
         assert err is not None and err.code() == 19, f"expected NOT_ENOUGH_REPLICAS, got {err}"
-        assert send_one(c.brokers[survivor].bootstrap, topic, 0, 1) is None
+        assert send_one(c.brokers[survivor].bootstrap, topic, 0, 1, value=b"leader-only") is None
+        # Only the leader has it: the high watermark stays below it, so consumers neither see it
+        # nor get it as the latest offset.
+        only_leader = c.brokers[survivor].bootstrap
+        assert watermarks(only_leader, topic, 0) == (0, 1)
+        assert [v for _, v in read_all(only_leader, topic, 0, 2, timeout=3)] == [b"x"]
         for n in c.brokers:
             if n != survivor:
                 c.brokers[n].start_process()
@@ -187,6 +194,8 @@ def test_min_insync_two_brokers_down(tmp_path):
             c.brokers[n].wait_ready(60)
         c.wait_for(lambda: isr_full(c, topic, survivor), 60, "ISR full again")
         c.wait_for(lambda: send_one(c.bootstrap(), topic, 0, "all") is None, 30, "acks=all works again")
+        # Replicated now: below the high watermark, and served.
+        assert [v for _, v in read_all(c.bootstrap(), topic, 0, 3)][:2] == [b"x", b"leader-only"]
     finally:
         c.stop_all()
         for b in c.brokers.values():
