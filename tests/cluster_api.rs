@@ -37,11 +37,11 @@ fn free_port() -> u16 {
 
 /// Starts `n` brokers forming one cluster and waits until each lists all of them.
 fn start_cluster(dir: &Path, n: usize) -> Vec<Node> {
-    start_cluster_with_cores(dir, n, 1)
+    start_cluster_with(dir, n, 1, &[])
 }
 
-/// `start_cluster` with `cores` shards per broker.
-fn start_cluster_with_cores(dir: &Path, n: usize, cores: usize) -> Vec<Node> {
+/// `start_cluster` with `cores` shards per broker and `extra` arguments for every `chronik start`.
+fn start_cluster_with(dir: &Path, n: usize, cores: usize, extra: &[&str]) -> Vec<Node> {
     let kafka: Vec<u16> = (0..n).map(|_| free_port()).collect();
     let rpc: Vec<u16> = (0..n).map(|_| free_port()).collect();
     let peers = (0..n)
@@ -59,6 +59,7 @@ fn start_cluster_with_cores(dir: &Path, n: usize, cores: usize) -> Vec<Node> {
                 .args(["--peers", &peers])
                 .arg("--data-dir")
                 .arg(dir.join(format!("node{}", i + 1)))
+                .args(extra)
                 .env("RUST_LOG", "info")
                 .stdout(Stdio::null())
                 .stderr(log)
@@ -87,10 +88,30 @@ fn start_cluster_with_cores(dir: &Path, n: usize, cores: usize) -> Vec<Node> {
 }
 
 fn create_topic(client: &mut Client, name: &str, partitions: i32, replication: i16) {
+    create_topic_with(client, name, partitions, replication, &[]);
+}
+
+/// `create_topic` with topic configs.
+fn create_topic_with(
+    client: &mut Client,
+    name: &str,
+    partitions: i32,
+    replication: i16,
+    configs: &[(&str, &str)],
+) {
     let mut topic = create_topics_request::CreatableTopic::default();
     topic.name = TopicName(StrBytes::from_string(name.to_string()));
     topic.num_partitions = partitions;
     topic.replication_factor = replication;
+    topic.configs = configs
+        .iter()
+        .map(|(key, value)| {
+            let mut config = create_topics_request::CreatableTopicConfig::default();
+            config.name = StrBytes::from_string(key.to_string());
+            config.value = Some(StrBytes::from_string(value.to_string()));
+            config
+        })
+        .collect();
     let mut request = CreateTopicsRequest::default();
     request.topics = vec![topic];
     request.timeout_ms = 30_000;
@@ -249,7 +270,7 @@ fn replication_links_are_served_on_the_shard_that_owns_their_partitions() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let nodes = start_cluster_with_cores(tmp.path(), 3, 2);
+    let nodes = start_cluster_with(tmp.path(), 3, 2, &[]);
     let partitions = 8;
     create_topic(
         &mut Client::connect(nodes[0].addr),
@@ -306,4 +327,102 @@ fn replication_links_are_served_on_the_shard_that_owns_their_partitions() {
     // Each broker leads partitions on both of its shards, and each leading shard links to both
     // followers.
     assert!(links >= 6, "only {links} replication links");
+}
+
+/// Freezes a broker (SIGSTOP) until the guard drops (SIGCONT): alive to the kernel, silent to its
+/// peers, like a broker stuck in a long pause.
+struct Frozen(u32);
+
+impl Frozen {
+    fn new(node: &Node) -> Frozen {
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(node.child.id() as libc::pid_t, libc::SIGSTOP) };
+        Frozen(node.child.id())
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        // SAFETY: as above.
+        unsafe { libc::kill(self.0 as libc::pid_t, libc::SIGCONT) };
+    }
+}
+
+/// The node leading partition 0 of `topic`, and the others (the controller last).
+fn leader_and_followers(nodes: &[Node], topic: &str) -> (usize, Vec<usize>) {
+    let metadata = wait_for_leaders(nodes[0].addr, topic, Duration::from_secs(20));
+    let leader = (metadata.topics[0].partitions[0].leader_id.0 - 1) as usize;
+    let controller = (metadata.controller_id.0 - 1) as usize;
+    let mut followers: Vec<usize> = (0..nodes.len()).filter(|&i| i != leader).collect();
+    followers.sort_by_key(|&i| i == controller);
+    (leader, followers)
+}
+
+/// acks=all to `node` until it succeeds (the followers may not have the partition right after
+/// creation).
+fn produce_acks_all_once(node: &Node, topic: &str) {
+    let mut client = Client::connect(node.addr);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = client.produce(topic, -1, &[(0, batch(&[b"first"], 1))]);
+        if got[0].1 == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "acks=all failed: {got:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn an_acks_all_wait_on_silent_followers_ends_with_request_timed_out() {
+    // The followers never acknowledge and stay in the ISR (the lag time is long): the wait must
+    // end with REQUEST_TIMED_OUT by the request's own timeout, not hang.
+    let tmp = tempfile::tempdir().unwrap();
+    let nodes = start_cluster_with(tmp.path(), 3, 1, &["--replica-lag-time-max-ms", "600000"]);
+    create_topic(&mut Client::connect(nodes[0].addr), "silent", 1, 3);
+    let (leader, followers) = leader_and_followers(&nodes, "silent");
+    produce_acks_all_once(&nodes[leader], "silent");
+
+    let frozen: Vec<Frozen> = followers.iter().map(|&i| Frozen::new(&nodes[i])).collect();
+    let mut request = produce_request("silent", -1, &[(0, batch(&[b"waits"], 1))]);
+    request.timeout_ms = 1_500;
+    let response: ProduceResponse =
+        Client::connect(nodes[leader].addr).call(ApiKey::Produce, 9, &request);
+    let part = &response.responses[0].partition_responses[0];
+    assert_eq!(part.error_code, 7, "REQUEST_TIMED_OUT expected: {part:?}");
+    drop(frozen);
+}
+
+#[test]
+fn an_isr_shrinking_below_min_insync_during_the_wait_fails_it_after_append() {
+    // min.insync.replicas = 3 with all three in sync: the batch is appended, then one follower
+    // goes silent, the controller drops it from the ISR after the lag time, and the waiting
+    // request gets NOT_ENOUGH_REPLICAS_AFTER_APPEND (well before its 25 s timeout). A new one
+    // is refused before any append: NOT_ENOUGH_REPLICAS.
+    let tmp = tempfile::tempdir().unwrap();
+    let nodes = start_cluster_with(tmp.path(), 3, 1, &["--replica-lag-time-max-ms", "1500"]);
+    create_topic_with(
+        &mut Client::connect(nodes[0].addr),
+        "shrinks",
+        1,
+        3,
+        &[("min.insync.replicas", "3")],
+    );
+    let (leader, followers) = leader_and_followers(&nodes, "shrinks");
+    produce_acks_all_once(&nodes[leader], "shrinks");
+
+    // Not the controller (it sorts last), so the ISR change commits at once.
+    let frozen = Frozen::new(&nodes[followers[0]]);
+    let mut request = produce_request("shrinks", -1, &[(0, batch(&[b"waits"], 1))]);
+    request.timeout_ms = 25_000;
+    let mut client = Client::connect(nodes[leader].addr);
+    let response: ProduceResponse = client.call(ApiKey::Produce, 9, &request);
+    let part = &response.responses[0].partition_responses[0];
+    assert_eq!(
+        part.error_code, 20,
+        "NOT_ENOUGH_REPLICAS_AFTER_APPEND expected: {part:?}"
+    );
+    let again = client.produce("shrinks", -1, &[(0, batch(&[b"refused"], 1))]);
+    assert_eq!(again[0].1, 19, "NOT_ENOUGH_REPLICAS expected: {again:?}");
+    drop(frozen);
 }
