@@ -692,3 +692,41 @@ fn offset_for_leader_epoch_every_version() {
         .iter()
         .all(|t| t.name.as_ref().unwrap().0.as_str() != "no-such-topic"));
 }
+
+/// A request is routed by the image its receiving shard read; the owner shard may not have applied
+/// that image yet (here every shard applies each image 300 ms late). Right after CreateTopics the
+/// owners wait to catch up instead of answering NOT_LEADER_OR_FOLLOWER, and act as leaders only
+/// once their own state says so.
+#[test]
+fn requests_right_after_create_topics_wait_for_the_owner_shard() {
+    let broker = Broker::start_with_env(&[("CHRONIK_FAULT_SLOW_IMAGE_APPLY_MS", "300")]);
+    let mut client = broker.client();
+    let partitions: Vec<i32> = (0..4).collect();
+
+    client.create_topic("fresh-epochs", 4);
+    let queries: Vec<(i32, i32, i32)> = partitions.iter().map(|&p| (p, 0, 0)).collect();
+    let request = offset_for_leader_epoch_request("fresh-epochs", &queries);
+    let response: OffsetForLeaderEpochResponse =
+        client.call(ApiKey::OffsetForLeaderEpoch, 4, &request);
+    let got: Vec<(i32, i16, i32, i64)> = response.topics[0]
+        .partitions
+        .iter()
+        .map(|p| (p.partition, p.error_code, p.leader_epoch, p.end_offset))
+        .collect();
+    let want: Vec<(i32, i16, i32, i64)> = partitions.iter().map(|&p| (p, 0, 0, 0)).collect();
+    assert_eq!(got, want, "OffsetForLeaderEpoch right after CreateTopics");
+
+    client.create_topic("fresh-produce", 4);
+    let parts: Vec<(i32, Bytes)> = partitions
+        .iter()
+        .map(|&p| (p, batch(&[b"first"], 0)))
+        .collect();
+    let got = client.produce("fresh-produce", -1, &parts);
+    let want: Vec<(i32, i16, i64)> = partitions.iter().map(|&p| (p, 0, 0)).collect();
+    assert_eq!(got, want, "acks=all produce right after CreateTopics");
+    for &p in &partitions {
+        let records = client.read_all("fresh-produce", p, 0);
+        assert_eq!(records.len(), 1, "partition {p}");
+        assert_eq!(&records[0].1[..], b"first");
+    }
+}

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
+use std::time::Instant;
 
 use kafka_protocol::messages::offset_for_leader_epoch_response::{
     EpochEndOffset, OffsetForLeaderTopicResult,
@@ -29,6 +30,8 @@ struct Query {
     index: i32,
     /// The partition's leader epoch in the image the request was checked against.
     current_epoch: i32,
+    /// That image's version: the owner answers once it has applied it.
+    image_version: u64,
     requested: i32,
 }
 
@@ -85,6 +88,7 @@ pub async fn handle(shard: &Rc<Shard>, request: OffsetForLeaderEpochRequest) -> 
                         topic_id: to.topic.id,
                         index: to.partition.index,
                         current_epoch: to.partition.leader_epoch,
+                        image_version: image.version,
                         requested: partition.leader_epoch,
                     });
                 }
@@ -131,15 +135,21 @@ const OWNER_API: owners::OwnerApi<Query, Answer> = owners::OwnerApi {
     error: Answer::error,
 };
 
-/// Answers on the shard that owns the partitions, from their logs. A partition whose leader
-/// state for the checked epoch is not in place here yet (the image was applied on the receiving
-/// shard first) is NOT_LEADER_OR_FOLLOWER: the client retries, and no push of an older epoch can
-/// still land behind the answer.
+/// Answers on the shard that owns the partitions, from their logs, once the owner has applied the
+/// image the request was checked against (the receiving shard may have applied it first). A
+/// partition whose leader state for the checked epoch is still not in place is
+/// NOT_LEADER_OR_FOLLOWER: the client retries, and no push of an older epoch can still land behind
+/// the answer.
 fn answer_on_owner(
     shard: Rc<Shard>,
     queries: Vec<Query>,
 ) -> LocalFuture<Vec<((usize, usize), Answer)>> {
     Box::pin(async move {
+        if let Some(version) = queries.iter().map(|q| q.image_version).max() {
+            shard
+                .caught_up_with(version, Instant::now() + owners::IMAGE_WAIT)
+                .await;
+        }
         queries
             .into_iter()
             .map(|query| {

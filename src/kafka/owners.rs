@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
+use std::time::Duration;
 
 use uuid::Uuid;
 
@@ -15,6 +16,11 @@ use crate::control::topic_config;
 use crate::control::{PartitionInfo, TopicInfo};
 use crate::partitions::Partition;
 use crate::server::shard::Shard;
+
+/// The longest an owner shard waits to apply the image a request was routed by. Applying one
+/// takes milliseconds; this bounds a shard stuck opening a log, after which the answer is
+/// NOT_LEADER_OR_FOLLOWER and the client retries.
+pub const IMAGE_WAIT: Duration = Duration::from_secs(5);
 
 /// Where an answer goes in the response: (topic index, partition index).
 pub type Slot = (usize, usize);

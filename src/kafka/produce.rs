@@ -49,16 +49,17 @@ struct AppendWork {
     topic_id: Uuid,
     partition: i32,
     records: Bytes,
+    /// The version of the image the request was checked against (this broker leads there).
+    image_version: u64,
 }
 
 /// Answers from one owner shard, by (topic, partition) position in the request.
 type OwnerResults = Vec<((usize, usize), PartitionResult)>;
 
-/// An append done (or not yet possible: log not open) in the ordered part.
+/// An append done (or refused) in the ordered part; none where it must wait.
 type Appended = (
     AppendWork,
-    Option<Rc<Partition>>,
-    Option<Result<AppendInfo, LogError>>,
+    Option<(Rc<Partition>, Result<AppendInfo, PartitionResult>)>,
 );
 
 /// The request slots sent to one owner, with its pending answer.
@@ -171,6 +172,7 @@ pub async fn handle(shard: &Rc<Shard>, mut request: ProduceRequest, version: i16
                             topic_id,
                             partition: data.index,
                             records,
+                            image_version: image.version,
                         });
                 }
                 Err(code) => {
@@ -369,39 +371,30 @@ fn append_on_owner(
     acks: Acks,
     deadline: Instant,
 ) -> LocalFuture<OwnerResults> {
-    // Ordered part: partitions whose log is open append now.
-    let mut appended: Vec<Appended> = Vec::with_capacity(parts.len());
-    let mut refused = Vec::new();
+    // Ordered part: partitions whose log is open, under the image the request was routed by,
+    // append now.
+    let mut ready: Vec<Appended> = Vec::with_capacity(parts.len());
     for mut part in parts {
-        match shard.partitions.get(&(part.topic_id, part.partition)) {
-            // The leader sees followers fall behind before the controller shrinks the ISR (or
-            // when no controller can): too few in sync means no append at all.
-            Some(partition)
-                if acks == Acks::All
-                    && partition
-                        .leader_state()
-                        .is_some_and(|leader| !leader.enough_in_sync()) =>
-            {
-                refused.push((
-                    part.slot,
-                    PartitionResult::error(ResponseError::NotEnoughReplicas),
-                ));
-            }
-            Some(partition) => {
-                let result = partition.append(std::mem::take(&mut part.records));
-                appended.push((part, Some(partition), Some(result)));
-            }
-            None => appended.push((part, None, None)),
-        }
+        let open = shard
+            .partitions
+            .get(&(part.topic_id, part.partition))
+            .filter(|_| shard.has_applied(part.image_version));
+        let appended = open.map(|partition| {
+            let result = append_as_leader(&partition, std::mem::take(&mut part.records), acks);
+            (partition, result)
+        });
+        ready.push((part, appended));
     }
     let shard = shard.clone();
     Box::pin(async move {
-        let mut out = refused;
-        for (mut part, partition, result) in appended {
-            // A log not open yet (the topic was just created): open it, then append.
-            let (partition, result) = match (partition, result) {
-                (Some(partition), Some(result)) => (partition, result),
-                _ => match until(deadline, async {
+        let mut out = Vec::with_capacity(ready.len());
+        for (mut part, appended) in ready {
+            let (partition, result) = match appended {
+                Some(appended) => appended,
+                // The owner has not applied the request's image yet (a new leader, or a topic
+                // just created), or the log is not open: catch up, open it, then append.
+                None => match until(deadline, async {
+                    shard.caught_up_with(part.image_version, deadline).await;
                     open_partition(&shard, part.topic_id, part.partition)
                         .await
                         .map_err(|code| code.code())
@@ -409,7 +402,8 @@ fn append_on_owner(
                 .await
                 {
                     Ok(partition) => {
-                        let result = partition.append(std::mem::take(&mut part.records));
+                        let result =
+                            append_as_leader(&partition, std::mem::take(&mut part.records), acks);
                         (partition, result)
                     }
                     Err(code) => {
@@ -420,12 +414,8 @@ fn append_on_owner(
             };
             let info = match result {
                 Ok(info) => info,
-                Err(e) => {
-                    let code = errors::log_error_code(&e);
-                    out.push((
-                        part.slot,
-                        PartitionResult::error_code(code, Some(e.to_string())),
-                    ));
+                Err(refused) => {
+                    out.push((part.slot, refused));
                     continue;
                 }
             };
@@ -464,12 +454,41 @@ fn append_on_owner(
     })
 }
 
+/// The owner's own checks, then the leader append. This replica must lead the partition as the
+/// owner's applied image says: a replica still following (the image making it leader not applied
+/// here) would write the batch under the old leader's epoch. With acks=all the leader, which sees
+/// followers fall behind before the controller shrinks the ISR (or when no controller can),
+/// refuses to append with too few in sync.
+fn append_as_leader(
+    partition: &Rc<Partition>,
+    records: Bytes,
+    acks: Acks,
+) -> Result<AppendInfo, PartitionResult> {
+    let refused = match partition.leader_state() {
+        Some(leader) if leader.is_stopped() => Some(ResponseError::NotLeaderOrFollower),
+        None if partition.is_following() => Some(ResponseError::NotLeaderOrFollower),
+        Some(leader) if acks == Acks::All && !leader.enough_in_sync() => {
+            Some(ResponseError::NotEnoughReplicas)
+        }
+        _ => None,
+    };
+    if let Some(code) = refused {
+        return Err(PartitionResult::error(code));
+    }
+    partition
+        .append(records)
+        .map_err(|e| PartitionResult::error_code(errors::log_error_code(&e), Some(e.to_string())))
+}
+
 /// Opens a partition this shard owns but has not opened yet.
 async fn open_partition(
     shard: &Rc<Shard>,
     topic_id: Uuid,
     index: i32,
 ) -> Result<Rc<Partition>, ResponseError> {
+    if let Some(partition) = shard.partitions.get(&(topic_id, index)) {
+        return Ok(partition);
+    }
     let image = shard.control.image();
     let topic = image
         .topic_by_id(topic_id)

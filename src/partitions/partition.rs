@@ -93,6 +93,11 @@ impl Partition {
         *self.leader.borrow_mut() = state;
     }
 
+    /// Whether this replica follows another broker (its image says so).
+    pub fn is_following(&self) -> bool {
+        self.following.get()
+    }
+
     /// This replica now follows another broker.
     pub fn set_follower(&self) {
         self.following.set(true);

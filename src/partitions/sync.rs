@@ -65,6 +65,7 @@ pub async fn apply_image(shard: &Rc<Shard>, image: &MetadataImage) {
             }
         }
     }
+    shard.mark_applied(image.version);
     debug!(
         shard = shard.id,
         version = image.version,
@@ -80,10 +81,24 @@ fn topic_name_of(image: &MetadataImage, id: uuid::Uuid) -> String {
         .unwrap_or_default()
 }
 
+/// Fault injection for tests: every shard applies each new image this many milliseconds late,
+/// so requests routed by a newer image reach owners that have not applied it.
+pub const SLOW_IMAGE_APPLY_ENV: &str = "CHRONIK_FAULT_SLOW_IMAGE_APPLY_MS";
+
 /// Follows the control plane's images until shutdown.
 pub async fn follow_images(shard: Rc<Shard>) {
     let mut subscription = shard.control.subscribe();
     let shutdown = shard.shutdown.clone();
+    let delay = std::env::var(SLOW_IMAGE_APPLY_ENV)
+        .ok()
+        .and_then(|ms| ms.parse().ok())
+        .map(Duration::from_millis);
+    if let Some(delay) = delay {
+        warn!(
+            shard = shard.id,
+            "fault injection: metadata images applied {delay:?} late ({SLOW_IMAGE_APPLY_ENV})"
+        );
+    }
     loop {
         let next = async { subscription.next().await }
             .or(async {
@@ -92,7 +107,12 @@ pub async fn follow_images(shard: Rc<Shard>) {
             })
             .await;
         match next {
-            Some(image) => apply_image(&shard, &image).await,
+            Some(image) => {
+                if let Some(delay) = delay {
+                    glommio::timer::sleep(delay).await;
+                }
+                apply_image(&shard, &image).await
+            }
             None => return,
         }
     }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chronik_shards::runtime::mesh::JobMeshBuilder;
 use chronik_shards::runtime::{owner_shard, ShardMesh, Shutdown};
@@ -16,6 +16,7 @@ use glommio::sync::Gate;
 use tracing::{info, warn};
 
 use crate::control::ControlHandle;
+use crate::partitions::offset_watch::OffsetWatch;
 use crate::partitions::{sync, PartitionRegistry};
 use crate::server::connection;
 
@@ -28,6 +29,10 @@ pub struct Shard {
     pub partitions: PartitionRegistry,
     pub shutdown: Shutdown,
     pub replication: crate::replication::ShardReplication,
+    /// The version of the newest metadata image this shard has applied to its partitions. A
+    /// request is routed by the image its receiving shard read, which the owner shard may not
+    /// have applied yet: the owner waits for it (`caught_up_with`) before acting as leader.
+    applied_image: OffsetWatch,
 }
 
 impl Shard {
@@ -35,6 +40,46 @@ impl Shard {
     pub fn owner_of(&self, topic: &str, partition: i32) -> usize {
         owner_shard(topic.as_bytes(), partition, self.mesh.shards())
     }
+
+    /// Records that this shard's partitions are in line with image `version`; wakes the
+    /// requests waiting for it.
+    pub fn mark_applied(&self, version: u64) {
+        self.applied_image.advance(image_version(version));
+    }
+
+    /// Whether this shard has applied image `version` to its partitions.
+    pub fn has_applied(&self, version: u64) -> bool {
+        self.applied_image.get() >= image_version(version)
+    }
+
+    /// Waits until this shard has applied image `version` (true), or until `deadline` or
+    /// shutdown (false). Every image is applied promptly by `sync::follow_images`, so the wait
+    /// is the time one apply takes; the deadline bounds a shard wedged in opening a log.
+    pub async fn caught_up_with(&self, version: u64, deadline: Instant) -> bool {
+        if self.has_applied(version) {
+            return true;
+        }
+        let shutdown = self.shutdown.clone();
+        async {
+            self.applied_image
+                .wait_at_least(image_version(version))
+                .await
+        }
+        .or(async {
+            glommio::timer::sleep(deadline.saturating_duration_since(Instant::now())).await;
+            false
+        })
+        .or(async {
+            shutdown.wait().await;
+            false
+        })
+        .await
+    }
+}
+
+/// Image versions count committed entries: far below `i64::MAX`.
+fn image_version(version: u64) -> i64 {
+    i64::try_from(version).unwrap_or(i64::MAX)
 }
 
 /// What a shard executor starts from (all `Send`, built on the main thread).
@@ -87,6 +132,7 @@ pub async fn run(id: usize, start: ShardStart) -> Result<(), String> {
         partitions: PartitionRegistry::new(start.data_dir.clone(), start.node_id),
         shutdown: start.shutdown.clone(),
         replication: crate::replication::ShardReplication::new(start.replica_lag_time_max_ms),
+        applied_image: OffsetWatch::new(-1),
     });
     shard.mesh.serve(&shard);
 

@@ -49,15 +49,24 @@ fn free_port() -> u16 {
 impl Broker {
     /// Starts a broker in a fresh temp dir.
     pub fn start() -> Broker {
+        Broker::start_with_env(&[])
+    }
+
+    /// Starts a broker in a fresh temp dir with extra environment variables (fault injection).
+    pub fn start_with_env(env: &[(&str, &str)]) -> Broker {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().to_path_buf();
-        let mut broker = Broker::start_in(&dir, free_port());
+        let mut broker = Broker::spawn(&dir, free_port(), env);
         broker._tmp = Some(tmp);
         broker
     }
 
     /// Starts a broker on `dir` (data in `dir/data`, log in `dir/broker.log`).
     pub fn start_in(dir: &Path, port: u16) -> Broker {
+        Broker::spawn(dir, port, &[])
+    }
+
+    fn spawn(dir: &Path, port: u16, env: &[(&str, &str)]) -> Broker {
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -71,6 +80,7 @@ impl Broker {
             .arg("--listen")
             .arg(addr.to_string())
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
