@@ -42,6 +42,17 @@ fn start_cluster(dir: &Path, n: usize) -> Vec<Node> {
 
 /// `start_cluster` with `cores` shards per broker and `extra` arguments for every `chronik start`.
 fn start_cluster_with(dir: &Path, n: usize, cores: usize, extra: &[&str]) -> Vec<Node> {
+    start_cluster_env(dir, n, cores, extra, &[])
+}
+
+/// `start_cluster_with` and `env` for every broker process (fault injection).
+fn start_cluster_env(
+    dir: &Path,
+    n: usize,
+    cores: usize,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Vec<Node> {
     let kafka: Vec<u16> = (0..n).map(|_| free_port()).collect();
     let rpc: Vec<u16> = (0..n).map(|_| free_port()).collect();
     let peers = (0..n)
@@ -61,6 +72,7 @@ fn start_cluster_with(dir: &Path, n: usize, cores: usize, extra: &[&str]) -> Vec
                 .arg(dir.join(format!("node{}", i + 1)))
                 .args(extra)
                 .env("RUST_LOG", "info")
+                .envs(env.iter().copied())
                 .stdout(Stdio::null())
                 .stderr(log)
                 .spawn()
@@ -425,4 +437,87 @@ fn an_isr_shrinking_below_min_insync_during_the_wait_fails_it_after_append() {
     let again = client.produce("shrinks", -1, &[(0, batch(&[b"refused"], 1))]);
     assert_eq!(again[0].1, 19, "NOT_ENOUGH_REPLICAS expected: {again:?}");
     drop(frozen);
+}
+
+/// The leader epoch stored in each record batch of `records` (bytes 12..16 of a batch header).
+fn batch_epochs(records: &[u8]) -> Vec<i32> {
+    let mut epochs = Vec::new();
+    let mut at = 0;
+    while at + 16 <= records.len() {
+        let length = i32::from_be_bytes(records[at + 8..at + 12].try_into().unwrap()) as usize;
+        epochs.push(i32::from_be_bytes(
+            records[at + 12..at + 16].try_into().unwrap(),
+        ));
+        at += 12 + length;
+    }
+    epochs
+}
+
+#[test]
+fn a_new_leader_appends_only_under_its_own_epoch() {
+    // Every broker applies each metadata image 1 s late on its shards, while Metadata answers from
+    // the control plane at once. After a leader change, a produce reaches the new leader while its
+    // owner shard still holds the partition as a follower of the old epoch: it must wait for the
+    // owner to take over, and the batch must carry the new leader epoch. Appending under the old
+    // epoch would let a follower that holds a different tail in that epoch keep it (divergence).
+    let tmp = tempfile::tempdir().unwrap();
+    let nodes = start_cluster_env(
+        tmp.path(),
+        3,
+        1,
+        &["--replica-lag-time-max-ms", "2000"],
+        &[("CHRONIK_FAULT_SLOW_IMAGE_APPLY_MS", "1000")],
+    );
+    create_topic(&mut Client::connect(nodes[0].addr), "moves", 1, 3);
+    let (old, followers) = leader_and_followers(&nodes, "moves");
+    produce_acks_all_once(&nodes[old], "moves");
+    let old_epoch = wait_for_leaders(nodes[old].addr, "moves", Duration::from_secs(10)).topics[0]
+        .partitions[0]
+        .leader_epoch;
+
+    // SIGTERM: the broker hands its leadership to another ISR member before it exits.
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(nodes[old].child.id() as libc::pid_t, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (new, new_epoch, produced) = loop {
+        assert!(Instant::now() < deadline, "no new leader");
+        let seen = followers.iter().find_map(|&i| {
+            let metadata = Client::try_connect(nodes[i].addr)
+                .ok()?
+                .metadata(&["moves"]);
+            let p = metadata.topics.first()?.partitions.first()?.clone();
+            let leader = (p.leader_id.0 - 1) as usize;
+            (p.leader_id.0 > 0 && leader != old && p.leader_epoch > old_epoch)
+                .then_some((leader, p.leader_epoch))
+        });
+        if let Some((new, epoch)) = seen {
+            let mut client = Client::connect(nodes[new].addr);
+            let got = client.produce("moves", 1, &[(0, batch(&[b"after"], 2))]);
+            if got[0].1 == 0 {
+                break (new, epoch, got[0].2);
+            }
+            assert_eq!(got[0].1, NOT_LEADER, "{got:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+
+    // Read it back from the new leader once the high watermark passes it.
+    let mut client = Client::connect(nodes[new].addr);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let data = client.fetch("moves", 0, produced, 1 << 20);
+        if data.error_code == 0 && data.high_watermark > produced {
+            let records = data.records.expect("records below the high watermark");
+            let epochs = batch_epochs(&records);
+            assert_eq!(
+                epochs.first(),
+                Some(&new_epoch),
+                "the batch at {produced} was written in epoch {epochs:?}, the leader's is \
+                 {new_epoch} (old {old_epoch})"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "never readable: {data:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
