@@ -223,3 +223,33 @@ fn a_second_broker_on_the_same_port_refuses_to_start() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("cannot listen"));
 }
+
+/// Issue 13: a 30-byte Metadata v1 request whose topic array declares 0x7fffffff entries. The
+/// codec reserved room for all of them before reading any (`memory allocation of 154618822584 bytes
+/// failed`: an abort, which no catch_unwind stops). Now the count is checked against the bytes that
+/// remain: the connection is closed with a log line and the broker serves the next client.
+#[test]
+fn a_huge_declared_array_count_is_refused_before_anything_is_allocated() {
+    let mut broker = start_with_topic("t");
+    let mut client = broker.client();
+    let mut body = Vec::new();
+    body.extend_from_slice(&3i16.to_be_bytes()); // Metadata
+    body.extend_from_slice(&1i16.to_be_bytes()); // v1
+    body.extend_from_slice(&7i32.to_be_bytes()); // correlation id
+    body.extend_from_slice(&(-1i16).to_be_bytes()); // no client id
+    body.extend_from_slice(&0x7fff_ffffi32.to_be_bytes()); // topics: 2^31 - 1 of them
+    body.extend_from_slice(&[0, 1, b'x', 0, 0, 0, 0, 0]); // and a few bytes
+    let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&body);
+    assert_eq!(frame.len(), 30);
+    client.stream.write_all(&frame).unwrap();
+    assert!(client.is_closed_by_peer());
+    assert!(
+        broker
+            .log()
+            .contains("Tried to allocate a collection of size 2147483647"),
+        "{}",
+        broker.log()
+    );
+    assert_still_serving(&mut broker, "t", 0);
+}
