@@ -25,6 +25,10 @@ pub enum Command {
     /// Local tools for trying chronik out.
     #[command(subcommand)]
     Dev(DevCommand),
+    /// Structured fuzzing of a real broker: mutated requests of every advertised API and version,
+    /// and of the replication and control ports; fails on a crash, a hang, RSS over a limit or
+    /// damaged data.
+    Fuzz(crate::tools::fuzz::FuzzArgs),
 }
 
 #[derive(Debug, Subcommand)]

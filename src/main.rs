@@ -27,6 +27,7 @@ fn main() {
             tools::cluster_status::main(&args)
         }
         cli::Command::Dev(cli::DevCommand::Cluster(args)) => tools::dev_cluster::main(&args),
+        cli::Command::Fuzz(args) => tools::fuzz::main(&args),
     };
     std::process::exit(code);
 }

@@ -1,7 +1,9 @@
 //! Operator tools built into the `chronik` binary: `chronik cluster status`
 //! (a Kafka client that describes a running cluster) and `chronik dev cluster`
-//! (a local cluster of child processes for trying chronik out).
+//! (a local cluster of child processes for trying chronik out), and `chronik fuzz` (a structured
+//! fuzzer that attacks a real broker process).
 
 pub mod cluster_status;
 pub mod dev_cluster;
+pub mod fuzz;
 pub mod kafka_client;
