@@ -137,7 +137,10 @@ pub async fn handle(shard: &Rc<Shard>, request: FetchRequest, version: i16) -> R
             })
             .collect();
     }
-    let max_bytes = usize::try_from(request.max_bytes).unwrap_or(0);
+    // The broker's fetch.max.bytes caps what any request may ask for.
+    let max_bytes = usize::try_from(request.max_bytes)
+        .unwrap_or(0)
+        .min(shard.limits.fetch_max_bytes);
     let min_bytes = usize::try_from(request.min_bytes).unwrap_or(0);
     let max_wait = Duration::from_millis(u64::try_from(request.max_wait_ms).unwrap_or(0));
     let shard = shard.clone();

@@ -9,10 +9,6 @@ use kafka_protocol::protocol::{decode_request_header_from_buffer, Encodable};
 
 use super::splice::{SplicedBuf, Splices};
 
-/// Kafka's `socket.request.max.bytes` default: a larger length prefix closes
-/// the connection.
-pub const MAX_REQUEST_BYTES: usize = 100 * 1024 * 1024;
-
 /// api_key (2) + api_version (2) + correlation_id (4): the least any request header holds.
 const MIN_HEADER_BYTES: usize = 8;
 

@@ -19,6 +19,10 @@ use crate::control::ControlHandle;
 use crate::partitions::offset_watch::OffsetWatch;
 use crate::partitions::{sync, PartitionRegistry};
 use crate::server::connection;
+use crate::server::limits::{ConnectionSlots, Limits, RequestMemory};
+
+/// Connections refused for `max.connections` are logged at most this often.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// A shard's state, shared by its tasks (never by other threads).
 pub struct Shard {
@@ -33,6 +37,12 @@ pub struct Shard {
     /// request is routed by the image its receiving shard read, which the owner shard may not
     /// have applied yet: the owner waits for it (`caught_up_with`) before acting as leader.
     applied_image: OffsetWatch,
+    /// What a client connection may hold (frame size, timeouts, fetch size).
+    pub limits: Limits,
+    /// This shard's share of `queued.max.request.bytes`.
+    pub request_memory: RequestMemory,
+    /// This shard's share of `max.connections`.
+    connection_slots: ConnectionSlots,
 }
 
 impl Shard {
@@ -101,6 +111,8 @@ pub struct ShardStart {
     /// Busy-polling O_DIRECT completions is allowed (dedicated cores; off with `--overprovisioned`);
     /// it is used only where the device polls its queues (`io_polling::choose`).
     pub io_polling: bool,
+    /// Connection limits, for the whole broker (each shard takes its share).
+    pub limits: Limits,
 }
 
 /// Runs shard `id` until shutdown: open its partitions, accept connections,
@@ -133,6 +145,9 @@ pub async fn run(id: usize, start: ShardStart) -> Result<(), String> {
         shutdown: start.shutdown.clone(),
         replication: crate::replication::ShardReplication::new(start.replica_lag_time_max_ms),
         applied_image: OffsetWatch::new(-1),
+        request_memory: RequestMemory::new(start.limits.shard_request_bytes(start.shards)),
+        connection_slots: ConnectionSlots::new(start.limits.shard_connections(start.shards)),
+        limits: start.limits.clone(),
     });
     shard.mesh.serve(&shard);
 
@@ -170,6 +185,7 @@ async fn serve(shard: &Rc<Shard>, start: &ShardStart) -> Result<(), String> {
     }
     let connections = Gate::new();
     let shutdown = shard.shutdown.clone();
+    let (mut refused, mut refused_logged) = (0u64, None::<Instant>);
     loop {
         let accepted = async { Some(listener.accept().await) }
             .or(async {
@@ -180,7 +196,26 @@ async fn serve(shard: &Rc<Shard>, start: &ShardStart) -> Result<(), String> {
         match accepted {
             None => break,
             Some(Ok(stream)) => {
-                if let Ok(task) = connections.spawn(connection::serve(shard.clone(), stream)) {
+                let Some(slot) = shard.connection_slots.take() else {
+                    refused += 1;
+                    if refused_logged.is_none_or(|at| at.elapsed() >= REFUSAL_LOG_INTERVAL) {
+                        warn!(
+                            shard = shard.id,
+                            open = shard.connection_slots.open(),
+                            refused,
+                            "refusing connections: max.connections reached"
+                        );
+                        refused_logged = Some(Instant::now());
+                        refused = 0;
+                    }
+                    drop(stream);
+                    continue;
+                };
+                let serve = connection::serve(shard.clone(), stream);
+                if let Ok(task) = connections.spawn(async move {
+                    serve.await;
+                    drop(slot);
+                }) {
                     task.detach();
                 }
             }

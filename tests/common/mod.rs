@@ -61,12 +61,30 @@ impl Broker {
         broker
     }
 
+    /// Starts a broker in a fresh temp dir with extra `chronik start` flags.
+    pub fn start_with_args(args: &[&str]) -> Broker {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        let mut broker = Broker::spawn_with(&dir, free_port(), &[], args);
+        broker._tmp = Some(tmp);
+        broker
+    }
+
     /// Starts a broker on `dir` (data in `dir/data`, log in `dir/broker.log`).
     pub fn start_in(dir: &Path, port: u16) -> Broker {
         Broker::spawn(dir, port, &[])
     }
 
+    /// The broker's process id (for /proc).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
     fn spawn(dir: &Path, port: u16, env: &[(&str, &str)]) -> Broker {
+        Broker::spawn_with(dir, port, env, &[])
+    }
+
+    fn spawn_with(dir: &Path, port: u16, env: &[(&str, &str)], args: &[&str]) -> Broker {
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -79,6 +97,7 @@ impl Broker {
             .arg(dir.join("data"))
             .arg("--listen")
             .arg(addr.to_string())
+            .args(args)
             .env("RUST_LOG", "info")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
