@@ -11,8 +11,8 @@
 //! - `topic_name`, `topic_config`: Kafka's rules for names and topic configs.
 //! - `raft_storage`: the durable Raft log; `node`: the control thread running the RawNode and
 //!   the controller's duties (registration, session fencing, preferred leaders).
-//! - `transport`: TCP between control nodes; `forward`: the rpcs (heartbeats, requests
-//!   forwarded to the controller and its answers).
+//! - `transport`: TCP between control nodes (`inbound`: its bounded, peers-only accepting side);
+//!   `forward`: the rpcs (heartbeats, requests forwarded to the controller and its answers).
 //! - `handle`: `ControlHandle`, the API the shards and the Kafka front end call.
 //!
 //! Cluster mode: `peers` lists every voter (this node included) with its rpc address. The
@@ -28,6 +28,7 @@ pub mod error;
 pub mod forward;
 mod handle;
 pub mod image;
+mod inbound;
 mod node;
 mod raft_logger;
 pub mod raft_storage;

@@ -3,11 +3,12 @@
 //! Every frame is `[len u32][kind u8][from i32][payload]`, little endian; `len` counts what
 //! follows it. Kind 1 carries a raft-rs `Message` (protobuf), kind 2 an `Rpc` (JSON). Each peer
 //! has one outbound connection, driven by its own thread from a bounded queue: a peer that is
-//! down costs nothing but dropped frames (Raft retransmits; rpcs time out). Inbound frames from
-//! any connection go to the control thread's queue.
+//! down costs nothing but dropped frames (Raft retransmits; rpcs time out). Inbound frames go to
+//! the control thread's queue; `inbound` bounds that side (connections, frame sizes, idle
+//! connections) and accepts frames from the configured peers only.
 
-use std::collections::HashMap;
-use std::io::{self, ErrorKind, Read, Write};
+use std::collections::{HashMap, HashSet};
+use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -19,20 +20,18 @@ use protobuf::Message as _;
 use raft::prelude::Message;
 
 use super::forward::Rpc;
+use super::inbound::{self, InboundLimits, IDLE_TIMEOUT, KIND_RAFT, KIND_RPC, POLL};
 use super::node::Request;
 
-const KIND_RAFT: u8 = 1;
-const KIND_RPC: u8 = 2;
-/// Frames larger than this end the connection (metadata never needs more).
-const MAX_FRAME: usize = 64 << 20;
 /// Outbound frames queued per peer before new ones are dropped.
 const QUEUE: usize = 4096;
 /// After a failed connect, frames to that peer are dropped for this long before the next try.
 const RECONNECT_BACKOFF: Duration = Duration::from_millis(500);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
-/// How often blocked threads look at the stop flag.
-const POLL: Duration = Duration::from_millis(100);
+/// An outbound connection unused this long is dropped and opened anew before the next frame, so
+/// that the receiver's idle timeout never closes one under a frame in flight.
+const OUTBOUND_IDLE: Duration = Duration::from_secs(IDLE_TIMEOUT.as_secs() / 2);
 
 /// One node's side of the transport.
 pub struct Transport {
@@ -44,23 +43,43 @@ pub struct Transport {
 
 impl Transport {
     /// Listens on `listen` and connects (lazily) to every peer but `node_id`; inbound frames
-    /// become `Request::Raft` / `Request::Rpc` on `inbox`.
+    /// from those peers become `Request::Raft` / `Request::Rpc` on `inbox`.
     pub fn start(
         node_id: i32,
         listen: SocketAddr,
         peers: &[(i32, SocketAddr)],
         inbox: Sender<Request>,
     ) -> io::Result<Transport> {
+        let others = peers.iter().filter(|(id, _)| *id != node_id).count();
+        let limits = InboundLimits::for_peers(others);
+        Transport::start_with(node_id, listen, peers, inbox, limits)
+    }
+
+    /// `start` with explicit bounds on the inbound side.
+    pub fn start_with(
+        node_id: i32,
+        listen: SocketAddr,
+        peers: &[(i32, SocketAddr)],
+        inbox: Sender<Request>,
+        limits: InboundLimits,
+    ) -> io::Result<Transport> {
         let stop = Arc::new(AtomicBool::new(false));
         let listener = TcpListener::bind(listen)?;
         listener.set_nonblocking(true)?;
+        let senders_allowed: HashSet<i32> = peers
+            .iter()
+            .map(|(id, _)| *id)
+            .filter(|id| *id != node_id)
+            .collect();
         let mut threads = Vec::new();
         {
             let stop = Arc::clone(&stop);
             threads.push(
                 std::thread::Builder::new()
                     .name("chronik-rpc-accept".into())
-                    .spawn(move || accept_loop(listener, inbox, stop))?,
+                    .spawn(move || {
+                        inbound::accept_loop(listener, senders_allowed, limits, inbox, stop)
+                    })?,
             );
         }
         let mut senders = HashMap::new();
@@ -130,132 +149,19 @@ impl Drop for Transport {
     }
 }
 
-fn accept_loop(listener: TcpListener, inbox: Sender<Request>, stop: Arc<AtomicBool>) {
-    let mut readers: Vec<JoinHandle<()>> = Vec::new();
-    while !stop.load(Ordering::Acquire) {
-        match listener.accept() {
-            Ok((stream, peer)) => {
-                let (inbox, stop) = (inbox.clone(), Arc::clone(&stop));
-                match std::thread::Builder::new()
-                    .name("chronik-rpc-in".into())
-                    .spawn(move || read_loop(stream, peer, inbox, stop))
-                {
-                    Ok(reader) => readers.push(reader),
-                    Err(e) => tracing::error!("spawning an rpc reader: {e}"),
-                }
-                readers.retain(|r| !r.is_finished());
-            }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => std::thread::sleep(POLL / 2),
-            Err(e) => {
-                tracing::warn!("accepting an rpc connection: {e}");
-                std::thread::sleep(POLL);
-            }
-        }
-    }
-    for reader in readers {
-        let _ = reader.join();
-    }
-}
-
-/// Reads frames until the peer closes, a frame is malformed, or the transport stops.
-fn read_loop(
-    mut stream: TcpStream,
-    peer: SocketAddr,
-    inbox: Sender<Request>,
-    stop: Arc<AtomicBool>,
-) {
-    if stream.set_nonblocking(false).is_err() || stream.set_read_timeout(Some(POLL)).is_err() {
-        return;
-    }
-    let _ = stream.set_nodelay(true);
-    loop {
-        let mut header = [0u8; 4];
-        match read_full(&mut stream, &mut header, &stop) {
-            Ok(true) => {}
-            Ok(false) => return,
-            Err(e) => {
-                tracing::debug!(%peer, "rpc connection closed: {e}");
-                return;
-            }
-        }
-        let len = u32::from_le_bytes(header) as usize;
-        if !(5..=MAX_FRAME).contains(&len) {
-            tracing::warn!(%peer, len, "malformed rpc frame; closing the connection");
-            return;
-        }
-        let mut body = vec![0u8; len];
-        match read_full(&mut stream, &mut body, &stop) {
-            Ok(true) => {}
-            _ => return,
-        }
-        let kind = body[0];
-        let from = i32::from_le_bytes([body[1], body[2], body[3], body[4]]);
-        let payload = &body[5..];
-        let request = match kind {
-            KIND_RAFT => match Message::parse_from_bytes(payload) {
-                Ok(message) => Request::Raft(Box::new(message)),
-                Err(e) => {
-                    tracing::warn!(%peer, "undecodable raft message: {e}");
-                    continue;
-                }
-            },
-            KIND_RPC => match serde_json::from_slice::<Rpc>(payload) {
-                Ok(rpc) => Request::Rpc {
-                    from,
-                    rpc: Box::new(rpc),
-                },
-                Err(e) => {
-                    tracing::warn!(%peer, "undecodable rpc: {e}");
-                    continue;
-                }
-            },
-            other => {
-                tracing::warn!(%peer, kind = other, "unknown rpc frame kind; closing the connection");
-                return;
-            }
-        };
-        if inbox.send(request).is_err() {
-            return;
-        }
-    }
-}
-
-/// Fills `buffer`; Ok(false) when the transport stops or the peer closed before the first byte.
-fn read_full(stream: &mut TcpStream, buffer: &mut [u8], stop: &AtomicBool) -> io::Result<bool> {
-    let mut filled = 0;
-    while filled < buffer.len() {
-        if stop.load(Ordering::Acquire) {
-            return Ok(false);
-        }
-        match stream.read(&mut buffer[filled..]) {
-            Ok(0) if filled == 0 => return Ok(false),
-            Ok(0) => {
-                return Err(io::Error::new(
-                    ErrorKind::UnexpectedEof,
-                    "peer closed mid-frame",
-                ))
-            }
-            Ok(n) => filled += n,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
-                ) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(true)
-}
-
 fn send_loop(peer: i32, address: SocketAddr, frames: Receiver<Vec<u8>>, stop: Arc<AtomicBool>) {
     let mut stream: Option<TcpStream> = None;
     let mut last_failure: Option<Instant> = None;
+    let mut last_write = Instant::now();
     while !stop.load(Ordering::Acquire) {
         let frame = match frames.recv_timeout(POLL) {
             Ok(frame) => frame,
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue,
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
         };
+        if stream.is_some() && last_write.elapsed() >= OUTBOUND_IDLE {
+            stream = None;
+        }
         if stream.is_none() {
             if last_failure.is_some_and(|at| at.elapsed() < RECONNECT_BACKOFF) {
                 continue;
@@ -281,6 +187,7 @@ fn send_loop(peer: i32, address: SocketAddr, frames: Receiver<Vec<u8>>, stop: Ar
                 stream = None;
                 last_failure = Some(Instant::now());
             }
+            last_write = Instant::now();
         }
     }
 }
@@ -294,8 +201,11 @@ fn connect(address: SocketAddr) -> io::Result<TcpStream> {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Read;
+
     use super::*;
     use crate::control::forward::Heartbeat;
+    use crate::control::inbound::MAX_FRAME;
 
     fn frame(kind: u8, from: i32, payload: &[u8]) -> Vec<u8> {
         let mut frame = ((5 + payload.len()) as u32).to_le_bytes().to_vec();
@@ -334,30 +244,54 @@ mod tests {
             .set_read_timeout(Some(Duration::from_secs(5)))
             .unwrap();
         let mut byte = [0u8; 1];
-        matches!(stream.read(&mut byte), Ok(0) | Err(_))
+        match stream.read(&mut byte) {
+            Ok(0) => true,
+            Ok(_) => false,
+            // Still open after the wait.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                false
+            }
+            Err(_) => true,
+        }
+    }
+
+    /// Peers 1 (this node) to 4; nothing is ever sent to the others.
+    fn peers(address: SocketAddr) -> Vec<(i32, SocketAddr)> {
+        let nowhere: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        vec![(1, address), (2, nowhere), (3, nowhere), (4, nowhere)]
+    }
+
+    fn free_address() -> SocketAddr {
+        TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+    }
+
+    fn connect_to(address: SocketAddr) -> TcpStream {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match TcpStream::connect(address) {
+                Ok(stream) => return stream,
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
     }
 
     #[test]
     fn delivers_frames_and_survives_bad_ones() {
-        let address = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
+        let address = free_address();
         let (inbox_tx, inbox) = crossbeam_channel::unbounded();
-        let transport = Transport::start(1, address, &[(1, address)], inbox_tx).unwrap();
-        let connect = || {
-            let deadline = Instant::now() + Duration::from_secs(5);
-            loop {
-                match TcpStream::connect(address) {
-                    Ok(stream) => return stream,
-                    Err(e) if Instant::now() < deadline => {
-                        let _ = e;
-                        std::thread::sleep(Duration::from_millis(20));
-                    }
-                    Err(e) => panic!("{e}"),
-                }
-            }
-        };
+        let transport = Transport::start(1, address, &peers(address), inbox_tx).unwrap();
+        let connect = || connect_to(address);
 
         // Undecodable payloads are skipped; the connection keeps working.
         let mut stream = connect();
@@ -388,6 +322,145 @@ mod tests {
         stream.write_all(&heartbeat_frame(4)).unwrap();
         expect_heartbeat(&inbox, 4);
         assert!(inbox.try_recv().is_err());
+        drop(transport);
+    }
+
+    /// Only the configured peers may send, each as itself (fails on the old code: a frame from
+    /// any id was delivered).
+    #[test]
+    fn refuses_senders_that_are_not_peers() {
+        let address = free_address();
+        let (inbox_tx, inbox) = crossbeam_channel::unbounded();
+        let transport = Transport::start(1, address, &peers(address), inbox_tx).unwrap();
+        let raft_from = |raft_id: u64| {
+            let message = Message {
+                to: 2,
+                from: raft_id,
+                term: 1,
+                ..Default::default()
+            };
+            message.write_to_bytes().unwrap()
+        };
+        for bad in [
+            // Not in --peers; this node itself.
+            heartbeat_frame(99),
+            heartbeat_frame(1),
+            // A raft message whose sender is not the frame's (raft id 4 is node 3).
+            frame(KIND_RAFT, 2, &raft_from(4)),
+        ] {
+            let mut stream = connect_to(address);
+            stream.write_all(&bad).unwrap();
+            assert!(closed(&mut stream));
+        }
+        // A connection that changes sender is closed after its first frame.
+        let mut stream = connect_to(address);
+        stream.write_all(&heartbeat_frame(2)).unwrap();
+        stream.write_all(&heartbeat_frame(3)).unwrap();
+        expect_heartbeat(&inbox, 2);
+        assert!(closed(&mut stream));
+        // A heartbeat naming another broker than its sender.
+        let mut forged = heartbeat_frame(3);
+        forged[5..9].copy_from_slice(&2i32.to_le_bytes());
+        let mut stream = connect_to(address);
+        stream.write_all(&forged).unwrap();
+        assert!(closed(&mut stream));
+        // A peer sending as itself is served.
+        let mut stream = connect_to(address);
+        stream
+            .write_all(&frame(KIND_RAFT, 2, &raft_from(3)))
+            .unwrap();
+        match inbox.recv_timeout(Duration::from_secs(5)).unwrap() {
+            Request::Raft(message) => assert_eq!(message.from, 3),
+            _ => panic!("expected a raft message"),
+        }
+        assert!(inbox.try_recv().is_err());
+        drop(transport);
+    }
+
+    /// At most `max_connections` are served. A new connection makes room by closing the oldest
+    /// one that has not shown to be a peer's; when all are peers', it is closed at once. Silent
+    /// connections are closed, which frees room. (Fails on the old code: every connection got a
+    /// thread and stayed.)
+    #[test]
+    fn bounds_connections_and_lets_peers_in_past_strangers() {
+        let address = free_address();
+        let (inbox_tx, inbox) = crossbeam_channel::unbounded();
+        let limits = InboundLimits {
+            max_connections: 2,
+            max_frame: 1024,
+            idle: Duration::from_millis(300),
+            first_frame: Duration::from_secs(30),
+        };
+        let transport =
+            Transport::start_with(1, address, &peers(address), inbox_tx, limits).unwrap();
+        // Two strangers that send nothing take both places; a peer still gets in, and the
+        // oldest stranger is closed for it, then the other one for the next peer.
+        let mut strangers = [connect_to(address), connect_to(address)];
+        let mut held = Vec::new();
+        for (from, stranger) in [2, 3].into_iter().zip(strangers.iter_mut()) {
+            let mut stream = connect_to(address);
+            stream.write_all(&heartbeat_frame(from)).unwrap();
+            expect_heartbeat(&inbox, from);
+            assert!(closed(stranger));
+            held.push(stream);
+        }
+        // Both places are peers': a third connection is closed at once, whatever it sends.
+        let mut third = connect_to(address);
+        let _ = third.write_all(&heartbeat_frame(4));
+        assert!(closed(&mut third));
+        // The peers fall silent and are closed; then there is room again.
+        for stream in &mut held {
+            assert!(closed(stream));
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let mut stream = connect_to(address);
+            if stream.write_all(&heartbeat_frame(4)).is_ok() {
+                if let Ok(Request::Rpc { from: 4, .. }) =
+                    inbox.recv_timeout(Duration::from_millis(500))
+                {
+                    break;
+                }
+            }
+            // Our side saw the close before the transport's reader thread ended.
+            assert!(
+                Instant::now() < deadline,
+                "no room after idle connections closed"
+            );
+        }
+        // A frame above the cap is refused when its length arrives, before its bytes do.
+        let mut stream = connect_to(address);
+        stream.write_all(&1025u32.to_le_bytes()).unwrap();
+        assert!(closed(&mut stream));
+        drop(transport);
+    }
+
+    /// A connection that does not deliver a whole frame in time is closed, even while it keeps
+    /// sending bytes of one.
+    #[test]
+    fn a_first_frame_must_arrive_in_time() {
+        let address = free_address();
+        let (inbox_tx, _inbox) = crossbeam_channel::unbounded();
+        let limits = InboundLimits {
+            max_connections: 4,
+            max_frame: 1 << 20,
+            idle: Duration::from_secs(30),
+            first_frame: Duration::from_millis(300),
+        };
+        let transport =
+            Transport::start_with(1, address, &peers(address), inbox_tx, limits).unwrap();
+        let mut stream = connect_to(address);
+        stream.write_all(&(1u32 << 20).to_le_bytes()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut cut = false;
+        while Instant::now() < deadline {
+            if stream.write_all(&[0u8; 16]).is_err() {
+                cut = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(cut, "a dribbling connection was kept");
         drop(transport);
     }
 
