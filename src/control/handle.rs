@@ -105,6 +105,8 @@ pub struct ControlHandle {
 
 struct Inner {
     node_id: i32,
+    /// This process's broker epoch (see `BrokerInfo::incarnation`).
+    incarnation: u64,
     defaults: BrokerDefaults,
     requests: crossbeam_channel::Sender<Request>,
     published: Arc<Published>,
@@ -171,6 +173,7 @@ pub fn start(config: ControlConfig) -> Result<ControlHandle, ControlError> {
     let handle = ControlHandle {
         inner: Arc::new(Inner {
             node_id,
+            incarnation,
             defaults,
             requests,
             published,
@@ -256,6 +259,12 @@ impl ControlHandle {
 
     pub fn node_id(&self) -> i32 {
         self.inner.node_id
+    }
+
+    /// This broker's epoch: the incarnation it registered with, new at every start. Replication
+    /// links carry it so that followers serve only the current life of a registered broker.
+    pub fn incarnation(&self) -> u64 {
+        self.inner.incarnation
     }
 
     pub fn defaults(&self) -> &BrokerDefaults {

@@ -1,9 +1,16 @@
 //! The follower side: a replication connection accepted on the Kafka listener. Each frame goes
 //! to the shard owning its partition (in arrival order) and its Ack comes back on the same
 //! connection once the appended batches are durable here.
+//!
+//! Bounds: a link is served only from a registered broker in its current epoch, and each frame
+//! only where that broker leads the partition in the frame's epoch (`admission`); a shard serves
+//! at most [`max_links`] links at once; the bytes of a link's frames not yet acknowledged are
+//! capped ([`LINK_UNACKED_BYTES`]), after which reading pauses; frame lengths are capped by the
+//! decoder (`wire::MAX_FRAME_BYTES`) and never reserved ahead of their bytes.
 
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
 use std::rc::Rc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use chronik_shards::log::LogError;
@@ -12,8 +19,10 @@ use futures_lite::io::{AsyncReadExt, AsyncWriteExt};
 use futures_lite::FutureExt;
 use glommio::channels::local_channel;
 use glommio::net::TcpStream;
+use glommio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
+use super::admission::{self, Verdict};
 use super::epoch_lookup;
 use super::epochs;
 use super::wire::{self, Frame, WirePartition};
@@ -22,10 +31,27 @@ use crate::server::shard::Shard;
 
 /// Acks queued for the writer before reading pauses.
 const MAX_PENDING_ACKS: usize = 1024;
+/// Bytes of a link's frames handed to partitions and not yet acknowledged, before reading pauses:
+/// one largest frame, so that any frame the decoder accepts fits.
+pub const LINK_UNACKED_BYTES: usize = wire::MAX_FRAME_BYTES;
+/// What a frame counts against that bound beyond its records (the task and ack it holds).
+const FRAME_OVERHEAD: usize = 256;
+/// Links a shard serves at once, per registered broker and per shard of this broker: a leader
+/// opens one link per (its shard, follower); the rest is room for reconnects whose old link has
+/// not been noticed closed yet, and for leaders with more shards than this broker.
+const LINKS_PER_BROKER_SHARD: usize = 4;
+/// A connection whose first bytes have not come within this long is not a replication link
+/// (the Kafka path takes it, with its own bounds).
+const PEEK_WAIT: Duration = Duration::from_secs(10);
+/// A Hello seen in part must arrive whole within this long.
+const HELLO_READ_WAIT: Duration = Duration::from_secs(10);
+/// A Hello from a broker our image does not know in that epoch yet (it registered moments ago)
+/// waits this long for the image to catch up before it is refused.
+const IMAGE_CATCH_UP_WAIT: Duration = Duration::from_secs(2);
 
 /// The replication Hello the connection starts with (peeked, not consumed); None if it does not
-/// start with one. A connection that sends nothing until shutdown is not one (the Kafka path then
-/// closes it).
+/// start with one. A connection that sends nothing for [`PEEK_WAIT`] is not one (the Kafka path
+/// then takes it).
 pub async fn peek_hello(shard: &Shard, stream: &TcpStream) -> Option<wire::Hello> {
     let mut first = [0u8; wire::HELLO_BYTES];
     let peeked = async { stream.peek(&mut first).await.ok() }
@@ -33,8 +59,44 @@ pub async fn peek_hello(shard: &Shard, stream: &TcpStream) -> Option<wire::Hello
             shard.shutdown.wait().await;
             None
         })
+        .or(async {
+            glommio::timer::sleep(PEEK_WAIT).await;
+            None
+        })
         .await?;
     wire::parse_hello(&first[..peeked])
+}
+
+/// The most links `shard` serves at once.
+pub fn max_links(shard: &Shard) -> usize {
+    let brokers = shard.control.image().brokers.len().max(1);
+    LINKS_PER_BROKER_SHARD * brokers * shard.mesh.shards().max(1)
+}
+
+/// Counts a link served by a shard while it lives.
+struct Served<'a>(&'a std::cell::Cell<usize>);
+
+impl Drop for Served<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(1));
+    }
+}
+
+/// Whether `hello` opens a link here, waiting a little for an image that knows its broker's
+/// current epoch.
+async fn admit(shard: &Shard, hello: &wire::Hello) -> Result<(), admission::Refusal> {
+    let deadline = std::time::Instant::now() + IMAGE_CATCH_UP_WAIT;
+    loop {
+        let verdict = admission::check_hello(&shard.control.image(), shard.node_id, hello);
+        match verdict {
+            Err(admission::Refusal::NotRegistered(_) | admission::Refusal::StaleEpoch { .. })
+                if std::time::Instant::now() < deadline && !shard.shutdown.is_triggered() =>
+            {
+                glommio::timer::sleep(Duration::from_millis(50)).await;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Serves a replication connection on the shard its Hello names (see `wire::hello`), handing it
@@ -86,15 +148,44 @@ pub async fn accept(shard: Rc<Shard>, stream: TcpStream, hello: wire::Hello) {
 /// broker stops.
 async fn serve(shard: Rc<Shard>, stream: TcpStream, hello: wire::Hello) {
     let _ = stream.set_nodelay(true);
+    let peer = stream
+        .peer_addr()
+        .map_or_else(|_| "unknown".to_string(), |a| a.to_string());
     let (mut reader, mut writer) = futures_lite::io::split(stream);
     let mut consumed = [0u8; wire::HELLO_BYTES];
     let Some(consumed) = consumed.get_mut(..hello.frame_len) else {
         return;
     };
-    if reader.read_exact(consumed).await.is_err() {
+    let read = async { reader.read_exact(consumed).await.ok() }
+        .or(async {
+            glommio::timer::sleep(HELLO_READ_WAIT).await;
+            None
+        })
+        .await;
+    let Some(hello) = read.and_then(|()| wire::parse_hello(consumed)) else {
+        debug!(%peer, "replication Hello cut short");
+        return;
+    };
+    if let Err(refusal) = admit(&shard, &hello).await {
+        warn!(%peer, claimed_leader = hello.leader, "refusing a replication link: {refusal}");
         return;
     }
     let leader = hello.leader;
+    let Some(epoch) = hello.broker_epoch else {
+        return;
+    };
+    let served = &shard.replication.inbound_links;
+    if served.get() >= max_links(&shard) {
+        warn!(
+            %peer,
+            leader,
+            links = served.get(),
+            "refusing a replication link: this shard serves its most links already"
+        );
+        return;
+    }
+    served.set(served.get() + 1);
+    let _served = Served(served);
     info!(
         shard = shard.id,
         leader,
@@ -117,6 +208,7 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream, hello: wire::Hello) {
     {
         return;
     }
+    let unacked = Rc::new(Semaphore::new(LINK_UNACKED_BYTES as u64));
     let mut frames = wire::FrameReader::new(reader);
     'read: loop {
         let frame = match frames.next(&shard.shutdown).await {
@@ -136,12 +228,50 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream, hello: wire::Hello) {
                 break 'read;
             }
         };
-        let Some(owner) = owner_of(&shard, &part) else {
-            let ack = status_ack(&part, &frame, wire::ACK_RETRY);
-            if send_ack(&ack_tx, ack).await.is_err() {
+        let image = shard.control.image();
+        if let Err(refusal) = admission::check_broker(&image, leader, epoch) {
+            warn!(%peer, leader, "closing replication link: {refusal}");
+            break 'read;
+        }
+        let verdict = admission::check_frame(&image, leader, &part, frame.leader_epoch());
+        let owner = image
+            .topic_by_id(part.topic_id)
+            .map(|topic| shard.owner_of(&topic.name, part.partition));
+        drop(image);
+        let owner = match (verdict, owner) {
+            (Verdict::Forward, Some(owner)) => owner,
+            (Verdict::Close(refusal), _) => {
+                warn!(%peer, leader, "closing replication link: {refusal}");
                 break 'read;
             }
-            continue;
+            (Verdict::Answer(status), _) => {
+                if send_ack(&ack_tx, status_ack(&part, &frame, status))
+                    .await
+                    .is_err()
+                {
+                    break 'read;
+                }
+                continue;
+            }
+            (Verdict::Forward, None) => {
+                if send_ack(&ack_tx, status_ack(&part, &frame, wire::ACK_RETRY))
+                    .await
+                    .is_err()
+                {
+                    break 'read;
+                }
+                continue;
+            }
+        };
+        let cost = match &frame {
+            Frame::Push { records, .. } => records.len(),
+            _ => 0,
+        } + FRAME_OVERHEAD;
+        let Ok(permit) = unacked
+            .acquire_static_permit(cost.min(LINK_UNACKED_BYTES) as u64)
+            .await
+        else {
+            break 'read;
         };
         let sent = shard
             .mesh
@@ -159,6 +289,7 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream, hello: wire::Hello) {
             if let Ok(ack) = reply.await {
                 let _ = send_ack(&ack_tx, ack).await;
             }
+            drop(permit);
         })
         .detach();
     }
@@ -170,12 +301,6 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream, hello: wire::Hello) {
 async fn send_ack(tx: &local_channel::LocalSender<Bytes>, ack: Frame) -> Result<(), ()> {
     let bytes = wire::encode(&ack).map_err(|_| ())?;
     tx.send(bytes).await.map_err(|_| ())
-}
-
-fn owner_of(shard: &Shard, part: &WirePartition) -> Option<usize> {
-    let image = shard.control.image();
-    let topic = image.topic_by_id(part.topic_id)?;
-    Some(shard.owner_of(&topic.name, part.partition))
 }
 
 fn status_ack(part: &WirePartition, frame: &Frame, status: i16) -> Frame {

@@ -26,12 +26,8 @@ pub struct Link {
     writer: RefCell<Option<WriteHalf<TcpStream>>>,
     write_lock: Semaphore,
     alive: Cell<bool>,
-    /// The wire version the follower announced; 0 until it does (older followers never do).
+    /// The wire version the follower announced; 0 until it does.
     peer_version: Cell<i64>,
-    /// The follower's incarnation when the link opened.
-    incarnation: u64,
-    /// Opened with the Hello that names this shard (the follower serves it on its owning shard).
-    routed: bool,
 }
 
 impl Link {
@@ -100,8 +96,6 @@ async fn write_all_vectored(writer: &mut WriteHalf<TcpStream>, buffers: &[Bytes]
 pub struct Links {
     links: RefCell<HashMap<i32, Rc<Link>>>,
     connecting: RefCell<HashMap<i32, Rc<Semaphore>>>,
-    /// Followers that announced [`wire::ROUTED_HELLO_VERSION`]: broker -> its incarnation then.
-    routable: RefCell<HashMap<i32, u64>>,
 }
 
 impl Links {
@@ -131,9 +125,8 @@ impl Links {
             .await?;
         let _ = stream.set_nodelay(true);
         let (reader, mut writer) = futures_lite::io::split(stream);
-        let incarnation = info.incarnation;
-        let routed = self.routable.borrow().get(&broker) == Some(&incarnation);
-        let hello = wire::hello(shard.node_id, routed.then_some(shard.id));
+        // The follower serves the link only with this broker's current epoch (its incarnation).
+        let hello = wire::hello(shard.node_id, shard.id, shard.control.incarnation());
         writer.write_all(&hello).await.ok()?;
         let link = Rc::new(Link {
             broker,
@@ -141,13 +134,10 @@ impl Links {
             write_lock: Semaphore::new(1),
             alive: Cell::new(true),
             peer_version: Cell::new(0),
-            incarnation,
-            routed,
         });
         info!(
             shard = shard.id,
             follower = broker,
-            routed,
             "replication link to {address} open"
         );
         self.links.borrow_mut().insert(broker, link.clone());
@@ -166,7 +156,6 @@ impl Links {
 
 async fn read_acks(shard: Rc<Shard>, link: Rc<Link>, reader: ReadHalf<TcpStream>) {
     let mut frames = wire::FrameReader::new(reader);
-    let mut replace = false;
     loop {
         match frames.next(&shard.shutdown).await {
             Ok(Some(frame @ Frame::Ack { .. })) => match wire::announced_version(&frame) {
@@ -176,18 +165,6 @@ async fn read_acks(shard: Rc<Shard>, link: Rc<Link>, reader: ReadHalf<TcpStream>
                         version, "follower's replication wire version"
                     );
                     link.peer_version.set(version);
-                    if version >= wire::ROUTED_HELLO_VERSION && !link.routed {
-                        // Reopen with the Hello naming this shard, which the follower serves on
-                        // the shard owning these partitions. Pushes start over on the new link.
-                        shard
-                            .replication
-                            .links
-                            .routable
-                            .borrow_mut()
-                            .insert(link.broker, link.incarnation);
-                        replace = true;
-                        break;
-                    }
                 }
                 None => leader::on_ack_frame(&shard, link.broker, frame),
             },
@@ -203,12 +180,6 @@ async fn read_acks(shard: Rc<Shard>, link: Rc<Link>, reader: ReadHalf<TcpStream>
         }
     }
     link.alive.set(false);
-    if replace {
-        let writer = link.writer.borrow_mut().take();
-        if let Some(mut writer) = writer {
-            let _ = writer.close().await;
-        }
-    }
     debug!(follower = link.broker, "replication link closed");
     // Every partition pushing over it starts over with a probe on a new link.
     for partition in shard.partitions.all() {

@@ -5,13 +5,16 @@
 //!   watermark and the acks=all requests waiting on it;
 //! - `isr`: when the leader asks the controller to shrink or expand the ISR;
 //! - `epochs`: leader epoch answers (OffsetForLeaderEpoch) and the follower's truncation rule;
-//! - `wire`: the framing of the replication connection.
+//! - `wire`: the framing of the replication connection;
+//! - `admission`: which links and frames a follower serves (registered leaders in their current
+//!   broker epoch, each partition only from its leader in its leader epoch).
 //!
 //! Around them, the I/O: `leader` (one push task per follower, acks into the tracker), `link`
 //! (one connection per (shard, follower broker)), `follower` (the accepting side: append,
 //! flush, ack; truncate on a new leader epoch first), `epoch_lookup` (epoch ends on a log).
 
 pub mod ack_tracker;
+pub mod admission;
 pub mod epoch_lookup;
 pub mod epochs;
 pub mod follower;
@@ -26,9 +29,12 @@ use crate::control::{topic_config, PartitionInfo, TopicInfo};
 use crate::partitions::Partition;
 use crate::server::shard::Shard;
 
-/// A shard's replication state: its links to follower brokers.
+/// A shard's replication state: its links to follower brokers, and how many links from leaders
+/// it serves.
 pub struct ShardReplication {
     links: link::Links,
+    /// Inbound links this shard serves now (bounded by `follower::max_links`).
+    pub inbound_links: std::cell::Cell<usize>,
     /// `replica.lag.time.max.ms`.
     pub lag_max_ms: u64,
 }
@@ -37,6 +43,7 @@ impl ShardReplication {
     pub fn new(lag_max_ms: u64) -> Self {
         ShardReplication {
             links: link::Links::default(),
+            inbound_links: std::cell::Cell::new(0),
             lag_max_ms,
         }
     }

@@ -29,15 +29,22 @@
 //! (nil topic id, partition -1) whose status is [`ACK_VERSION`] and whose `log_end` is the version.
 //! A leader of an older version ignores it (an ack for a partition it does not lead), and a leader
 //! sends LogStart only to followers that announced version 1 or later, so old and new brokers
-//! replicate to each other as before. Likewise a leader sends the Hello that names its shard
-//! (version 2) only to a follower that announced version 2 or later in its current incarnation; to
-//! others it sends the first Hello, and once one announces version 2 it replaces that link.
+//! replicate to each other as before.
+//!
+//! The Hello (version 3) names the leader broker, its shard that opened the link, and the
+//! leader's broker epoch (its incarnation as registered with the controller). A follower serves a
+//! link only from a registered, unfenced broker whose current epoch that is (`admission`), so a
+//! restarted broker's old links and anything that is not a broker are refused. Hellos of versions
+//! 0 and 2 (without an epoch) are recognised only to be refused with a clear log line; a broker of
+//! an older version reads a version 3 Hello as an unknown Kafka request and closes the connection.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use uuid::Uuid;
 
-/// Frames above this are refused (a push carries at most a read's worth of batches).
-pub const MAX_FRAME_BYTES: usize = 64 << 20;
+/// Frames above this are refused as soon as their length arrives: a push carries at most a read's
+/// worth of batches, or one batch, and no batch is larger than a Kafka request may be
+/// (`socket.request.max.bytes`, 100 MiB by default).
+pub const MAX_FRAME_BYTES: usize = (100 << 20) + 1 + PUSH_FIXED;
 
 /// The api key of the Hello frame (not a Kafka api key).
 pub const HELLO_API_KEY: i16 = 0x7250;
@@ -60,12 +67,13 @@ pub const ACK_STORAGE_ERROR: i16 = 5;
 /// Not about a partition: the follower's wire version, in `log_end` (see the module doc).
 pub const ACK_VERSION: i16 = 6;
 
-/// The wire version this build speaks: 1 added LogStart, 2 the Hello that names the leader's shard.
-pub const WIRE_VERSION: i64 = 2;
+/// The wire version this build speaks: 1 added LogStart, 2 the Hello that names the leader's shard,
+/// 3 the Hello that carries the leader's broker epoch (the only one accepted).
+pub const WIRE_VERSION: i64 = 3;
 /// The first version with LogStart frames.
 pub const LOG_START_VERSION: i64 = 1;
-/// The first version that takes the Hello naming the leader's shard.
-pub const ROUTED_HELLO_VERSION: i64 = 2;
+/// The version of the Hello this build sends and accepts.
+pub const HELLO_VERSION: i16 = 3;
 
 /// The reserved partition of the version announcement.
 const VERSION_PART: WirePartition = WirePartition {
@@ -183,32 +191,30 @@ const ACK_BODY: usize = PART_BYTES + 4 + 2 + 8 + 8 + 4;
 const EPOCH_END_BODY: usize = PART_BYTES + 4 + 4 + 8;
 const LOG_START_BODY: usize = PART_BYTES + 4 + 8;
 
-/// The Hello a leader's shard sends first: a Kafka-shaped frame (length, api key) naming the
-/// leader broker and, to followers of [`ROUTED_HELLO_VERSION`], the leader's shard that opened the
-/// link. Shards own partitions by the same hash on every broker, so with equal shard counts the
+/// The Hello a leader's shard sends first: a Kafka-shaped frame (length, api key, version) naming
+/// the leader broker, the leader's shard that opened the link, and the leader's broker epoch.
+/// Shards own partitions by the same hash on every broker, so with equal shard counts the
 /// follower's shard of that index owns every partition the link carries: the follower serves the
 /// link there, and no frame crosses shards.
-pub fn hello(leader: i32, shard: Option<usize>) -> Bytes {
+///
+/// ```text
+/// length:i32 (=20) api_key:i16 (=0x7250) version:i16 (=3) leader:i32 shard:i32 broker_epoch:u64
+/// ```
+pub fn hello(leader: i32, shard: usize, broker_epoch: u64) -> Bytes {
     let mut out = BytesMut::with_capacity(HELLO_BYTES);
-    match shard {
-        Some(shard) => {
-            out.put_i32(HELLO_BODY as i32);
-            out.put_i16(HELLO_API_KEY);
-            out.put_i32(leader);
-            out.put_i32(i32::try_from(shard).unwrap_or(-1));
-        }
-        None => {
-            out.put_i32(HELLO_BODY_V0 as i32);
-            out.put_i16(HELLO_API_KEY);
-            out.put_i32(leader);
-        }
-    }
+    out.put_i32(HELLO_BODY as i32);
+    out.put_i16(HELLO_API_KEY);
+    out.put_i16(HELLO_VERSION);
+    out.put_i32(leader);
+    out.put_i32(i32::try_from(shard).unwrap_or(-1));
+    out.put_u64(broker_epoch);
     out.freeze()
 }
 
-/// Body length of the Hello (api key, leader, shard), and of the first version's (no shard), which
-/// is still accepted.
-const HELLO_BODY: usize = 10;
+/// Body length of the Hello (api key, version, leader, shard, broker epoch), and of the older
+/// versions' (api key, leader, shard; api key, leader), which are recognised to be refused.
+const HELLO_BODY: usize = 20;
+const HELLO_BODY_V2: usize = 10;
 const HELLO_BODY_V0: usize = 6;
 
 /// Length of the Hello frame.
@@ -218,9 +224,12 @@ pub const HELLO_BYTES: usize = 4 + HELLO_BODY;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Hello {
     pub leader: i32,
-    /// The leader's shard that opened the link; None from a first-version leader, or when only part
-    /// of the Hello was seen.
+    /// The leader's shard that opened the link; None from an older leader, or when only part of
+    /// the Hello was seen.
     pub shard: Option<usize>,
+    /// The leader's broker epoch; None from an older leader (refused), or when only part of the
+    /// Hello was seen.
+    pub broker_epoch: Option<u64>,
     /// Bytes of the Hello frame on the connection (length field included).
     pub frame_len: usize,
 }
@@ -231,24 +240,39 @@ fn hello_body_len(first: &[u8]) -> Option<usize> {
         return None;
     }
     let len = usize::try_from(i32::from_be_bytes([first[0], first[1], first[2], first[3]])).ok()?;
-    (len == HELLO_BODY || len == HELLO_BODY_V0).then_some(len)
+    [HELLO_BODY, HELLO_BODY_V2, HELLO_BODY_V0]
+        .contains(&len)
+        .then_some(len)
 }
 
-/// Parses a Hello from the first bytes of a connection (all of it, or a prefix of at least the
-/// leader id); None if they are not one.
+fn be_i32(bytes: &[u8], at: usize) -> Option<i32> {
+    Some(i32::from_be_bytes(bytes.get(at..at + 4)?.try_into().ok()?))
+}
+
+/// Parses a Hello from the first bytes of a connection (all of it, or a prefix of at least its
+/// length and api key); None if they are not one. Fields not yet seen are None (the leader -1).
 pub fn parse_hello(first: &[u8]) -> Option<Hello> {
     let body = hello_body_len(first)?;
-    let leader = i32::from_be_bytes(first.get(6..10)?.try_into().ok()?);
-    let shard = if body == HELLO_BODY {
-        first
-            .get(10..14)
-            .and_then(|b| usize::try_from(i32::from_be_bytes(b.try_into().ok()?)).ok())
-    } else {
-        None
+    let (leader, shard, broker_epoch) = match body {
+        HELLO_BODY => {
+            if first
+                .get(6..8)
+                .is_some_and(|v| v != HELLO_VERSION.to_be_bytes())
+            {
+                return None;
+            }
+            let epoch = first
+                .get(16..24)
+                .and_then(|b| Some(u64::from_be_bytes(b.try_into().ok()?)));
+            (be_i32(first, 8), be_i32(first, 12), epoch)
+        }
+        HELLO_BODY_V2 => (be_i32(first, 6), be_i32(first, 10), None),
+        _ => (be_i32(first, 6), None, None),
     };
     Some(Hello {
-        leader,
-        shard,
+        leader: leader.unwrap_or(-1),
+        shard: shard.and_then(|s| usize::try_from(s).ok()),
+        broker_epoch,
         frame_len: 4 + body,
     })
 }
@@ -369,7 +393,7 @@ pub fn decode(buf: &mut BytesMut) -> Result<Option<Frame>, WireError> {
         return Err(WireError::Malformed("empty frame"));
     }
     if buf.len() < 4 + length {
-        buf.reserve(4 + length - buf.len());
+        // Nothing is reserved for the declared length: the buffer grows as its bytes arrive.
         return Ok(None);
     }
     buf.advance(4);
@@ -594,8 +618,9 @@ mod tests {
 
     #[test]
     fn hello_is_recognised_and_kafka_frames_are_not() {
-        let h = hello(3, Some(1));
+        let h = hello(3, 1, 0xfeed_0000_beef);
         assert_eq!(h.len(), HELLO_BYTES);
+        assert_eq!(&h[..8], [0, 0, 0, 20, 0x72, 0x50, 0, 3]);
         assert!(hello_body_len(&h).is_some());
         assert!(hello_body_len(&h[..5]).is_none());
         assert_eq!(
@@ -603,26 +628,42 @@ mod tests {
             Some(Hello {
                 leader: 3,
                 shard: Some(1),
+                broker_epoch: Some(0xfeed_0000_beef),
                 frame_len: HELLO_BYTES
             })
         );
-        // Seen in part: the leader, not the shard.
+        // Seen in part: what arrived, and where it ends.
         assert_eq!(
-            parse_hello(&h[..12]),
+            parse_hello(&h[..14]),
             Some(Hello {
                 leader: 3,
                 shard: None,
+                broker_epoch: None,
                 frame_len: HELLO_BYTES
             })
         );
-        // A first-version Hello (no shard) is still one.
-        let v0 = hello(7, None);
-        assert_eq!(&v0[..], [0, 0, 0, 6, 0x72, 0x50, 0, 0, 0, 7]);
+        // Another Hello version of the same length is not one.
+        let mut v4 = h.to_vec();
+        v4[7] = 4;
+        assert!(parse_hello(&v4).is_none());
+        // Older Hellos (no broker epoch) are recognised, to be refused.
+        let v2 = [0, 0, 0, 10, 0x72, 0x50, 0, 0, 0, 7, 0, 0, 0, 1];
+        assert_eq!(
+            parse_hello(&v2),
+            Some(Hello {
+                leader: 7,
+                shard: Some(1),
+                broker_epoch: None,
+                frame_len: 14
+            })
+        );
+        let v0 = [0, 0, 0, 6, 0x72, 0x50, 0, 0, 0, 7];
         assert_eq!(
             parse_hello(&v0),
             Some(Hello {
                 leader: 7,
                 shard: None,
+                broker_epoch: None,
                 frame_len: 10
             })
         );
@@ -630,6 +671,23 @@ mod tests {
         assert!(hello_body_len(&[0, 0, 0, 8, 0x72, 0x50, 0, 0, 0, 7]).is_none());
         // ApiVersions v3 request header: length, api key 18.
         assert!(hello_body_len(&[0, 0, 0, 6, 0, 18, 0, 3]).is_none());
+    }
+
+    /// A declared length reserves nothing: the buffer holds what arrived (fails on the old code,
+    /// which reserved the declared length up front).
+    #[test]
+    fn a_declared_length_is_not_reserved() {
+        let mut buf = BytesMut::new();
+        buf.put_u32((MAX_FRAME_BYTES - 1) as u32);
+        buf.put_u8(KIND_PUSH);
+        assert_eq!(decode(&mut buf), Ok(None));
+        assert!(buf.capacity() < 4096, "capacity {}", buf.capacity());
+        let mut buf = BytesMut::new();
+        buf.put_u32((MAX_FRAME_BYTES + 1) as u32);
+        assert_eq!(
+            decode(&mut buf),
+            Err(WireError::TooLarge(MAX_FRAME_BYTES + 1))
+        );
     }
 
     #[test]
