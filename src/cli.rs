@@ -88,6 +88,11 @@ pub struct StartArgs {
     /// would spin a shard's CPU whenever a write is in flight.
     #[arg(long)]
     pub overprovisioned: bool,
+    /// Produce is refused with KAFKA_STORAGE_ERROR while the data directory's filesystem has less
+    /// than this many bytes available (Redpanda's storage_min_free_bytes); reads, replication and
+    /// deletes go on [default: 1 GiB, but at most 5% of the filesystem's size; 0 turns it off].
+    #[arg(long)]
+    pub storage_min_free_bytes: Option<u64>,
     /// TOML file with any of the keys above (node-id, data-dir, listen, ...).
     #[arg(long)]
     pub config: Option<PathBuf>,

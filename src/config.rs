@@ -32,6 +32,9 @@ pub struct BrokerConfig {
     pub log_retention_check_interval_ms: u64,
     /// Shard executors unpinned (several brokers share the CPUs).
     pub overprovisioned: bool,
+    /// `storage_min_free_bytes` as configured; None: the default, which depends on the
+    /// filesystem's size (`server::disk_space::threshold`).
+    pub storage_min_free_bytes: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +77,8 @@ struct FileConfig {
     #[serde(alias = "log_retention_check_interval_ms")]
     log_retention_check_interval_ms: Option<u64>,
     overprovisioned: Option<bool>,
+    #[serde(alias = "storage_min_free_bytes")]
+    storage_min_free_bytes: Option<u64>,
 }
 
 /// `peers` in the file: either "1@h:p,2@h:p" or ["1@h:p", "2@h:p"] (`=` works too).
@@ -172,6 +177,7 @@ impl BrokerConfig {
             replica_lag_time_max_ms,
             log_retention_check_interval_ms,
             overprovisioned: args.overprovisioned || file.overprovisioned.unwrap_or(false),
+            storage_min_free_bytes: args.storage_min_free_bytes.or(file.storage_min_free_bytes),
         })
     }
 }
@@ -270,6 +276,7 @@ mod tests {
         assert_eq!(config.replica_lag_time_max_ms, 30_000);
         assert_eq!(config.log_retention_check_interval_ms, 30_000);
         assert!(!config.overprovisioned);
+        assert_eq!(config.storage_min_free_bytes, None);
     }
 
     #[test]
@@ -304,6 +311,25 @@ mod tests {
         };
         let config = BrokerConfig::resolve(&args, 2).unwrap();
         assert_eq!(config.replica_lag_time_max_ms, 500);
+    }
+
+    #[test]
+    fn storage_min_free_bytes_from_flag_or_file() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(file, "storage-min-free-bytes = 5000").unwrap();
+        let args = StartArgs {
+            config: Some(file.path().to_path_buf()),
+            ..StartArgs::default()
+        };
+        let config = BrokerConfig::resolve(&args, 2).unwrap();
+        assert_eq!(config.storage_min_free_bytes, Some(5000));
+        let args = StartArgs {
+            config: Some(file.path().to_path_buf()),
+            storage_min_free_bytes: Some(0),
+            ..StartArgs::default()
+        };
+        let config = BrokerConfig::resolve(&args, 2).unwrap();
+        assert_eq!(config.storage_min_free_bytes, Some(0));
     }
 
     #[test]

@@ -70,7 +70,27 @@ fn init_logging() {
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| LossyStderr)
         .with_ansi(ansi)
+        // On a write error the subscriber would report it with eprint!, which panics when
+        // stderr cannot be written: the thread that logged (a shard) would die.
+        .log_internal_errors(false)
         .init();
+}
+
+/// Stderr for the log: a line that cannot be written (stderr's file on a full disk, a closed
+/// pipe) is dropped, never an error. Logging must never take a thread down; the broker keeps
+/// serving, and the lines come back once the disk has room again.
+struct LossyStderr;
+
+impl std::io::Write for LossyStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
 }

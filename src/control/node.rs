@@ -9,7 +9,9 @@
 //! expired (which elects new leaders for its partitions), unfencing it when it is back, and
 //! restoring preferred leaders.
 
-use std::collections::{HashMap, HashSet};
+mod persist;
+
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -55,6 +57,8 @@ const REBALANCE_INTERVAL: Duration = Duration::from_secs(1);
 const MAX_REQUESTS_PER_ROUND: usize = 256;
 /// How long a controlled shutdown waits for leadership to move away.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// After a failed compaction (a full disk), the next attempt waits this long; the log just grows.
+const COMPACT_RETRY: Duration = Duration::from_secs(30);
 
 /// Input to the control thread: from handles (client requests, shutdown) and from peers.
 pub enum Request {
@@ -148,6 +152,10 @@ pub struct ControlNode {
     shutting_down: Option<(Sender<()>, Instant)>,
     /// Signalled once this broker is registered and the cluster id is set.
     ready: Option<mpsc::Sender<Result<(), ControlError>>>,
+    /// Requests that arrived while a write was being retried (`persist`), handled first.
+    deferred: VecDeque<Request>,
+    /// A compaction failed: none is tried before this.
+    compact_after: Option<Instant>,
 }
 
 impl ControlNode {
@@ -251,6 +259,8 @@ impl ControlNode {
             last_rebalance: None,
             shutting_down: None,
             ready: Some(ready),
+            deferred: VecDeque::new(),
+            compact_after: None,
         })
     }
 
@@ -274,7 +284,11 @@ impl ControlNode {
         let mut shutdown_now = None;
         'run: loop {
             let wait = next_tick.saturating_duration_since(Instant::now());
-            match self.requests.recv_timeout(wait) {
+            let next = match self.deferred.pop_front() {
+                Some(request) => Ok(request),
+                None => self.requests.recv_timeout(wait),
+            };
+            match next {
                 Ok(request) => {
                     // Take what is queued, but a bounded amount, so that ticks stay on time.
                     let mut request = Some(request);
@@ -286,7 +300,10 @@ impl ControlNode {
                         }
                         handled += 1;
                         if handled < MAX_REQUESTS_PER_ROUND {
-                            request = self.requests.try_recv().ok();
+                            request = self
+                                .deferred
+                                .pop_front()
+                                .or_else(|| self.requests.try_recv().ok());
                         }
                     }
                 }
@@ -295,6 +312,7 @@ impl ControlNode {
             }
             if Instant::now() >= next_tick {
                 self.raw.tick();
+                self.raw.mut_store().maintain_reserve();
                 next_tick += TICK;
                 if next_tick < Instant::now() {
                     next_tick = Instant::now() + TICK;
@@ -877,19 +895,23 @@ impl ControlNode {
             self.applied_since_snapshot = 0;
         }
         if !ready.entries().is_empty() {
-            self.raw
-                .mut_store()
-                .append(ready.entries())
-                .map_err(|e| ControlError::Internal(format!("persisting raft entries: {e}")))?;
+            let entries = ready.entries();
+            let raw = &mut self.raw;
+            persist::retry("raft entries", &self.requests, &mut self.deferred, || {
+                raw.mut_store().append(entries)
+            })
+            .map_err(|stop| self.interrupted(stop))?;
         }
         if let Some(hard_state) = ready.hs() {
             let hard_state = hard_state.clone();
-            self.raw
-                .mut_store()
-                .set_hard_state(&hard_state)
-                .map_err(|e| {
-                    ControlError::Internal(format!("persisting the raft hard state: {e}"))
-                })?;
+            let raw = &mut self.raw;
+            persist::retry(
+                "the raft hard state",
+                &self.requests,
+                &mut self.deferred,
+                || raw.mut_store().set_hard_state(&hard_state),
+            )
+            .map_err(|stop| self.interrupted(stop))?;
         }
         self.send(ready.take_messages());
         self.send(ready.take_persisted_messages());
@@ -1039,18 +1061,36 @@ impl ControlNode {
         }
     }
 
+    /// A retried write gave up because a shutdown was asked for: the node stops, and `stop`
+    /// answers the shutdown.
+    fn interrupted(&mut self, stop: persist::Interrupted) -> ControlError {
+        self.shutting_down = Some((stop.shutdown, Instant::now()));
+        ControlError::Internal(format!("{} (shutting down)", stop.error))
+    }
+
+    /// Compacts the raft log into a snapshot every `SNAPSHOT_EVERY` entries. A failure (a full
+    /// disk) is not fatal: the storage is unchanged, and the log grows until a later attempt.
     fn maybe_compact(&mut self) -> Result<(), ControlError> {
-        if self.applied_since_snapshot < SNAPSHOT_EVERY {
+        if self.applied_since_snapshot < SNAPSHOT_EVERY
+            || self.compact_after.is_some_and(|at| Instant::now() < at)
+        {
             return Ok(());
         }
         let data = serde_json::to_vec(&*self.image)
             .map_err(|e| ControlError::Internal(format!("encoding the image snapshot: {e}")))?;
         let applied = self.image.version;
-        self.raw
-            .mut_store()
-            .compact(applied, data)
-            .map_err(|e| ControlError::Internal(format!("compacting the raft log: {e}")))?;
-        self.applied_since_snapshot = 0;
+        match self.raw.mut_store().compact(applied, data) {
+            Ok(()) => {
+                self.applied_since_snapshot = 0;
+                self.compact_after = None;
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "compacting the raft log failed, retrying in {COMPACT_RETRY:?}: {e}"
+                );
+                self.compact_after = Some(Instant::now() + COMPACT_RETRY);
+            }
+        }
         Ok(())
     }
 

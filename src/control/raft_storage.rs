@@ -9,7 +9,11 @@
 //!   up to its index are dropped from `raft.log` (compaction rewrites the file atomically).
 //!
 //! Every mutation is durable when the method returns: the node reports entries persisted to
-//! raft-rs, and sends messages, only after that.
+//! raft-rs, and sends messages, only after that. A mutation that fails changes nothing in memory
+//! (and cuts back what it wrote), so the node can retry it.
+//!
+//! - `reserve`: preallocated space (see `reserve`), given back when a write fails for want of
+//!   space, so a full disk does not stop the control plane or keep a broker from starting.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -18,6 +22,11 @@ use std::path::{Path, PathBuf};
 use raft::prelude::{ConfState, Entry, EntryType, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError};
 use serde::{Deserialize, Serialize};
+
+mod reserve;
+
+pub use reserve::is_out_of_space;
+use reserve::Reserve;
 
 const LOG_FILE: &str = "raft.log";
 const STATE_FILE: &str = "state";
@@ -43,6 +52,7 @@ pub struct DiskStorage {
     offsets: Vec<u64>,
     /// Holds an exclusive `flock` on `lock`: two processes on one data dir would corrupt it.
     _lock: File,
+    reserve: Reserve,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -94,9 +104,21 @@ struct SnapshotHeader {
 
 impl DiskStorage {
     /// Opens (creating if missing) the storage in `dir` and recovers it. A new storage starts
-    /// with `initial_conf` as its configuration (the static voter set of the cluster).
+    /// with `initial_conf` as its configuration (the static voter set of the cluster). On a full
+    /// disk it gives back its reserve to do so.
     pub fn open(dir: &Path, initial_conf: ConfState) -> io::Result<DiskStorage> {
         fs::create_dir_all(dir)?;
+        let mut storage = match DiskStorage::open_once(dir, initial_conf.clone()) {
+            Err(e) if is_out_of_space(&e) && Reserve::open(dir).release() => {
+                DiskStorage::open_once(dir, initial_conf)?
+            }
+            opened => opened?,
+        };
+        storage.reserve.retake(true);
+        Ok(storage)
+    }
+
+    fn open_once(dir: &Path, initial_conf: ConfState) -> io::Result<DiskStorage> {
         let lock = lock_dir(dir)?;
         let snapshot = read_snapshot(&dir.join(SNAPSHOT_FILE))?.unwrap_or_default();
         let (hard_state, conf_state) = match read_checked(&dir.join(STATE_FILE))? {
@@ -137,6 +159,7 @@ impl DiskStorage {
             entries: Vec::new(),
             offsets: Vec::new(),
             _lock: lock,
+            reserve: Reserve::open(dir),
         };
         storage.recover_log(&mut log)?;
         // The snapshot is committed; nothing beyond the log can be.
@@ -213,8 +236,27 @@ impl DiskStorage {
             .map_or(self.snapshot.get_metadata().index, |e| e.index)
     }
 
+    /// Runs a write; if it fails for want of space and the reserve was held, gives the reserve
+    /// back and runs it again.
+    fn with_reserve<T>(&mut self, op: impl Fn(&mut Self) -> io::Result<T>) -> io::Result<T> {
+        match op(self) {
+            Err(e) if is_out_of_space(&e) && self.reserve.release() => op(self),
+            done => done,
+        }
+    }
+
+    /// Takes the reserve again once the disk has room (after it was given back); cheap to call
+    /// often (an attempt at most every 10 s).
+    pub fn maintain_reserve(&mut self) {
+        self.reserve.retake(false);
+    }
+
     /// Appends entries from the leader, replacing any conflicting tail; durable on return.
     pub fn append(&mut self, entries: &[Entry]) -> io::Result<()> {
+        self.with_reserve(|storage| storage.append_once(entries))
+    }
+
+    fn append_once(&mut self, entries: &[Entry]) -> io::Result<()> {
         let Some(first_new) = entries.first().map(|e| e.index) else {
             return Ok(());
         };
@@ -230,24 +272,39 @@ impl DiskStorage {
                 self.last()
             )));
         }
-        if first_new <= self.last() {
+        // The file first; memory only once it is durable, so a failed append can be retried.
+        let (keep, base) = if first_new <= self.last() {
             let keep = (first_new - self.first()) as usize;
             let cut = self.offsets[keep];
+            // What is cut was never committed (a new leader replaces it), in memory or not.
             self.log.set_len(cut)?;
-            self.log_len = cut;
-            self.entries.truncate(keep);
-            self.offsets.truncate(keep);
-            tracing::info!(from = first_new, "raft log tail replaced by the leader's");
-        }
+            (keep, cut)
+        } else {
+            (self.entries.len(), self.log_len)
+        };
         let mut buffer = Vec::new();
+        let mut offsets = Vec::with_capacity(entries.len());
         for entry in entries {
-            self.offsets.push(self.log_len + buffer.len() as u64);
+            offsets.push(base + buffer.len() as u64);
             push_record(&mut buffer, &encode_entry(entry));
         }
-        self.log.write_all(&buffer)?;
-        self.log.sync_data()?;
-        self.log_len += buffer.len() as u64;
+        if let Err(e) = self
+            .log
+            .write_all(&buffer)
+            .and_then(|()| self.log.sync_data())
+        {
+            // Cut what may have been written, so the retry appends where this one began.
+            let _ = self.log.set_len(base);
+            return Err(e);
+        }
+        if keep < self.entries.len() {
+            tracing::info!(from = first_new, "raft log tail replaced by the leader's");
+        }
+        self.entries.truncate(keep);
+        self.offsets.truncate(keep);
         self.entries.extend_from_slice(entries);
+        self.offsets.extend(offsets);
+        self.log_len = base + buffer.len() as u64;
         Ok(())
     }
 
@@ -257,10 +314,14 @@ impl DiskStorage {
     pub fn set_hard_state(&mut self, hard_state: &HardState) -> io::Result<()> {
         let durable_change =
             hard_state.term != self.hard_state.term || hard_state.vote != self.hard_state.vote;
-        self.hard_state = hard_state.clone();
         if durable_change {
-            self.write_state()?;
+            let previous = std::mem::replace(&mut self.hard_state, hard_state.clone());
+            if let Err(e) = self.with_reserve(|storage| storage.write_state()) {
+                self.hard_state = previous;
+                return Err(e);
+            }
         }
+        self.hard_state = hard_state.clone();
         Ok(())
     }
 
@@ -304,7 +365,10 @@ impl DiskStorage {
         self.rewrite_log()
     }
 
-    /// Snapshots the applied state `data` at `applied` and drops the entries it covers.
+    /// Snapshots the applied state `data` at `applied` and drops the entries it covers. Does not
+    /// use the reserve (compaction can wait for space); a failure leaves the storage as it was in
+    /// memory, and on disk as sound as before (a snapshot newer than the log's first entries is
+    /// fine: recovery skips the entries it covers).
     pub fn compact(&mut self, applied: u64, data: Vec<u8>) -> io::Result<()> {
         if applied < self.first() || applied > self.last() {
             return Ok(());
@@ -320,28 +384,36 @@ impl DiskStorage {
         meta.term = term;
         meta.set_conf_state(self.conf_state.clone());
         write_snapshot(&self.dir, &snapshot)?;
+        let (log, offsets, log_len) = self.write_log(&self.entries[covered..])?;
         self.snapshot = snapshot;
         self.entries.drain(..covered);
+        (self.log, self.offsets, self.log_len) = (log, offsets, log_len);
         self.hard_state.commit = self.hard_state.commit.max(applied);
         self.write_state()?;
-        self.rewrite_log()?;
         tracing::debug!(index = applied, term, "raft log compacted into a snapshot");
         Ok(())
     }
 
     /// Rewrites `raft.log` to hold exactly `entries` (tmp file, fsync, rename, fsync dir).
     fn rewrite_log(&mut self) -> io::Result<()> {
+        let (log, offsets, log_len) = self.write_log(&self.entries)?;
+        (self.log, self.offsets, self.log_len) = (log, offsets, log_len);
+        Ok(())
+    }
+
+    /// Writes a new `raft.log` holding exactly `entries`; returns it opened for appends, each
+    /// entry's offset and its length.
+    fn write_log(&self, entries: &[Entry]) -> io::Result<(File, Vec<u64>, u64)> {
         let mut buffer = Vec::new();
-        self.offsets.clear();
-        for entry in &self.entries {
-            self.offsets.push(buffer.len() as u64);
+        let mut offsets = Vec::with_capacity(entries.len());
+        for entry in entries {
+            offsets.push(buffer.len() as u64);
             push_record(&mut buffer, &encode_entry(entry));
         }
         let path = self.dir.join(LOG_FILE);
         write_atomically(&path, &buffer)?;
-        self.log = OpenOptions::new().read(true).append(true).open(&path)?;
-        self.log_len = buffer.len() as u64;
-        Ok(())
+        let log = OpenOptions::new().read(true).append(true).open(&path)?;
+        Ok((log, offsets, buffer.len() as u64))
     }
 
     fn write_state(&self) -> io::Result<()> {

@@ -121,6 +121,12 @@ pub async fn handle(shard: &Rc<Shard>, mut request: ProduceRequest, version: i16
         }
     }
 
+    // Below storage-min-free-bytes, produce is refused before anything is appended (see
+    // `server::disk_space`); the watch logs it, not each request.
+    let disk_refusal = crate::server::disk_space::produce_refusal();
+    if let Some(why) = &disk_refusal {
+        tracing::debug!("produce refused: {why}");
+    }
     let mut results: Vec<Vec<Option<PartitionResult>>> =
         Vec::with_capacity(request.topic_data.len());
     let mut work: BTreeMap<usize, Vec<AppendWork>> = BTreeMap::new();
@@ -157,6 +163,9 @@ pub async fn handle(shard: &Rc<Shard>, mut request: ProduceRequest, version: i16
                     if (partition.isr.len() as i32) < min_isr {
                         return Err(ResponseError::NotEnoughReplicas);
                     }
+                }
+                if disk_refusal.is_some() {
+                    return Err(ResponseError::KafkaStorageError);
                 }
                 // Taken, not cloned: see `release_frame`.
                 let records = data.records.take().ok_or(ResponseError::InvalidRecord)?;
@@ -475,9 +484,14 @@ fn append_as_leader(
     if let Some(code) = refused {
         return Err(PartitionResult::error(code));
     }
-    partition
-        .append(records)
-        .map_err(|e| PartitionResult::error_code(errors::log_error_code(&e), Some(e.to_string())))
+    partition.append(records).map_err(|e| {
+        let code = match &e {
+            // The log cannot write (a full disk) and said so once; not a warning per request.
+            LogError::StorageUnavailable(_) => ResponseError::KafkaStorageError.code(),
+            other => errors::log_error_code(other),
+        };
+        PartitionResult::error_code(code, Some(e.to_string()))
+    })
 }
 
 /// Opens a partition this shard owns but has not opened yet.

@@ -2,7 +2,9 @@
 //! shard executor per core, and runs until SIGTERM/SIGINT.
 
 pub mod connection;
+pub mod disk_space;
 pub mod shard;
+mod shard_exit;
 pub mod signals;
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -33,6 +35,17 @@ pub fn run(config: BrokerConfig) -> Result<(), String> {
     let shutdown = Shutdown::new();
     signals::install(shutdown.clone())
         .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    disk_space::start(
+        &config.data_dir,
+        config.storage_min_free_bytes,
+        shutdown.clone(),
+    )
+    .map_err(|e| {
+        format!(
+            "cannot watch the free space of {}: {e}",
+            config.data_dir.display()
+        )
+    })?;
 
     let control = control::start(ControlConfig {
         node_id: config.node_id,
@@ -85,24 +98,42 @@ pub fn run(config: BrokerConfig) -> Result<(), String> {
         io_memory: chronik_shards::log::SHARD_IO_MEMORY,
         name: "chronik-shard".into(),
     };
-    let handles =
-        runtime::spawn_shards(&spec, move |id| shard::run(id, start.clone())).map_err(|e| {
-            shutdown.trigger();
-            e.to_string()
-        })?;
-
-    let mut result = Ok(());
-    for handle in handles {
-        let outcome = match handle.join() {
-            Ok(outcome) => outcome,
-            Err(e) => Err(format!("shard executor failed: {e}")),
-        };
-        if let Err(e) = outcome {
-            // Each failure is logged once here; the last one is also returned.
-            if result.is_err() {
-                error!("{e}");
+    // Each shard reports how it ended, a panic included: the first failure stops every shard.
+    let (exits, exited) = std::sync::mpsc::channel();
+    let spawned = {
+        let shutdown = shutdown.clone();
+        runtime::spawn_shards(&spec, move |id| {
+            // On the shard's thread: its end is reported even if it unwinds from a panic.
+            shard_exit::arm(shard_exit::ExitGuard::new(
+                id,
+                exits.clone(),
+                shutdown.clone(),
+                start.drained.clone(),
+            ));
+            let start = start.clone();
+            async move {
+                shard_exit::inject_panic(id, start.shards);
+                shard_exit::finish(shard::run(id, start).await);
             }
+        })
+    };
+    let handles = match spawned {
+        Ok(handles) => handles,
+        Err(e) => {
             shutdown.trigger();
+            return Err(e.to_string());
+        }
+    };
+    let ended = shard_exit::wait_for_shards(exited, shards, &shutdown);
+    if !ended.all_stopped {
+        // Some shard did not stop in time: do not wait on it (nor on the control plane).
+        return ended.result;
+    }
+    let mut result = ended.result;
+    for handle in handles {
+        if let Err(e) = handle.join() {
+            let e = format!("shard executor failed: {e}");
+            error!("{e}");
             result = Err(e);
         }
     }

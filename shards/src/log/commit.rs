@@ -8,7 +8,7 @@
 use std::rc::Rc;
 use std::time::Duration;
 
-use super::segment::{self, ActiveFile, Storage, BLOCK, PREALLOCATE_STEP};
+use super::segment::{self, ActiveFile, Storage};
 use super::{FlushPolicy, LogError, PartitionLog, PendingWrite};
 
 /// Size of one O_DIRECT write; a flush submits its chunks together. 4 MiB rather than 1 MiB: each
@@ -104,6 +104,8 @@ struct Staged {
     durable: bool,
     /// The segment's file end once this group's writes complete.
     end: u64,
+    /// The partial last block at `end`.
+    tail: Vec<u8>,
 }
 
 type ChunkResult = (Result<usize, LogError>, Rc<glommio::io::DmaBuffer>, usize);
@@ -147,6 +149,10 @@ impl<'a> GroupOrder<'a> {
 
     /// Whether this group may write now: it holds the write lock, or no earlier group is writing.
     fn may_write_now(&mut self) -> bool {
+        if self.log.must_unstage.get() {
+            // An earlier group failed: this one was staged behind it and must not write.
+            return false;
+        }
         if self.exclusive || self.write.is_some() {
             return true;
         }
@@ -159,13 +165,25 @@ impl<'a> GroupOrder<'a> {
         }
     }
 
-    /// Waits until the earlier group's writes completed. If one of them failed the log is closed,
-    /// and this group must not write over what is now unknown.
+    /// Waits until the earlier group's writes completed. If one of them failed, this group was
+    /// staged behind a hole and must not write: it fails too, and the next group stages again from
+    /// what was written.
     async fn wait_for_write_lock(&mut self) -> Result<(), LogError> {
+        self.acquire_write_lock().await?;
+        self.log.check_open()?;
+        if self.log.must_unstage.get() {
+            return Err(LogError::StorageUnavailable(
+                "an earlier group commit failed".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn acquire_write_lock(&mut self) -> Result<(), LogError> {
         if !self.exclusive && self.write.is_none() {
             self.write = Some(self.log.write_lock.acquire_permit(1).await?);
         }
-        self.log.check_open()
+        Ok(())
     }
 
     /// Waits until no write of this log is in flight, this group's included.
@@ -226,6 +244,8 @@ impl<'a> GroupOrder<'a> {
 const NEVER_WRITE_INTERVAL: Duration = Duration::from_millis(50);
 /// Under `flush=always`, batches nobody waited for are still written after this long (bounds memory).
 const IDLE_FLUSH_INTERVAL: Duration = Duration::from_millis(200);
+/// While the log cannot write (a full disk), the background flusher retries this often.
+const FAILED_WRITE_RETRY_INTERVAL: Duration = Duration::from_secs(1);
 
 impl PartitionLog {
     /// Resolves once every offset below `end_offset` is durable under the flush policy. One write and
@@ -276,13 +296,13 @@ impl PartitionLog {
             let r = self
                 .write_pending(target, sync, GroupOrder::staged(self, file))
                 .await;
-            self.fail_on_error(r)?;
+            self.note_flush(r)?;
         }
         if sync && self.state.borrow().synced_end < target {
             let _sync = self.sync_lock.acquire_permit(1).await?;
             self.check_open()?;
             let r = self.sync_written(target).await;
-            self.fail_on_error(r)?;
+            self.note_flush(r)?;
         }
         Ok(())
     }
@@ -292,22 +312,72 @@ impl PartitionLog {
         let r = self
             .write_pending(target, sync, GroupOrder::exclusive(self))
             .await;
-        self.fail_on_error(r)?;
+        self.note_flush(r)?;
         if sync {
             let r = self.sync_written(target).await;
-            self.fail_on_error(r)?;
+            self.note_flush(r)?;
         }
         Ok(())
     }
 
-    /// A failed write or sync closes the log: what is on disk is then unknown, and recovery on the
-    /// next open decides.
-    fn fail_on_error<T>(&self, r: Result<T, LogError>) -> Result<T, LogError> {
-        if let Err(e) = &r {
-            tracing::error!(dir = ?self.dir, error = %e, "log flush failed; closing the log");
-            self.closed.set(true);
+    /// A failed write or sync leaves the log open: its batches stay buffered (and readable from
+    /// the tail) and are written again by a later flush, so a full disk costs the waiting requests
+    /// an error, not the partition. Until a flush succeeds, appends are refused (`check_writable`).
+    /// Logged once per episode: the background flusher retries every second meanwhile.
+    ///
+    /// Why retrying is sound: a failed group commit claims nothing (`written_end` and `synced_end`
+    /// only move on success) and the next group rewrites from the last written block
+    /// (`unstage_failed`); a failed fdatasync is issued again, and O_DIRECT writes leave no dirty
+    /// page cache whose error a retried fdatasync could miss.
+    fn note_flush<T>(&self, r: Result<T, LogError>) -> Result<T, LogError> {
+        match &r {
+            Err(LogError::Closed) => {}
+            Err(e) => {
+                let first = self.write_failure.borrow().is_none();
+                *self.write_failure.borrow_mut() = Some(e.to_string());
+                if first {
+                    tracing::warn!(dir = ?self.dir, error = %e, "log write failed; refusing appends and retrying in the background");
+                }
+            }
+            Ok(_) => {
+                let caught_up = {
+                    let st = self.state.borrow();
+                    let synced_enough = match self.config.borrow().flush {
+                        FlushPolicy::Always => st.synced_end >= st.written_end,
+                        _ => true,
+                    };
+                    st.pending.is_empty() && !self.must_unstage.get() && synced_enough
+                };
+                if caught_up && self.write_failure.borrow_mut().take().is_some() {
+                    tracing::info!(dir = ?self.dir, "log writes again");
+                }
+            }
         }
         r
+    }
+
+    /// After a failed group commit (and any group staged behind it, which failed too): waits until
+    /// no write is in flight, then has every active segment stage from its written end again.
+    async fn unstage_failed(&self, order: &mut GroupOrder<'_>) -> Result<(), LogError> {
+        order.acquire_write_lock().await?;
+        order.finish_writes().await?;
+        let mut st = self.state.borrow_mut();
+        for seg in st.segments.values_mut() {
+            if let Storage::Active(a) = &mut seg.storage {
+                a.unstage();
+            }
+        }
+        self.must_unstage.set(false);
+        Ok(())
+    }
+
+    /// Gives a failed group's batches back to the pending queue, in offset order with anything
+    /// given back by a group staged behind it or appended since.
+    fn give_back(&self, writes: Vec<PendingWrite>) {
+        self.must_unstage.set(true);
+        let mut st = self.state.borrow_mut();
+        st.pending.extend(writes);
+        st.pending.sort_by_key(|w| w.end_offset);
     }
 
     /// Writes every pending batch as one group. With `dsync_allowed`, a group of one chunk in one
@@ -324,6 +394,9 @@ impl PartitionLog {
         if self.state.borrow().written_end >= target {
             return Ok(());
         }
+        if self.must_unstage.get() {
+            self.unstage_failed(&mut order).await?;
+        }
         let writes = std::mem::take(&mut self.state.borrow_mut().pending);
         let Some(last_end) = writes.last().map(|w| w.end_offset) else {
             // A group staged earlier covers `target` and is still writing: wait for it, so the
@@ -337,12 +410,20 @@ impl PartitionLog {
         // Every write is staged (or the group failed): the next group may stage behind this one.
         order.file = None;
         let written = order.finish_writes().await;
-        let (all_durable, ends) = staged?;
-        written?;
+        let (all_durable, ends) = match (staged, written) {
+            (Ok(staged), Ok(())) => staged,
+            (Err(e), _) | (Ok(_), Err(e)) => {
+                // Still holding the write lock: a group staged behind this one sees the failure
+                // before it may write.
+                self.give_back(writes);
+                return Err(e);
+            }
+        };
         let mut st = self.state.borrow_mut();
-        for (base, end) in ends {
+        for (base, end, tail) in ends {
             if let Some(Storage::Active(a)) = st.segments.get_mut(&base).map(|s| &mut s.storage) {
                 a.written = end;
+                a.written_tail = tail;
             }
         }
         st.written_end = last_end;
@@ -362,7 +443,7 @@ impl PartitionLog {
         writes: &[PendingWrite],
         dsync_allowed: bool,
         order: &mut GroupOrder<'_>,
-    ) -> Result<(bool, Vec<(i64, u64)>), LogError> {
+    ) -> Result<(bool, Vec<(i64, u64, Vec<u8>)>), LogError> {
         let single_segment = writes
             .first()
             .is_some_and(|w| writes.iter().all(|x| x.segment_base == w.segment_base));
@@ -379,7 +460,7 @@ impl PartitionLog {
                 .stage_segment(base, &writes[i..i + n], all_durable, order)
                 .await?;
             all_durable &= staged.durable;
-            ends.push((base, staged.end));
+            ends.push((base, staged.end, staged.tail));
             i += n;
         }
         Ok((all_durable, ends))
@@ -549,7 +630,7 @@ impl PartitionLog {
             if let Some(seg) = st.segments.get_mut(&base) {
                 if let Storage::Active(a) = &mut seg.storage {
                     a.staged = end;
-                    a.tail_block = new_tail;
+                    a.tail_block = new_tail.clone();
                     a.preallocated = preallocated_now;
                 }
             }
@@ -560,13 +641,15 @@ impl PartitionLog {
                 order.submit(chunk);
             }
         }
-        Ok(Staged { durable, end })
+        Ok(Staged {
+            durable,
+            end,
+            tail: new_tail,
+        })
     }
 
     fn preallocation_target(&self, needed: u64) -> u64 {
-        let seg_bytes = self.config.borrow().segment_bytes.max(BLOCK);
-        let step = PREALLOCATE_STEP.min(segment::align_up(seg_bytes));
-        needed.div_ceil(step).max(1) * step
+        segment::preallocation_target(needed, self.config.borrow().segment_bytes)
     }
 
     /// Seals the active segment that precedes `new_base`: it is fully written (flushes go in order);
@@ -629,10 +712,15 @@ impl PartitionLog {
                         return;
                     }
                     let policy = log.config.borrow().flush;
-                    match policy {
+                    let period = match policy {
                         FlushPolicy::Always => IDLE_FLUSH_INTERVAL,
                         FlushPolicy::IntervalMs(ms) => Duration::from_millis(ms.max(1)),
                         FlushPolicy::Never => NEVER_WRITE_INTERVAL,
+                    };
+                    if log.write_failure.borrow().is_some() {
+                        period.max(FAILED_WRITE_RETRY_INTERVAL)
+                    } else {
+                        period
                     }
                 };
                 glommio::timer::sleep(period).await;
@@ -651,8 +739,9 @@ impl PartitionLog {
                     continue;
                 }
                 if let Err(e) = log.flush(sync, end).await {
+                    // `note_flush` logged the failure once; this retries it until it succeeds.
                     if !matches!(e, LogError::Closed) {
-                        tracing::warn!(dir = ?log.dir, error = %e, "background flush failed");
+                        tracing::debug!(dir = ?log.dir, error = %e, "background flush failed");
                     }
                 }
             }

@@ -37,6 +37,11 @@ pub enum LogError {
     Truncating,
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
+    /// An append while the log's last write or fdatasync failed (a full disk, an I/O error) and no
+    /// retry has succeeded since: nothing more is buffered until the log can write again. Maps to
+    /// KAFKA_STORAGE_ERROR (retriable).
+    #[error("the log cannot write: {0}")]
+    StorageUnavailable(String),
     /// The log was closed or deleted.
     #[error("log is closed")]
     Closed,

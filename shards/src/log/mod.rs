@@ -13,7 +13,8 @@
 //! `.timeindex` (max timestamp -> relative offset) files with a checksummed trailer;
 //! `leader-epoch-checkpoint` holds where each leader epoch began; `log-restart` exists only while the
 //! log is being emptied and restarted at an offset (see `log_start`). Only the newest
-//! segment is ever written; it is preallocated in 64 MiB steps and cut to its logical size when sealed
+//! segment is ever written; it is preallocated in steps that grow with its data (64 KiB doubling up to
+//! 64 MiB, `segment::preallocation_target`) and cut to its logical size when sealed
 //! or closed. log_start is the base offset of the oldest segment file.
 //!
 //! Durability: with `flush=always` an offset counts as durable once an fdatasync that started after its
@@ -87,6 +88,12 @@ pub struct PartitionLog {
     /// three locks (`lock_exclusive`).
     sync_lock: glommio::sync::Semaphore,
     closed: Cell<bool>,
+    /// Why the last group commit or fdatasync failed, until one succeeds again (see `commit`):
+    /// appends are refused meanwhile, and the background flusher retries the buffered batches.
+    write_failure: RefCell<Option<String>>,
+    /// A failed group commit advanced staging positions past what was written: the next group
+    /// must stage from the written ends again (`commit::unstage_failed`).
+    must_unstage: Cell<bool>,
     /// A background flusher task is running (flush.ms / flush=never, and bounding unflushed memory).
     background: Cell<bool>,
     me: Weak<PartitionLog>,
@@ -240,6 +247,8 @@ impl PartitionLog {
             write_lock: glommio::sync::Semaphore::new(1),
             sync_lock: glommio::sync::Semaphore::new(1),
             closed: Cell::new(false),
+            write_failure: RefCell::new(None),
+            must_unstage: Cell::new(false),
             background: Cell::new(false),
             me: me.clone(),
         });
@@ -258,6 +267,22 @@ impl PartitionLog {
         } else {
             Ok(())
         }
+    }
+
+    /// Appends buffer batches for the next flush: refused while the log cannot write, so a full
+    /// disk does not turn into unbounded memory (producers retry on KAFKA_STORAGE_ERROR).
+    fn check_writable(&self) -> Result<(), LogError> {
+        self.check_open()?;
+        match &*self.write_failure.borrow() {
+            Some(why) => Err(LogError::StorageUnavailable(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Why the log cannot write now, if it cannot (its last write or fdatasync failed and no
+    /// retry has succeeded yet).
+    pub fn write_failure(&self) -> Option<String> {
+        self.write_failure.borrow().clone()
     }
 
     /// Leader append: validates every batch before appending any, assigns offsets by patching
@@ -288,7 +313,7 @@ impl PartitionLog {
         &self,
         records: &[u8],
     ) -> Result<(Vec<(BatchHeader, usize)>, LogConfig), LogError> {
-        self.check_open()?;
+        self.check_writable()?;
         let cfg = self.config.borrow().clone();
         let batches = batch::split_batches(records, cfg.max_batch_bytes)?;
         for (h, _) in &batches {
@@ -341,7 +366,7 @@ impl PartitionLog {
     /// Small ones are copied: a small slice of a larger receive buffer would otherwise pin all of it
     /// in the tail cache.
     pub fn append_replica(&self, batches: Bytes) -> Result<AppendInfo, LogError> {
-        self.check_open()?;
+        self.check_writable()?;
         let cfg = self.config.borrow().clone();
         let parsed = batch::split_batches(&batches, cfg.max_batch_bytes)?;
         let mut st = self.state.borrow_mut();
@@ -511,8 +536,10 @@ impl PartitionLog {
             return Ok(());
         }
         let end = self.state.borrow().log_end;
-        self.flush_locked(true, end).await?;
-        self.save_epochs(i64::MAX)?;
+        // Closed whatever the flush did: a log that cannot write (a full disk) still closes, and
+        // what it could not write was never acknowledged as durable under `flush=always`.
+        let flushed = self.flush_locked(true, end).await;
+        let saved = flushed.and_then(|()| self.save_epochs(i64::MAX));
         self.closed.set(true);
         let active = {
             let mut st = self.state.borrow_mut();
@@ -537,7 +564,7 @@ impl PartitionLog {
                 file.close().await?;
             }
         }
-        Ok(())
+        saved
     }
 
     /// DeleteTopics: closes the log and removes its directory.

@@ -14,8 +14,26 @@ use super::LogError;
 
 /// O_DIRECT writes are aligned to the disk's physical block (4096 here, logical 512).
 pub const BLOCK: u64 = 4096;
-/// Preallocation grows in steps of this much so flushes rarely change the file size.
-pub const PREALLOCATE_STEP: u64 = 64 << 20;
+/// The first preallocation of a segment: an idle partition (a few records) costs this much disk,
+/// not a whole step.
+pub const PREALLOCATE_MIN: u64 = 64 << 10;
+/// The largest preallocation step: a busy segment grows its file this much at a time, so flushes
+/// rarely change the file size (overwriting preallocated blocks is cheaper than growing the file).
+pub const PREALLOCATE_MAX_STEP: u64 = 64 << 20;
+
+/// The file size to preallocate for a segment that needs `needed` bytes, of at most `segment_bytes`.
+/// The step doubles with what the segment holds (64 KiB, 128 KiB, ... up to 64 MiB): the space
+/// reserved ahead of the data is at most what was written to the segment so far (or the first
+/// 64 KiB), so a partition that writes little reserves little, and one that writes a lot soon
+/// reaches the full step and changes its file size once every 64 MiB.
+pub fn preallocation_target(needed: u64, segment_bytes: u64) -> u64 {
+    let cap = PREALLOCATE_MAX_STEP.min(align_up(segment_bytes.max(BLOCK)));
+    let held = needed.max(1);
+    // The largest power of two not above what the segment holds.
+    let grown = 1u64 << (63 - held.leading_zeros());
+    let step = grown.clamp(PREALLOCATE_MIN.min(cap), cap);
+    needed.div_ceil(step).max(1) * step
+}
 /// Read-ahead of the batch scanner.
 const SCAN_CHUNK: usize = 256 << 10;
 
@@ -59,6 +77,8 @@ pub struct ActiveFile {
     pub staged: u64,
     /// Contents of the partial last block, [align_down(staged), staged): rewritten on the next flush.
     pub tail_block: Vec<u8>,
+    /// The same for `written`: where staging starts again after a failed group commit.
+    pub written_tail: Vec<u8>,
     /// File size reserved with fallocate.
     pub preallocated: u64,
 }
@@ -79,9 +99,16 @@ impl ActiveFile {
             reader,
             written: end,
             staged: end,
+            written_tail: tail_block.clone(),
             tail_block,
             preallocated,
         }
+    }
+
+    /// Forgets what a failed group commit staged: the next group stages from `written` again.
+    pub fn unstage(&mut self) {
+        self.staged = self.written;
+        self.tail_block = self.written_tail.clone();
     }
 }
 
@@ -353,6 +380,33 @@ mod tests {
         assert_eq!(parse_log_file_name("00000000000000000042.index"), None);
         assert_eq!(parse_log_file_name("42.log"), None);
         assert_eq!(parse_log_file_name("0000000000000000004x.log"), None);
+    }
+
+    #[test]
+    fn preallocation_starts_small_and_doubles_up_to_the_cap() {
+        let gib = 1 << 30;
+        // A new segment with one small batch reserves 64 KiB, not 64 MiB.
+        assert_eq!(preallocation_target(4096, gib), 64 << 10);
+        assert_eq!(preallocation_target(0, gib), 64 << 10);
+        // Each time the data reaches the reserved end, the next step is what the segment holds.
+        assert_eq!(preallocation_target((64 << 10) + 4096, gib), 128 << 10);
+        assert_eq!(preallocation_target((128 << 10) + 4096, gib), 256 << 10);
+        assert_eq!(preallocation_target((1 << 20) + 4096, gib), 2 << 20);
+        // Reserved ahead of the data: never more than the data itself (past the first step).
+        for needed in [(1u64 << 20) + 1, 5 << 20, 33 << 20, 100 << 20, 700 << 20] {
+            let target = preallocation_target(needed, gib);
+            assert!(target >= needed);
+            assert!(
+                target - needed <= needed.max(64 << 10),
+                "{needed} -> {target}"
+            );
+        }
+        // From 64 MiB of data on, the step stays 64 MiB.
+        assert_eq!(preallocation_target((64 << 20) + 1, gib), 128 << 20);
+        assert_eq!(preallocation_target((500 << 20) + 1, gib), 512 << 20);
+        // A small segment.bytes caps the step.
+        assert_eq!(preallocation_target(4096, 16 << 10), 16 << 10);
+        assert_eq!(preallocation_target(20 << 10, 16 << 10), 32 << 10);
     }
 
     #[test]
