@@ -31,9 +31,11 @@ use crate::server::shard::Shard;
 
 /// Acks queued for the writer before reading pauses.
 const MAX_PENDING_ACKS: usize = 1024;
-/// Bytes of a link's frames handed to partitions and not yet acknowledged, before reading pauses:
-/// one largest frame, so that any frame the decoder accepts fits.
-pub const LINK_UNACKED_BYTES: usize = wire::MAX_FRAME_BYTES;
+/// Bytes of a link's frames handed to partitions and not yet acknowledged, before reading pauses.
+/// A leader pushes at most 1 MiB per partition at a time, so this throttles only a link carrying
+/// very many busy partitions, or a peer that does not wait for acks; a frame larger than this (one
+/// batch of up to `wire::MAX_FRAME_BYTES`) takes the whole of it.
+pub const LINK_UNACKED_BYTES: usize = 64 << 20;
 /// What a frame counts against that bound beyond its records (the task and ack it holds).
 const FRAME_OVERHEAD: usize = 256;
 /// Links a shard serves at once, per registered broker and per shard of this broker: a leader
