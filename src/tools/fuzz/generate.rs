@@ -143,15 +143,18 @@ pub fn build(
                     .with_timestamp(*rng.pick(&[-1i64, -2, 0]))])])
             .encode(&mut traced, version)?,
         ApiKey::Metadata => {
-            let topics = (!rng.chance(20)).then(|| {
+            // v0 has no null (all topics) array; an empty one means all there.
+            let all_topics = rng.chance(20);
+            let topics = (version == 0 || !all_topics).then(|| {
                 vec![MetadataRequestTopic::default()
                     .with_name(Some(topic))
                     .with_topic_id(target.topic_id)]
             });
             MetadataRequest::default()
                 .with_topics(topics)
-                // Never create topics from what a mutation made of a name.
-                .with_allow_auto_topic_creation(false)
+                // Never create topics from what a mutation made of a name (v4+; before, a
+                // Metadata request never creates topics).
+                .with_allow_auto_topic_creation(version < 4)
                 .encode(&mut traced, version)?
         }
         ApiKey::ApiVersions => ApiVersionsRequest::default()
@@ -171,11 +174,15 @@ pub fn build(
             .with_timeout_ms(1000)
             .with_validate_only(true)
             .encode(&mut traced, version)?,
-        ApiKey::DeleteTopics => DeleteTopicsRequest::default()
-            .with_topic_names(vec![absent()])
-            .with_topics(vec![DeleteTopicState::default().with_name(Some(absent()))])
-            .with_timeout_ms(1000)
-            .encode(&mut traced, version)?,
+        ApiKey::DeleteTopics => {
+            let request = DeleteTopicsRequest::default().with_timeout_ms(1000);
+            if version >= 6 {
+                request.with_topics(vec![DeleteTopicState::default().with_name(Some(absent()))])
+            } else {
+                request.with_topic_names(vec![absent()])
+            }
+            .encode(&mut traced, version)?
+        }
         ApiKey::OffsetForLeaderEpoch => OffsetForLeaderEpochRequest::default()
             .with_replica_id(BrokerId(-1))
             .with_topics(vec![OffsetForLeaderTopic::default()
@@ -312,15 +319,26 @@ mod tests {
             })
             .collect();
         let all = templates(&advertised, &target(), &Rng::new(1));
+        let mut missing = Vec::new();
         for &(key, min, max) in &advertised {
             let api = ApiKey::try_from(key).unwrap();
             for v in min..=max {
-                assert!(
-                    all.iter().any(|t| t.key == api && t.version == v),
-                    "{api:?} v{v}"
-                );
+                let mut rng = Rng::new(1);
+                if let Err(e) = build(api, v, &target(), &mut rng) {
+                    missing.push(format!("{api:?} v{v}: {e}"));
+                }
+                // Every variant builds: no field is set that the version lacks.
+                if all
+                    .iter()
+                    .filter(|t| t.key == api && t.version == v)
+                    .count()
+                    != 3
+                {
+                    missing.push(format!("{api:?} v{v}: not every variant"));
+                }
             }
         }
+        assert!(missing.is_empty(), "{missing:#?}");
         // Produce finds its batch and its records length in both encodings.
         let kinds = |v: i16| -> Vec<Kind> {
             let t = all

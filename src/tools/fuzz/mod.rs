@@ -157,9 +157,20 @@ fn target(args: &FuzzArgs) -> Result<Target> {
     })
 }
 
-/// The whole run; Ok(number of failures).
+/// The whole run; Ok(number of failures). A failed run keeps the brokers' data and logs.
 fn run(args: &FuzzArgs) -> Result<u64> {
     let mut target = target(args)?;
+    let result = attack(args, &mut target);
+    if let Some(own) = target.own.as_mut() {
+        if !matches!(result, Ok(0)) {
+            own.keep = true;
+            println!("kept the brokers' data and logs in {}", own.dir().display());
+        }
+    }
+    result
+}
+
+fn attack(args: &FuzzArgs, target: &mut Target) -> Result<u64> {
     let sampler = target.pid.map(watch::RssSampler::start);
     let seed = Rng::new(args.seed);
     let timeout = Duration::from_millis(args.timeout_ms);
@@ -232,6 +243,13 @@ fn run(args: &FuzzArgs) -> Result<u64> {
             println!("  frame: {}", runner::hex(&frame));
         }
         println!("known frame: {name}: {verdict}");
+        if broker_exited(target) {
+            break;
+        }
+    }
+    if broker_exited(target) {
+        failures += check_broker(args, target, sampler.as_ref(), &expected);
+        return Ok(failures.max(1));
     }
 
     // The Kafka listener.
@@ -338,14 +356,15 @@ fn run(args: &FuzzArgs) -> Result<u64> {
         failures += (t.lingering.len() + t.connect_errors.len()) as u64;
     }
 
-    failures += check_broker(args, &mut target, sampler.as_ref(), &expected);
-    if let Some(own) = target.own.as_mut() {
-        if failures > 0 {
-            own.keep = true;
-            println!("kept the brokers' data and logs in {}", own.dir().display());
-        }
-    }
+    failures += check_broker(args, target, sampler.as_ref(), &expected);
     Ok(failures)
+}
+
+fn broker_exited(target: &mut Target) -> bool {
+    target
+        .own
+        .as_mut()
+        .is_some_and(|own| own.exit_status().is_some())
 }
 
 /// After the run: alive, log clean, RSS under the limit, data intact, a new client served.
@@ -359,7 +378,7 @@ fn check_broker(
     let alive = match (target.own.as_mut(), target.pid) {
         (Some(own), _) => match own.exit_status() {
             Some(status) => {
-                println!("FAILURE broker exited: {status}\n{}", own.log_tail(40));
+                println!("FAILURE broker exited: {status}\n{}", own.log_tail(15));
                 false
             }
             None => true,
