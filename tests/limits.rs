@@ -199,3 +199,26 @@ fn connections_beyond_max_connections_are_refused() {
     }
     assert!(broker.stop().success());
 }
+
+/// fetch.max.bytes: a broker-side cap on every fetch response, whatever the request asks for
+/// (whole batches; the first one is served even if larger, as Kafka does).
+#[test]
+fn fetch_responses_are_capped_by_fetch_max_bytes() {
+    let mut broker = Broker::start_with_args(&["--fetch-max-bytes", "100000"]);
+    let mut client = broker.client();
+    assert_eq!(client.create_topic("t", 1).topics[0].error_code, 0);
+    let value = vec![b'v'; 30_000];
+    for _ in 0..10 {
+        assert_eq!(client.produce("t", 1, &[(0, batch(&[&value], 0))])[0].1, 0);
+    }
+    // The request allows 50 MiB.
+    let data = client.fetch("t", 0, 0, 50 << 20);
+    let records = data.records.unwrap_or_default();
+    assert!(
+        !records.is_empty() && records.len() <= 100_000,
+        "{} bytes",
+        records.len()
+    );
+    assert_eq!(client.read_all("t", 0, 0).len(), 10);
+    assert!(broker.stop().success());
+}
