@@ -326,9 +326,11 @@ fn raft_message(rng: &mut Rng) -> Vec<u8> {
     m.log_term = *rng.pick(&[0u64, 1, u64::MAX]);
     m.commit = *rng.pick(&[0u64, 1, u64::MAX]);
     if rng.chance(30) {
-        let mut e = Entry::default();
-        e.data = Bytes::from(rng.bytes_below(0, 64));
-        m.entries = vec![e].into();
+        let entry = Entry {
+            data: Bytes::from(rng.bytes_below(0, 64)),
+            ..Default::default()
+        };
+        m.entries = vec![entry].into();
     }
     m.write_to_bytes().unwrap_or_default()
 }
