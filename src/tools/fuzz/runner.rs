@@ -438,3 +438,81 @@ pub fn declared_wait(frame: &Frame) -> Duration {
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tools::fuzz::generate::{self, Target};
+    use std::net::TcpListener;
+
+    /// A plan of `frames` ApiVersions-based frames against `address`.
+    fn plan(address: String, frames: u64) -> Plan {
+        let target = Target {
+            topic: "fz".into(),
+            topic_id: uuid::Uuid::nil(),
+            partitions: 1,
+            broker_id: 1,
+        };
+        let advertised = vec![(18, 0, 4)];
+        Plan {
+            address,
+            templates: generate::templates(&advertised, &target, &Rng::new(1)),
+            advertised,
+            frames,
+            connections: 2,
+            window: 4,
+            timeout: Duration::from_millis(300),
+            max_declared_wait: Duration::from_secs(60),
+            seed: Rng::new(3),
+            deadline: Instant::now() + Duration::from_secs(60),
+        }
+    }
+
+    /// A fake broker: accepts connections and hands each to `serve`.
+    fn fake_broker(serve: fn(TcpStream)) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap().to_string();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                std::thread::spawn(move || serve(stream));
+            }
+        });
+        address
+    }
+
+    #[test]
+    fn a_broker_that_neither_answers_nor_closes_fails_the_run() {
+        let address = fake_broker(|mut stream| {
+            // Read everything, answer nothing, never close (even after the client's end of stream).
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stream.read(&mut buf) {
+                if n == 0 {
+                    std::thread::sleep(Duration::from_secs(30));
+                    return;
+                }
+            }
+        });
+        let tally = Arc::new(Tally::default());
+        run(Arc::new(plan(address, 4)), tally.clone());
+        let failed = tally.failed.lock().unwrap();
+        assert!(!failed.is_empty());
+        assert!(
+            failed[0].what.contains("no answer and no close"),
+            "{}",
+            failed[0].what
+        );
+    }
+
+    #[test]
+    fn a_broker_that_closes_on_every_frame_passes() {
+        let address = fake_broker(|mut stream| {
+            let mut buf = [0u8; 1];
+            let _ = stream.read(&mut buf);
+        });
+        let tally = Arc::new(Tally::default());
+        run(Arc::new(plan(address, 50)), tally.clone());
+        assert_eq!(tally.failures.load(Ordering::Relaxed), 0);
+        // Every frame settles (closed on), frames behind a closing one included.
+        assert_eq!(tally.settled(), 50);
+    }
+}
