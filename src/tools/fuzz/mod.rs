@@ -159,6 +159,9 @@ fn target(args: &FuzzArgs) -> Result<Target> {
 
 /// The whole run; Ok(number of failures). A failed run keeps the brokers' data and logs.
 fn run(args: &FuzzArgs) -> Result<u64> {
+    // Ctrl-C and SIGTERM end the run early; the brokers (in their own process group) are still
+    // stopped and the summary printed.
+    chronik_bench::interrupt::install();
     let mut target = target(args)?;
     let result = attack(args, &mut target);
     if let Some(own) = target.own.as_mut() {
@@ -305,6 +308,19 @@ fn attack(args: &FuzzArgs, target: &mut Target) -> Result<u64> {
         tally.failures.load(Ordering::Relaxed),
     );
     failures += tally.failures.load(Ordering::Relaxed);
+    if chronik_bench::interrupt::interrupted() {
+        println!("interrupted after {settled} of {} frames", args.frames);
+        failures += 1;
+    } else if settled
+        + tally.abandoned.load(Ordering::Relaxed)
+        + tally.failures.load(Ordering::Relaxed)
+        < args.frames
+    {
+        println!(
+            "note: --duration {} s ended the run after {settled} of {} frames",
+            args.duration, args.frames
+        );
+    }
     for f in tally
         .failed
         .lock()
@@ -332,6 +348,11 @@ fn attack(args: &FuzzArgs, target: &mut Target) -> Result<u64> {
         ports.push((peers::Port::Control, rpc.clone()));
     }
     for (i, (port, address)) in ports.into_iter().enumerate() {
+        if chronik_bench::interrupt::interrupted() {
+            println!("interrupted: the {port:?} port was not fuzzed");
+            failures += 1;
+            continue;
+        }
         let started = Instant::now();
         let t = peers::run(
             port,

@@ -40,6 +40,13 @@ pub struct Plan {
     pub deadline: Instant,
 }
 
+impl Plan {
+    /// Past the deadline, or Ctrl-C / SIGTERM: send nothing more.
+    pub fn over(&self) -> bool {
+        Instant::now() >= self.deadline || chronik_bench::interrupt::interrupted()
+    }
+}
+
 /// One broken rule.
 #[derive(Debug, Clone)]
 pub struct Failure {
@@ -147,7 +154,7 @@ pub fn frame(plan: &Plan, n: u64) -> Frame {
 
 fn worker(plan: &Plan, tally: &Tally, next: &AtomicU64) {
     let mut exhausted = false;
-    while (!exhausted || tally.has_retry()) && Instant::now() < plan.deadline {
+    while (!exhausted || tally.has_retry()) && !plan.over() {
         // Windows from 1 to plan.window: a deep pipeline, and connections where every frame
         // meets the broker fresh.
         let index = tally.connections.fetch_add(1, Ordering::Relaxed);
@@ -200,7 +207,7 @@ impl Conn {
         loop {
             while !self.done_sending && self.outstanding.len() < self.window {
                 let n = tally.next_frame(next);
-                if n >= plan.frames || Instant::now() >= plan.deadline {
+                if n >= plan.frames || plan.over() {
                     exhausted = true;
                     self.done_sending = true;
                     break;
