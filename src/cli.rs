@@ -88,6 +88,35 @@ pub struct StartArgs {
     /// would spin a shard's CPU whenever a write is in flight.
     #[arg(long)]
     pub overprovisioned: bool,
+    /// Largest request frame a client may send (Kafka's socket.request.max.bytes); a larger
+    /// length prefix closes the connection [default: 104857600].
+    #[arg(long)]
+    pub socket_request_max_bytes: Option<usize>,
+    /// Request bytes the broker holds at once, all shards together (Kafka's
+    /// queued.max.request.bytes); connections wait for memory rather than allocate. Each shard
+    /// gets its share, at least socket-request-max-bytes [default: 536870912].
+    #[arg(long)]
+    pub queued_max_request_bytes: Option<usize>,
+    /// Kafka connections at once (Kafka's max.connections); more are closed at accept
+    /// [default: 10000].
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    /// Largest fetch response, whatever the request asks (Kafka's fetch.max.bytes)
+    /// [default: 57671680].
+    #[arg(long)]
+    pub fetch_max_bytes: Option<usize>,
+    /// A client that takes no bytes of its answers for this long is disconnected
+    /// [default: 30000].
+    #[arg(long)]
+    pub response_write_timeout_ms: Option<u64>,
+    /// How long a request frame may take to arrive once its length is read, plus one second per
+    /// MiB it announces [default: 30000].
+    #[arg(long)]
+    pub request_read_timeout_ms: Option<u64>,
+    /// A connection that sends nothing for this long is closed (Kafka's
+    /// connections.max.idle.ms) [default: 600000].
+    #[arg(long)]
+    pub connections_max_idle_ms: Option<u64>,
     /// Produce is refused with KAFKA_STORAGE_ERROR while the data directory's filesystem has less
     /// than this many bytes available (Redpanda's storage_min_free_bytes); reads, replication and
     /// deletes go on [default: 1 GiB, but at most 5% of the filesystem's size; 0 turns it off].

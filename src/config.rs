@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use crate::cli::StartArgs;
+use crate::server::limits::{self, Limits};
 
 /// `replica.lag.time.max.ms` when not configured (Kafka's default).
 pub const DEFAULT_REPLICA_LAG_TIME_MAX_MS: u64 = 30_000;
@@ -35,6 +36,8 @@ pub struct BrokerConfig {
     /// `storage_min_free_bytes` as configured; None: the default, which depends on the
     /// filesystem's size (`server::disk_space::threshold`).
     pub storage_min_free_bytes: Option<u64>,
+    /// What a client connection may hold.
+    pub limits: Limits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +82,13 @@ struct FileConfig {
     overprovisioned: Option<bool>,
     #[serde(alias = "storage_min_free_bytes")]
     storage_min_free_bytes: Option<u64>,
+    socket_request_max_bytes: Option<usize>,
+    queued_max_request_bytes: Option<usize>,
+    max_connections: Option<usize>,
+    fetch_max_bytes: Option<usize>,
+    response_write_timeout_ms: Option<u64>,
+    request_read_timeout_ms: Option<u64>,
+    connections_max_idle_ms: Option<u64>,
 }
 
 /// `peers` in the file: either "1@h:p,2@h:p" or ["1@h:p", "2@h:p"] (`=` works too).
@@ -107,6 +117,7 @@ impl BrokerConfig {
             None => FileConfig::default(),
         };
 
+        let limits = resolve_limits(args, &file)?;
         let node_id = args.node_id.or(file.node_id).unwrap_or(1);
         if node_id < 0 {
             return Err(invalid("node-id", node_id.to_string(), "must be >= 0"));
@@ -178,8 +189,71 @@ impl BrokerConfig {
             log_retention_check_interval_ms,
             overprovisioned: args.overprovisioned || file.overprovisioned.unwrap_or(false),
             storage_min_free_bytes: args.storage_min_free_bytes.or(file.storage_min_free_bytes),
+            limits,
         })
     }
+}
+
+/// The connection limits: flags over the file over the defaults of `server::limits`.
+fn resolve_limits(args: &StartArgs, file: &FileConfig) -> Result<Limits, ConfigError> {
+    let positive =
+        |key: &'static str, given: Option<usize>, default: usize| match given.unwrap_or(default) {
+            0 => Err(invalid(key, "0".into(), "must be > 0")),
+            n => Ok(n),
+        };
+    let ms = |key, flag: Option<u64>, file: Option<u64>, default| {
+        positive_ms(key, flag.or(file), default).map(std::time::Duration::from_millis)
+    };
+    let socket_request_max_bytes = positive(
+        "socket-request-max-bytes",
+        args.socket_request_max_bytes
+            .or(file.socket_request_max_bytes),
+        limits::DEFAULT_SOCKET_REQUEST_MAX_BYTES,
+    )?;
+    if socket_request_max_bytes > i32::MAX as usize {
+        return Err(invalid(
+            "socket-request-max-bytes",
+            socket_request_max_bytes.to_string(),
+            "must fit a frame's 31-bit length",
+        ));
+    }
+    Ok(Limits {
+        socket_request_max_bytes,
+        queued_max_request_bytes: positive(
+            "queued-max-request-bytes",
+            args.queued_max_request_bytes
+                .or(file.queued_max_request_bytes),
+            limits::DEFAULT_QUEUED_MAX_REQUEST_BYTES,
+        )?,
+        max_connections: positive(
+            "max-connections",
+            args.max_connections.or(file.max_connections),
+            limits::DEFAULT_MAX_CONNECTIONS,
+        )?,
+        fetch_max_bytes: positive(
+            "fetch-max-bytes",
+            args.fetch_max_bytes.or(file.fetch_max_bytes),
+            limits::DEFAULT_FETCH_MAX_BYTES,
+        )?,
+        response_write_timeout: ms(
+            "response-write-timeout-ms",
+            args.response_write_timeout_ms,
+            file.response_write_timeout_ms,
+            limits::DEFAULT_RESPONSE_WRITE_TIMEOUT_MS,
+        )?,
+        request_read_timeout: ms(
+            "request-read-timeout-ms",
+            args.request_read_timeout_ms,
+            file.request_read_timeout_ms,
+            limits::DEFAULT_REQUEST_READ_TIMEOUT_MS,
+        )?,
+        connections_max_idle: ms(
+            "connections-max-idle-ms",
+            args.connections_max_idle_ms,
+            file.connections_max_idle_ms,
+            limits::DEFAULT_CONNECTIONS_MAX_IDLE_MS,
+        )?,
+    })
 }
 
 /// A duration setting in milliseconds (flag, else file, else `default`): 0 is refused.
@@ -277,6 +351,43 @@ mod tests {
         assert_eq!(config.log_retention_check_interval_ms, 30_000);
         assert!(!config.overprovisioned);
         assert_eq!(config.storage_min_free_bytes, None);
+        assert_eq!(config.limits, Limits::default());
+    }
+
+    #[test]
+    fn limits_from_flags_and_file() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(
+            file,
+            "max-connections = 50\nfetch-max-bytes = 1048576\nresponse-write-timeout-ms = 2000"
+        )
+        .unwrap();
+        let args = StartArgs {
+            config: Some(file.path().to_path_buf()),
+            max_connections: Some(7),
+            socket_request_max_bytes: Some(1 << 20),
+            ..StartArgs::default()
+        };
+        let limits = BrokerConfig::resolve(&args, 2).unwrap().limits;
+        assert_eq!(limits.max_connections, 7);
+        assert_eq!(limits.fetch_max_bytes, 1 << 20);
+        assert_eq!(limits.socket_request_max_bytes, 1 << 20);
+        assert_eq!(
+            limits.response_write_timeout,
+            std::time::Duration::from_secs(2)
+        );
+        for bad in [
+            StartArgs {
+                max_connections: Some(0),
+                ..StartArgs::default()
+            },
+            StartArgs {
+                socket_request_max_bytes: Some(1 << 31),
+                ..StartArgs::default()
+            },
+        ] {
+            assert!(BrokerConfig::resolve(&bad, 2).is_err());
+        }
     }
 
     #[test]

@@ -432,7 +432,17 @@ fn append_on_owner(
             // One deadline for the whole request: the parts wait one after
             // another, so a per-part timeout would add up.
             let waited = match acks {
-                Acks::None => Ok(()),
+                // Nothing to wait for but room: the log's unwritten queue is bounded.
+                Acks::None => {
+                    until(deadline, async {
+                        partition
+                            .log
+                            .make_room()
+                            .await
+                            .map_err(|e| errors::log_error_code(&e))
+                    })
+                    .await
+                }
                 Acks::Leader => {
                     until(deadline, async {
                         partition

@@ -3,6 +3,7 @@
 
 pub mod connection;
 pub mod disk_space;
+pub mod limits;
 pub mod shard;
 mod shard_exit;
 pub mod signals;
@@ -91,6 +92,7 @@ pub fn run(config: BrokerConfig) -> Result<(), String> {
             config.log_retention_check_interval_ms,
         ),
         io_polling: !config.overprovisioned,
+        limits: config.limits.clone(),
     };
     let spec = ShardSpec {
         cpus,

@@ -216,6 +216,11 @@ impl LogState {
     }
 }
 
+/// Appended bytes a log holds unwritten before appends that wait for nothing (acks=0) wait for
+/// the disk (`PartitionLog::make_room`). Appends that wait for durability are bounded by the
+/// request memory they hold until answered.
+pub const MAX_UNWRITTEN_BYTES: usize = 16 << 20;
+
 /// Appends at least this large keep the received buffer instead of copying it (a leader append
 /// patches it in place when nothing else holds it). Smaller ones are copied: a small slice of a larger
 /// receive buffer would otherwise pin all of it in the tail cache.
@@ -435,6 +440,28 @@ impl PartitionLog {
     /// Next offset to assign.
     pub fn log_end_offset(&self) -> i64 {
         self.state.borrow().log_end
+    }
+
+    /// Bytes appended but not yet written to their segment files.
+    pub fn unwritten_bytes(&self) -> usize {
+        self.state
+            .borrow()
+            .pending
+            .iter()
+            .map(|w| w.data.len())
+            .sum()
+    }
+
+    /// Backpressure for appends that wait for nothing else (acks=0): while more than
+    /// [`MAX_UNWRITTEN_BYTES`] are appended and unwritten, writes them out (no fdatasync: the bound
+    /// is on memory, durability is the flush policy's business) before returning. A producer that
+    /// outruns the disk then waits for it instead of growing the queue.
+    pub async fn make_room(&self) -> Result<(), LogError> {
+        if self.unwritten_bytes() <= MAX_UNWRITTEN_BYTES {
+            return Ok(());
+        }
+        let end = self.log_end_offset();
+        self.flush(false, end).await
     }
 
     /// Every offset below is durable under the flush policy.
