@@ -319,6 +319,17 @@ fn produce_round(
     per_batch: usize,
     acked: &mut [Vec<Bytes>],
 ) -> Vec<i16> {
+    produce_round_acks(client, topic, 1, round, per_batch, acked)
+}
+
+fn produce_round_acks(
+    client: &mut Client,
+    topic: &str,
+    acks: i16,
+    round: usize,
+    per_batch: usize,
+    acked: &mut [Vec<Bytes>],
+) -> Vec<i16> {
     let sent: Vec<Vec<Vec<u8>>> = (0..acked.len())
         .map(|p| records(p, round, per_batch))
         .collect();
@@ -328,7 +339,7 @@ fn produce_round(
         .map(|(p, values)| (p as i32, batch_of(values)))
         .collect();
     let mut errors = Vec::new();
-    for (p, code, _) in client.produce(topic, 1, &parts) {
+    for (p, code, _) in client.produce(topic, acks, &parts) {
         if code == 0 {
             acked[p as usize].extend(sent[p as usize].iter().map(|v| Bytes::from(v.clone())));
         } else {
@@ -423,7 +434,8 @@ fn a_full_disk_refuses_produce_keeps_acknowledged_records_and_recovers() {
 
 /// With no free-space threshold, a write that fails with ENOSPC answers its waiting produce at
 /// once with KAFKA_STORAGE_ERROR (not a timeout, not NOT_LEADER_OR_FOLLOWER), hides nothing
-/// acknowledged, and the partition writes again once space is freed.
+/// acknowledged, and the partition writes again once space is freed. The first failure meets an
+/// acks=all wait, the next acks=1.
 #[test]
 fn enospc_fails_waiting_produce_with_an_error_and_the_log_continues() {
     let Some(fs) = LoopFs::mount_or_skip("enospc", 100) else {
@@ -449,7 +461,7 @@ fn enospc_fails_waiting_produce_with_an_error_and_the_log_continues() {
     // 256 KB batches: each soon needs more of the segment file than is preallocated.
     let mut refused = Vec::new();
     for round in 1..400 {
-        refused = produce_round(&mut client, "nospace", round, 256, &mut acked);
+        refused = produce_round_acks(&mut client, "nospace", -1, round, 256, &mut acked);
         if !refused.is_empty() {
             break;
         }
