@@ -40,9 +40,7 @@ pub fn set_aside(data_dir: &Path, image: &MetadataImage) -> usize {
         if claimed {
             continue;
         }
-        let millis = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis());
+        let millis = crate::replication::clock::wall_ms();
         let target = data_dir.join(format!("{name}{ORPHAN_SUFFIX}-{millis}"));
         match std::fs::rename(entry.path(), &target) {
             Ok(()) => {

@@ -135,9 +135,8 @@ pub async fn run_retention(shard: Rc<Shard>, interval: Duration) {
         if stop {
             return;
         }
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
+        // Retention compares record timestamps, which are dates: the wall clock is right here.
+        let now_ms = i64::try_from(crate::replication::clock::wall_ms()).unwrap_or(i64::MAX);
         for partition in shard.partitions.all() {
             // Never past the high watermark: what is not committed yet stays.
             let committed = partition.high_watermark();

@@ -12,6 +12,7 @@ use futures_lite::FutureExt;
 use tracing::{debug, info, warn};
 
 use super::ack_tracker::{AckFailure, AckTracker, Completion};
+use super::clock;
 use super::epoch_lookup;
 use super::isr::IsrTracker;
 use super::wire::{self, Frame, WirePartition};
@@ -32,10 +33,15 @@ const HOUSEKEEPING: Duration = Duration::from_millis(100);
 
 type Waiter = oneshot::Sender<Result<(), AckFailure>>;
 
+/// The leader's `now` for ack deadlines and follower lag: monotonic, so a wall-clock step neither
+/// times out every acks=all waiter nor makes every follower look an hour behind.
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    clock::monotonic_ms()
+}
+
+/// The deadline, on the `now_ms` clock, of a wait of `timeout` starting now.
+pub fn deadline_ms(timeout: Duration) -> u64 {
+    clock::monotonic_deadline_ms(timeout)
 }
 
 /// Where the leader stands with one follower.
@@ -214,7 +220,7 @@ impl LeaderState {
     /// acks=all: resolves once the high watermark reaches `end_offset`, or with why not.
     pub async fn wait(&self, end_offset: i64, timeout: Duration) -> Result<(), AckFailure> {
         let (tx, rx) = oneshot::channel();
-        let deadline = now_ms() + timeout.as_millis() as u64;
+        let deadline = deadline_ms(timeout);
         let immediate = self.tracker.borrow_mut().wait(end_offset, deadline, tx);
         if let Some(c) = immediate {
             return c.result;

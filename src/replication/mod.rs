@@ -15,6 +15,7 @@
 
 pub mod ack_tracker;
 pub mod admission;
+pub mod clock;
 pub mod epoch_lookup;
 pub mod epochs;
 pub mod follower;
