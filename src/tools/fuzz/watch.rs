@@ -72,11 +72,15 @@ impl OwnBroker {
                 .with_context(|| format!("starting {}", binary.display()))?;
             broker.children.push((spec.id, child));
         }
-        broker.wait_ready(specs.len())?;
+        let listeners: Vec<String> = specs.iter().map(|s| s.listen.clone()).collect();
+        broker.wait_ready(&listeners)?;
         Ok(broker)
     }
 
-    fn wait_ready(&mut self, nodes: usize) -> Result<()> {
+    /// Waits until broker 1 lists every broker and a controller, and every listener answers
+    /// (a broker is registered a moment before it serves Kafka).
+    fn wait_ready(&mut self, listeners: &[String]) -> Result<()> {
+        let nodes = listeners.len();
         let deadline = Instant::now() + Duration::from_secs(90);
         let mut last = String::new();
         while Instant::now() < deadline {
@@ -86,10 +90,17 @@ impl OwnBroker {
                     self.log_tail(30)
                 );
             }
+            let all_serve = || {
+                listeners
+                    .iter()
+                    .all(|l| Connection::connect(l, Duration::from_secs(2)).is_ok())
+            };
             match Connection::connect(&self.kafka, Duration::from_secs(2))
                 .and_then(|mut c| c.metadata(Some(&[])))
             {
-                Ok(md) if md.brokers.len() >= nodes && md.controller_id.0 >= 0 => return Ok(()),
+                Ok(md) if md.brokers.len() >= nodes && md.controller_id.0 >= 0 && all_serve() => {
+                    return Ok(())
+                }
                 Ok(md) => last = format!("Metadata lists {} of {nodes} brokers", md.brokers.len()),
                 Err(e) => last = e.to_string(),
             }
