@@ -244,9 +244,10 @@ pub fn build(
     }))
 }
 
-/// A topic name nothing creates.
+/// A topic name nothing creates; no prefix of it names a topic that exists (a shortened string
+/// length must not turn it into the fuzzer's own topic).
 fn absent() -> TopicName {
-    TopicName(StrBytes::from_static_str("chronik-fuzz-absent"))
+    TopicName(StrBytes::from_static_str("absent-chronik-topic"))
 }
 
 /// A RecordBatch (magic 2, uncompressed) of one to three records with keys, values and a header.

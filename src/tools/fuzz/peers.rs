@@ -350,7 +350,7 @@ fn rpc(rng: &mut Rng) -> Vec<u8> {
         _ => Rpc::Forward {
             id: rng.next_u64(),
             request: ClientRequest::DeleteTopics {
-                names: vec!["chronik-fuzz-absent".into()],
+                names: vec!["absent-chronik-topic".into()],
             },
         },
     };
