@@ -1,7 +1,7 @@
 //! Free space of the data directory, watched so that a filling disk refuses produce before it
 //! refuses writes (Redpanda's `storage_min_free_bytes`).
 //!
-//! A thread checks the filesystem with statvfs every second (one syscall). Below the threshold
+//! A thread checks the filesystem with statvfs every 250 ms (one syscall). Below the threshold
 //! produce is answered with KAFKA_STORAGE_ERROR (56): Kafka's code for a log directory that cannot
 //! be written, and retriable, so clients keep retrying and resume by themselves once space is
 //! freed. Everything that reads or frees space goes on: fetch, metadata, ListOffsets, replication
@@ -18,8 +18,9 @@ use chronik_shards::runtime::Shutdown;
 pub const DEFAULT_MIN_FREE_BYTES: u64 = 1 << 30;
 /// ...but never more than this share of the filesystem (1/20 = 5%), so small disks work.
 const DEFAULT_MAX_SHARE_DIVISOR: u64 = 20;
-/// How often the free space is checked.
-const CHECK_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the free space is checked: a producer writing 100 MB/s overshoots the threshold by
+/// at most 25 MB, and a statvfs costs microseconds.
+const CHECK_INTERVAL: Duration = Duration::from_millis(250);
 /// While produce is refused, the warning is repeated this often (not once per request).
 const REMIND_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -102,7 +103,7 @@ pub fn produce_refusal() -> Option<String> {
     WATCH.get().and_then(|w| w.refusal())
 }
 
-/// Measures the data directory now and then every second until shutdown, on a thread of its
+/// Measures the data directory now and then every 250 ms until shutdown, on a thread of its
 /// own. Fails if the directory cannot be measured at all.
 pub fn start(dir: &Path, configured: Option<u64>, shutdown: Shutdown) -> std::io::Result<()> {
     let watch = Arc::new(DiskSpace::new(dir.to_path_buf(), configured));
