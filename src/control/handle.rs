@@ -111,6 +111,7 @@ struct Inner {
     requests: crossbeam_channel::Sender<Request>,
     published: Arc<Published>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    death: Arc<super::death::DeathWatch>,
 }
 
 /// Starts the control core (its own thread, pinned to `control_core` when given, running the
@@ -149,25 +150,29 @@ pub fn start(config: ControlConfig) -> Result<ControlHandle, ControlError> {
     let control_core = config.control_core;
     let thread_published = Arc::clone(&published);
     let inbox = requests.clone();
+    let death = Arc::new(super::death::DeathWatch::default());
+    let thread_death = Arc::clone(&death);
     let thread = std::thread::Builder::new()
         .name("chronik-control".into())
         .spawn(move || {
             if let Some(core) = control_core {
                 pin_to_core(core);
             }
-            match ControlNode::new(
-                config,
-                incarnation,
-                receiver,
-                inbox,
-                thread_published,
-                ready_tx.clone(),
-            ) {
-                Ok(node) => node.run(),
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e));
+            thread_death.guard(|| {
+                match ControlNode::new(
+                    config,
+                    incarnation,
+                    receiver,
+                    inbox,
+                    thread_published,
+                    ready_tx.clone(),
+                ) {
+                    Ok(node) => node.run(),
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                    }
                 }
-            }
+            })
         })
         .map_err(|e| ControlError::Internal(format!("spawning the control thread: {e}")))?;
     let handle = ControlHandle {
@@ -178,6 +183,7 @@ pub fn start(config: ControlConfig) -> Result<ControlHandle, ControlError> {
             requests,
             published,
             thread: Mutex::new(Some(thread)),
+            death,
         }),
     };
     match ready_rx.recv_timeout(start_timeout) {
@@ -377,6 +383,12 @@ impl ControlHandle {
             Ok(result) => result,
             Err(_) => ClientResult::all_failed(kind, parts, stopped()),
         }
+    }
+
+    /// Calls `watcher` with the cause if the control thread dies (at once if it has): the broker
+    /// must not go on serving from an image that no longer moves.
+    pub fn on_death(&self, watcher: impl FnOnce(&str) + Send + 'static) {
+        self.inner.death.watch(watcher);
     }
 
     /// Stops the control thread (pending requests are answered NOT_CONTROLLER) and waits for it.

@@ -24,6 +24,7 @@ pub mod assignment;
 #[cfg(test)]
 mod cluster_tests;
 pub mod command;
+mod death;
 pub mod error;
 pub mod forward;
 mod handle;

@@ -383,7 +383,9 @@ impl ControlNode {
         match request {
             Request::Client { request, reply } => self.handle_client(request, reply),
             Request::Raft(message) => {
-                if let Err(e) = self.raw.step(*message) {
+                if let Some(why) = unfit_for_step(&message, self.config.node_id) {
+                    tracing::warn!(from = message.from, "raft message dropped: {why}");
+                } else if let Err(e) = self.raw.step(*message) {
                     tracing::debug!("raft message rejected: {e}");
                 }
             }
@@ -1154,5 +1156,53 @@ mod tests {
         assert_eq!(raft_id(0), 1);
         assert_eq!(node_id_of(raft_id(7)), Some(7));
         assert_eq!(node_id_of(0), None);
+    }
+}
+
+/// Why a raft message from the network must not reach `RawNode::step`, if it must not. raft-rs
+/// takes a message of term 0 for a local one: a vote request of term 0 from a peer makes it answer
+/// with term 0, which it asserts never happens (the fuzzer's control-thread panic). Only proposals
+/// and read-index requests travel with term 0; local message types never travel.
+fn unfit_for_step(message: &raft::eraftpb::Message, me: i32) -> Option<&'static str> {
+    use raft::eraftpb::MessageType;
+    if message.to != me as u64 {
+        return Some("addressed to another node");
+    }
+    if raft::raw_node::is_local_msg(message.get_msg_type()) {
+        return Some("a local message type");
+    }
+    let term_zero_allowed = matches!(
+        message.get_msg_type(),
+        MessageType::MsgPropose | MessageType::MsgReadIndex
+    );
+    if message.term == 0 && !term_zero_allowed {
+        return Some("term 0");
+    }
+    None
+}
+
+#[cfg(test)]
+mod step_filter_tests {
+    use super::*;
+    use raft::eraftpb::{Message, MessageType};
+
+    fn message(kind: MessageType, term: u64, to: u64) -> Message {
+        let mut m = Message::default();
+        m.set_msg_type(kind);
+        m.term = term;
+        m.to = to;
+        m.from = 2;
+        m
+    }
+
+    #[test]
+    fn only_network_messages_with_a_term_reach_the_raft_node() {
+        assert!(unfit_for_step(&message(MessageType::MsgRequestPreVote, 0, 1), 1).is_some());
+        assert!(unfit_for_step(&message(MessageType::MsgRequestVote, 0, 1), 1).is_some());
+        assert!(unfit_for_step(&message(MessageType::MsgAppend, 3, 7), 1).is_some());
+        assert!(unfit_for_step(&message(MessageType::MsgHup, 3, 1), 1).is_some());
+        assert!(unfit_for_step(&message(MessageType::MsgRequestPreVote, 3, 1), 1).is_none());
+        assert!(unfit_for_step(&message(MessageType::MsgPropose, 0, 1), 1).is_none());
+        assert!(unfit_for_step(&message(MessageType::MsgHeartbeat, 2, 1), 1).is_none());
     }
 }

@@ -60,6 +60,17 @@ pub fn run(config: BrokerConfig) -> Result<(), String> {
     })
     .map_err(|e| format!("cannot start the control plane: {e}"))?;
 
+    // A broker whose control plane died must not serve from an image that no longer moves.
+    let control_died = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    {
+        let (shutdown, died) = (shutdown.clone(), control_died.clone());
+        control.on_death(move |why| {
+            error!("stopping the broker: its control plane died ({why})");
+            died.store(true, std::sync::atomic::Ordering::SeqCst);
+            shutdown.trigger();
+        });
+    }
+
     // Before any shard opens a log: directories of deleted topics must not be
     // mistaken for a new topic's.
     crate::partitions::orphans::set_aside(&config.data_dir, &control.image());
@@ -140,6 +151,9 @@ pub fn run(config: BrokerConfig) -> Result<(), String> {
         }
     }
     futures_lite::future::block_on(control.shutdown());
+    if control_died.load(std::sync::atomic::Ordering::SeqCst) && result.is_ok() {
+        result = Err("the control plane died".to_string());
+    }
     // Only a controller proposes: this count shows which brokers ever were one.
     let proposals_made = control.proposals_made();
     if result.is_ok() {
