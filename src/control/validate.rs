@@ -17,6 +17,38 @@ use super::{BrokerDefaults, NewTopic};
 
 /// chronik's upper bound on partitions per topic, so that one request cannot exhaust memory.
 pub const MAX_PARTITIONS: i32 = 100_000;
+/// Partition replicas one broker may hold, all topics together (as Redpanda bounds partitions per
+/// shard): a CreateTopics or CreatePartitions past it is refused, so that one request cannot make
+/// a broker open (and a shard stall on) tens of thousands of logs. Ten thousand partitions at RF 3
+/// on three brokers fit.
+pub const MAX_REPLICAS_PER_BROKER: usize = 15_000;
+
+/// Refuses an assignment that would take a broker past [`MAX_REPLICAS_PER_BROKER`].
+fn check_broker_capacity(image: &MetadataImage, added: &[Vec<i32>]) -> Result<(), ControlError> {
+    let mut held: std::collections::BTreeMap<i32, usize> = std::collections::BTreeMap::new();
+    for replicas in added {
+        for broker in replicas {
+            *held.entry(*broker).or_default() += 1;
+        }
+    }
+    if held.values().all(|&n| n <= MAX_REPLICAS_PER_BROKER) {
+        // Only then is counting what the brokers hold already worth it.
+        for partition in image.topics.values().flat_map(|t| t.partitions.iter()) {
+            for broker in &partition.replicas {
+                if let Some(n) = held.get_mut(broker) {
+                    *n += 1;
+                }
+            }
+        }
+    }
+    match held.iter().find(|(_, &n)| n > MAX_REPLICAS_PER_BROKER) {
+        Some((broker, n)) => Err(ControlError::InvalidPartitions(format!(
+            "broker {broker} would hold {n} partition replicas; a broker holds at most \
+             {MAX_REPLICAS_PER_BROKER}"
+        ))),
+        None => Ok(()),
+    }
+}
 
 /// Plans the creation of one topic: `id` is the new topic's id.
 pub fn create_topic(
@@ -75,6 +107,7 @@ pub fn create_topic(
         }
         assignment::validate_explicit(image, 0, &topic.assignments)?
     };
+    check_broker_capacity(image, &assignment)?;
     let configs = topic_config::validate_all(&topic.configs)?;
     Ok(Command::CreateTopic {
         id,
@@ -136,6 +169,7 @@ pub fn create_partitions(
         .and_then(|p| p.replicas.first().copied());
     let assignment =
         assignment::assign(image, current, total - current, replication_factor, start)?;
+    check_broker_capacity(image, &assignment)?;
     Ok(Command::CreatePartitions {
         topic: name.to_string(),
         first_index: current,
@@ -247,6 +281,33 @@ mod tests {
 
     fn code(result: Result<Command, ControlError>) -> i16 {
         result.unwrap_err().code().code()
+    }
+
+    /// The fuzzer's CreatePartitions grew a topic to ~30,000 partitions and a shard stalled for
+    /// seconds opening and deleting 16,000 logs: a broker's replica count is bounded.
+    #[test]
+    fn a_broker_holds_at_most_max_replicas_per_broker() {
+        let mut image = image(3);
+        let d = BrokerDefaults::default();
+        let per_broker = MAX_REPLICAS_PER_BROKER as i32;
+        // Ten thousand partitions at RF 3 on three brokers fit.
+        let command = create_topic(&image, &new_topic("a", 10_000, 3), &d, Uuid::from_u128(1));
+        let (next, applied) = state_machine::apply(&image, 100, &command.unwrap());
+        applied.unwrap();
+        image = next;
+        let room = per_broker - 10_000;
+        assert_eq!(
+            code(create_topic(
+                &image,
+                &new_topic("b", room + 1, 3),
+                &d,
+                Uuid::from_u128(2)
+            )),
+            37
+        );
+        assert!(create_topic(&image, &new_topic("b", room, 3), &d, Uuid::from_u128(2)).is_ok());
+        assert_eq!(code(create_partitions(&image, "a", 10_000 + room + 1)), 37);
+        assert!(create_partitions(&image, "a", 10_000 + room).is_ok());
     }
 
     #[test]
