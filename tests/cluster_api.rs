@@ -4,7 +4,7 @@
 mod common;
 
 use std::net::{SocketAddr, TcpListener};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -18,6 +18,28 @@ const NOT_LEADER: i16 = 6;
 struct Node {
     addr: SocketAddr,
     child: Child,
+    /// How it was started (arguments, environment, log file), to restart it the same way.
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    log: PathBuf,
+}
+
+impl Node {
+    fn spawn(args: &[String], env: &[(String, String)], log: &Path) -> Child {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        Command::new(env!("CARGO_BIN_EXE_chronik"))
+            .args(args)
+            .env("RUST_LOG", "info")
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap()
+    }
 }
 
 impl Drop for Node {
@@ -61,42 +83,55 @@ fn start_cluster_env(
         .join(",");
     let nodes: Vec<Node> = (0..n)
         .map(|i| {
-            let log = std::fs::File::create(dir.join(format!("node{}.log", i + 1))).unwrap();
-            let child = Command::new(env!("CARGO_BIN_EXE_chronik"))
-                .args(["start", "--node-id", &(i + 1).to_string()])
-                .args(["--cores", &cores.to_string()])
-                .args(["--listen", &format!("127.0.0.1:{}", kafka[i])])
-                .args(["--rpc", &format!("127.0.0.1:{}", rpc[i])])
-                .args(["--peers", &peers])
-                .arg("--data-dir")
-                .arg(dir.join(format!("node{}", i + 1)))
-                .args(extra)
-                .env("RUST_LOG", "info")
-                .envs(env.iter().copied())
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .unwrap();
+            let mut args: Vec<String> = vec![
+                "start".into(),
+                "--node-id".into(),
+                (i + 1).to_string(),
+                "--cores".into(),
+                cores.to_string(),
+                "--listen".into(),
+                format!("127.0.0.1:{}", kafka[i]),
+                "--rpc".into(),
+                format!("127.0.0.1:{}", rpc[i]),
+                "--peers".into(),
+                peers.clone(),
+                "--data-dir".into(),
+                dir.join(format!("node{}", i + 1)).display().to_string(),
+            ];
+            args.extend(extra.iter().map(|a| a.to_string()));
+            let env: Vec<(String, String)> = env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let log = dir.join(format!("node{}.log", i + 1));
             Node {
                 addr: format!("127.0.0.1:{}", kafka[i]).parse().unwrap(),
-                child,
+                child: Node::spawn(&args, &env, &log),
+                args,
+                env,
+                log,
             }
         })
         .collect();
+    wait_until_formed(&nodes);
+    nodes
+}
+
+/// Waits until every node lists all of them.
+fn wait_until_formed(nodes: &[Node]) {
     let deadline = Instant::now() + Duration::from_secs(90);
-    for node in &nodes {
+    for node in nodes {
         loop {
             assert!(Instant::now() < deadline, "the cluster did not form");
             let listed = Client::try_connect(node.addr)
                 .ok()
                 .map(|mut c| c.metadata(&[]).brokers.len());
-            if listed == Some(n) {
+            if listed == Some(nodes.len()) {
                 break;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
     }
-    nodes
 }
 
 fn create_topic(client: &mut Client, name: &str, partitions: i32, replication: i16) {
@@ -633,4 +668,82 @@ fn two_thousand_partitions_at_rf_3_fit_a_small_disk() {
     );
     // 6,000 replicas at the old 64 MiB preallocation would be 375 GiB.
     assert!(bytes < 2 << 30, "{} MiB on disk", bytes >> 20);
+}
+
+/// ListOffsets latest (-1) of partition 0 of `topic` at `addr`: (error code, offset).
+fn list_latest(addr: SocketAddr, topic: &str) -> (i16, i64) {
+    let mut partition = list_offsets_request::ListOffsetsPartition::default();
+    partition.timestamp = -1;
+    let mut wanted = list_offsets_request::ListOffsetsTopic::default();
+    wanted.name = TopicName(StrBytes::from_string(topic.to_string()));
+    wanted.partitions = vec![partition];
+    let mut request = ListOffsetsRequest::default();
+    request.replica_id = BrokerId(-1);
+    request.topics = vec![wanted];
+    let response: ListOffsetsResponse =
+        Client::connect(addr).call(ApiKey::ListOffsets, 5, &request);
+    let p = &response.topics[0].partitions[0];
+    (p.error_code, p.offset)
+}
+
+/// A fetch of partition 0 of `topic` from offset 0 at `addr`: (error, high watermark, records).
+fn fetch_from_start(addr: SocketAddr, topic: &str) -> (i16, i64, Vec<(i64, bytes::Bytes)>) {
+    let data = Client::connect(addr).fetch(topic, 0, 0, 1 << 20);
+    let records = common::decode_records(data.records.unwrap_or_default());
+    (data.error_code, data.high_watermark, records)
+}
+
+#[test]
+fn a_full_restart_keeps_the_high_watermark() {
+    // Kafka's replication-offset-checkpoint: after all three brokers stop (SIGTERM) and start
+    // again, the first answers of the new leader are those from before the restart, not the
+    // log start (0) until the followers have acknowledged again.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut nodes = start_cluster(tmp.path(), 3);
+    create_topic(&mut Client::connect(nodes[0].addr), "restarts", 1, 3);
+    let (leader, _) = leader_and_followers(&nodes, "restarts");
+    produce_acks_all_once(&nodes[leader], "restarts");
+    let mut client = Client::connect(nodes[leader].addr);
+    for i in 0..5u8 {
+        let got = client.produce("restarts", -1, &[(0, batch(&[&[i], &[i, i]], 1))]);
+        assert_eq!(got[0].1, 0, "acks=all: {got:?}");
+    }
+    let latest = list_latest(nodes[leader].addr, "restarts");
+    assert_eq!(latest, (0, 11));
+    let fetched = fetch_from_start(nodes[leader].addr, "restarts");
+    assert_eq!((fetched.0, fetched.1, fetched.2.len()), (0, 11, 11));
+
+    for node in &nodes {
+        // SAFETY: signalling our own child process.
+        unsafe { libc::kill(node.child.id() as libc::pid_t, libc::SIGTERM) };
+    }
+    for node in &mut nodes {
+        assert!(node.child.wait().unwrap().success(), "a clean stop");
+        node.child = Node::spawn(&node.args, &node.env, &node.log);
+    }
+    wait_until_formed(&nodes);
+
+    // The first answer without an error (the leader may still be opening the partition) of
+    // whichever broker leads.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (mut latest_after, mut fetched_after) = (None, None);
+    while latest_after.is_none() || fetched_after.is_none() {
+        assert!(Instant::now() < deadline, "no answer without an error");
+        let (leader, _) = leader_and_followers(&nodes, "restarts");
+        let answer = list_latest(nodes[leader].addr, "restarts");
+        latest_after = latest_after.or((answer.0 == 0).then_some(answer));
+        let answer = fetch_from_start(nodes[leader].addr, "restarts");
+        fetched_after = fetched_after.or((answer.0 == 0).then_some(answer));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        latest_after,
+        Some(latest),
+        "ListOffsets latest after the restart"
+    );
+    assert_eq!(
+        fetched_after,
+        Some(fetched),
+        "the first fetch after the restart"
+    );
 }

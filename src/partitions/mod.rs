@@ -2,6 +2,7 @@
 //! assigns them, closing or deleting them as it takes them away, and finding
 //! them for requests.
 
+pub mod hw_checkpoint;
 pub mod offset_watch;
 pub mod orphans;
 pub mod partition;
@@ -66,16 +67,38 @@ pub struct PartitionRegistry {
     node_id: i32,
     slots: RefCell<HashMap<PartitionKey, Rc<Slot>>>,
     dir_locks: RefCell<HashMap<PathBuf, Rc<Semaphore>>>,
+    /// High watermarks from the checkpoint files as this shard started, taken by each
+    /// partition as it opens.
+    checkpointed: RefCell<HashMap<PartitionKey, i64>>,
+    checkpoint: hw_checkpoint::Writer,
 }
 
 impl PartitionRegistry {
-    pub fn new(data_dir: PathBuf, node_id: i32) -> Self {
+    /// The registry of shard `shard`; reads the high watermark checkpoints (once, at start).
+    pub fn new(data_dir: PathBuf, node_id: i32, shard: usize) -> Self {
         PartitionRegistry {
+            checkpointed: RefCell::new(hw_checkpoint::load(&data_dir)),
+            checkpoint: hw_checkpoint::Writer::new(hw_checkpoint::path_of(&data_dir, shard)),
             data_dir,
             node_id,
             slots: RefCell::new(HashMap::new()),
             dir_locks: RefCell::new(HashMap::new()),
         }
+    }
+
+    /// Writes this shard's high watermark checkpoint (off the reactor) if it changed.
+    pub async fn checkpoint_high_watermarks(&self) {
+        let entries = self
+            .all()
+            .iter()
+            .map(|p| hw_checkpoint::Entry {
+                topic: p.topic.clone(),
+                topic_id: p.key.0,
+                partition: p.index,
+                high_watermark: p.high_watermark(),
+            })
+            .collect();
+        self.checkpoint.write(entries).await;
     }
 
     /// `<data-dir>/<topic>-<partition>`, as Kafka lays it out.
@@ -161,12 +184,20 @@ impl PartitionRegistry {
             }
         }
         let log = PartitionLog::open(dir.clone(), config).await?;
-        let open = Rc::new(Partition::new(topic, partition, self.node_id, log));
+        let checkpointed = self.checkpointed.borrow_mut().remove(&key);
+        let open = Rc::new(Partition::new(
+            topic,
+            partition,
+            self.node_id,
+            log,
+            checkpointed,
+        ));
         info!(
             topic = %topic.name,
             partition = partition.index,
             log_start = open.log.log_start_offset(),
             log_end = open.log.log_end_offset(),
+            high_watermark = open.high_watermark(),
             "opened partition log in {}",
             dir.display()
         );

@@ -44,21 +44,25 @@ pub struct Partition {
 }
 
 impl Partition {
-    /// A partition of `topic` described by `info`, whose log is `log`, on broker `node_id`.
+    /// A partition of `topic` described by `info`, whose log is `log`, on broker `node_id`;
+    /// `checkpointed` is its high watermark from the checkpoint file, if it had one.
     pub fn new(
         topic: &TopicInfo,
         info: &PartitionInfo,
         node_id: i32,
         log: Rc<PartitionLog>,
+        checkpointed: Option<i64>,
     ) -> Self {
         // Alone in sync, everything recovered is durable, hence committed.
-        // With followers in sync nothing above the log start is known to be
-        // replicated until they acknowledge it again.
+        // With followers in sync, what the checkpoint says was replicated (Kafka's
+        // replication-offset-checkpoint), never more than this log holds; the rest waits for
+        // the followers to acknowledge it again.
         let alone = info.isr.iter().all(|r| *r == node_id);
+        let (start, durable) = (log.log_start_offset(), log.durable_end_offset());
         let high_watermark = OffsetWatch::new(if alone {
-            log.durable_end_offset()
+            durable
         } else {
-            log.log_start_offset()
+            checkpointed.map_or(start, |hw| hw.min(durable).max(start))
         });
         Partition {
             topic: topic.name.clone(),
@@ -302,7 +306,7 @@ mod tests {
     fn high_watermark_waits_for_other_in_sync_replicas() {
         super::super::with_test_log(|log| async move {
             let (topic, info) = topic(vec![1, 2]);
-            let partition = Rc::new(Partition::new(&topic, &info, 1, log));
+            let partition = Rc::new(Partition::new(&topic, &info, 1, log, None));
             let appended = partition.append(batch()).unwrap();
             partition
                 .wait_durable(appended.last_offset + 1)

@@ -118,6 +118,27 @@ pub async fn follow_images(shard: Rc<Shard>) {
     }
 }
 
+/// Writes this shard's high watermark checkpoint every `hw_checkpoint::INTERVAL` until shutdown
+/// (the shard writes a last one after draining).
+pub async fn run_hw_checkpoints(shard: Rc<Shard>) {
+    let shutdown = shard.shutdown.clone();
+    loop {
+        let stop = async {
+            glommio::timer::sleep(super::hw_checkpoint::INTERVAL).await;
+            false
+        }
+        .or(async {
+            shutdown.wait().await;
+            true
+        })
+        .await;
+        if stop {
+            return;
+        }
+        shard.partitions.checkpoint_high_watermarks().await;
+    }
+}
+
 /// Applies retention to every partition of the shard every `interval`
 /// (`log.retention.check.interval.ms`), until shutdown.
 pub async fn run_retention(shard: Rc<Shard>, interval: Duration) {

@@ -141,7 +141,7 @@ pub async fn run(id: usize, start: ShardStart) -> Result<(), String> {
         node_id: start.node_id,
         mesh,
         control: start.control.clone(),
-        partitions: PartitionRegistry::new(start.data_dir.clone(), start.node_id),
+        partitions: PartitionRegistry::new(start.data_dir.clone(), start.node_id, id),
         shutdown: start.shutdown.clone(),
         replication: crate::replication::ShardReplication::new(start.replica_lag_time_max_ms),
         applied_image: OffsetWatch::new(-1),
@@ -160,6 +160,8 @@ pub async fn run(id: usize, start: ShardStart) -> Result<(), String> {
     while start.drained.load(Ordering::SeqCst) < start.shards {
         glommio::timer::sleep(Duration::from_millis(5)).await;
     }
+    // The high watermarks as they stand at the end, so a restart starts from them.
+    shard.partitions.checkpoint_high_watermarks().await;
     shard.partitions.close_all().await;
     shard.mesh.close();
     result
@@ -172,6 +174,7 @@ async fn serve(shard: &Rc<Shard>, start: &ShardStart) -> Result<(), String> {
         shard.clone(),
         start.retention_check_interval,
     ));
+    let checkpoints = glommio::spawn_local(sync::run_hw_checkpoints(shard.clone()));
 
     let listener = TcpListener::bind(start.listen)
         .map_err(|e| format!("cannot listen on {}: {e}", start.listen))?;
@@ -230,5 +233,6 @@ async fn serve(shard: &Rc<Shard>, start: &ShardStart) -> Result<(), String> {
     let _ = connections.close().await;
     images.await;
     retention.await;
+    checkpoints.await;
     Ok(())
 }
