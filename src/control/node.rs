@@ -1164,8 +1164,9 @@ mod tests {
 /// with term 0, which it asserts never happens (the fuzzer's control-thread panic). Only proposals
 /// and read-index requests travel with term 0; local message types never travel.
 fn unfit_for_step(message: &raft::eraftpb::Message, me: i32) -> Option<&'static str> {
+    // `me` is this broker's node id; raft ids are node ids + 1 (`raft_id`).
     use raft::eraftpb::MessageType;
-    if message.to != me as u64 {
+    if message.to != raft_id(me) {
         return Some("addressed to another node");
     }
     if raft::raw_node::is_local_msg(message.get_msg_type()) {
@@ -1197,12 +1198,14 @@ mod step_filter_tests {
 
     #[test]
     fn only_network_messages_with_a_term_reach_the_raft_node() {
-        assert!(unfit_for_step(&message(MessageType::MsgRequestPreVote, 0, 1), 1).is_some());
-        assert!(unfit_for_step(&message(MessageType::MsgRequestVote, 0, 1), 1).is_some());
-        assert!(unfit_for_step(&message(MessageType::MsgAppend, 3, 7), 1).is_some());
-        assert!(unfit_for_step(&message(MessageType::MsgHup, 3, 1), 1).is_some());
-        assert!(unfit_for_step(&message(MessageType::MsgRequestPreVote, 3, 1), 1).is_none());
-        assert!(unfit_for_step(&message(MessageType::MsgPropose, 0, 1), 1).is_none());
-        assert!(unfit_for_step(&message(MessageType::MsgHeartbeat, 2, 1), 1).is_none());
+        // Node 1 is raft id 2.
+        let me = raft_id(1);
+        assert!(unfit_for_step(&message(MessageType::MsgRequestPreVote, 0, me), 1).is_some());
+        assert!(unfit_for_step(&message(MessageType::MsgRequestVote, 0, me), 1).is_some());
+        assert!(unfit_for_step(&message(MessageType::MsgAppend, 3, 1), 1).is_some());
+        assert!(unfit_for_step(&message(MessageType::MsgHup, 3, me), 1).is_some());
+        assert!(unfit_for_step(&message(MessageType::MsgRequestPreVote, 3, me), 1).is_none());
+        assert!(unfit_for_step(&message(MessageType::MsgPropose, 0, me), 1).is_none());
+        assert!(unfit_for_step(&message(MessageType::MsgHeartbeat, 2, me), 1).is_none());
     }
 }
