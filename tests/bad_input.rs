@@ -238,7 +238,7 @@ fn a_huge_declared_array_count_is_refused_before_anything_is_allocated() {
     body.extend_from_slice(&7i32.to_be_bytes()); // correlation id
     body.extend_from_slice(&(-1i16).to_be_bytes()); // no client id
     body.extend_from_slice(&0x7fff_ffffi32.to_be_bytes()); // topics: 2^31 - 1 of them
-    body.extend_from_slice(&[0, 1, b'x', 0, 0, 0, 0, 0]); // and a few bytes
+    body.extend_from_slice(&[0, 1, b'x', 0, 1, b'y', 0, 0, 0, 0, 0, 0]); // and a few bytes
     let mut frame = (body.len() as u32).to_be_bytes().to_vec();
     frame.extend_from_slice(&body);
     assert_eq!(frame.len(), 30);
