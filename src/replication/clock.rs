@@ -9,8 +9,7 @@
 //!
 //! Fault injection: `CHRONIK_FAULT_WALL_CLOCK_STEP_MS=OFFSET@AFTER` makes `wall_ms` jump forward
 //! by OFFSET ms once AFTER ms (monotonic) have passed since the clock was first read (at the
-//! first partition leadership, about the process start), as a clock
-//! step would; the replication tests use it to show that no waiter times out and no ISR shrinks.
+//! first partition leadership, about the process start), as a clock step would.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
