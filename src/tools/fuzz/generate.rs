@@ -3,7 +3,7 @@
 //! topic id, a RecordBatch with keys, values and headers for Produce). Each template knows where
 //! its length fields are ([`super::sites`]) and, for Produce, where its RecordBatch lies.
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use kafka_protocol::indexmap::IndexMap;
 use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
@@ -21,9 +21,7 @@ use kafka_protocol::messages::offset_for_leader_epoch_request::{
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Encodable, StrBytes};
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use kafka_protocol::records::Record;
 use uuid::Uuid;
 
 use super::rng::Rng;
@@ -260,36 +258,20 @@ pub fn record_batch(rng: &mut Rng) -> anyhow::Result<Bytes> {
                 StrBytes::from_static_str("h"),
                 Some(Bytes::from_static(b"v")),
             );
-            Record {
-                transactional: false,
-                control: false,
-                delete_horizon: false,
-                partition_leader_epoch: -1,
-                producer_id: -1,
-                producer_epoch: -1,
-                timestamp_type: TimestampType::Creation,
-                offset: i as i64,
-                sequence: i as i32,
-                timestamp: 1_700_000_000_000 + i as i64,
-                key: Some(Bytes::from(format!("fuzz-key-{i}"))),
-                value: Some(Bytes::from({
-                    let n = 8 + rng.below(64);
-                    rng.bytes(n)
-                })),
+            let value = {
+                let n = 8 + rng.below(64);
+                Bytes::from(rng.bytes(n))
+            };
+            super::intact::plain_record(
+                i,
+                Bytes::from(format!("fuzz-key-{i}")),
+                value,
+                1_700_000_000_000 + i as i64,
                 headers,
-            }
+            )
         })
         .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &records,
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )?;
-    Ok(buf.freeze())
+    super::intact::encode_batch(&records)
 }
 
 fn find_batch(haystack: &[u8], batch: &[u8]) -> Option<usize> {

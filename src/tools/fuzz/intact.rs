@@ -158,26 +158,44 @@ fn encode(kvs: &[(Bytes, Bytes)]) -> Result<Bytes> {
     let records: Vec<Record> = kvs
         .iter()
         .enumerate()
-        .map(|(i, (k, v))| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            sequence: i as i32,
-            timestamp: 1_700_000_000_000,
-            key: Some(k.clone()),
-            value: Some(v.clone()),
-            headers: IndexMap::new(),
+        .map(|(i, (k, v))| {
+            plain_record(i, k.clone(), v.clone(), 1_700_000_000_000, IndexMap::new())
         })
         .collect();
+    encode_batch(&records)
+}
+
+/// Record `i` of a batch without a producer (no idempotence, no transaction).
+pub(super) fn plain_record(
+    i: usize,
+    key: Bytes,
+    value: Bytes,
+    timestamp: i64,
+    headers: IndexMap<kafka_protocol::protocol::StrBytes, Option<Bytes>>,
+) -> Record {
+    Record {
+        transactional: false,
+        control: false,
+        delete_horizon: false,
+        partition_leader_epoch: -1,
+        producer_id: -1,
+        producer_epoch: -1,
+        timestamp_type: TimestampType::Creation,
+        offset: i as i64,
+        sequence: i as i32,
+        timestamp,
+        key: Some(key),
+        value: Some(value),
+        headers,
+    }
+}
+
+/// One uncompressed magic-2 batch of `records`.
+pub(super) fn encode_batch(records: &[Record]) -> Result<Bytes> {
     let mut buf = BytesMut::new();
     RecordBatchEncoder::encode(
         &mut buf,
-        &records,
+        records,
         &RecordEncodeOptions {
             version: 2,
             compression: Compression::None,
