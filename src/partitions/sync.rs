@@ -118,23 +118,23 @@ pub async fn follow_images(shard: Rc<Shard>) {
     }
 }
 
+/// Waits `interval`: true, or false once shutdown begins (a periodic duty then ends).
+async fn tick(shutdown: &chronik_shards::runtime::Shutdown, interval: Duration) -> bool {
+    async {
+        glommio::timer::sleep(interval).await;
+        true
+    }
+    .or(async {
+        shutdown.wait().await;
+        false
+    })
+    .await
+}
+
 /// Writes this shard's high watermark checkpoint every `hw_checkpoint::INTERVAL` until shutdown
 /// (the shard writes a last one after draining).
 pub async fn run_hw_checkpoints(shard: Rc<Shard>) {
-    let shutdown = shard.shutdown.clone();
-    loop {
-        let stop = async {
-            glommio::timer::sleep(super::hw_checkpoint::INTERVAL).await;
-            false
-        }
-        .or(async {
-            shutdown.wait().await;
-            true
-        })
-        .await;
-        if stop {
-            return;
-        }
+    while tick(&shard.shutdown, super::hw_checkpoint::INTERVAL).await {
         shard.partitions.checkpoint_high_watermarks().await;
     }
 }
@@ -142,20 +142,7 @@ pub async fn run_hw_checkpoints(shard: Rc<Shard>) {
 /// Applies retention to every partition of the shard every `interval`
 /// (`log.retention.check.interval.ms`), until shutdown.
 pub async fn run_retention(shard: Rc<Shard>, interval: Duration) {
-    let shutdown = shard.shutdown.clone();
-    loop {
-        let stop = async {
-            glommio::timer::sleep(interval).await;
-            false
-        }
-        .or(async {
-            shutdown.wait().await;
-            true
-        })
-        .await;
-        if stop {
-            return;
-        }
+    while tick(&shard.shutdown, interval).await {
         // Retention compares record timestamps, which are dates: the wall clock is right here.
         let now_ms = i64::try_from(crate::replication::clock::wall_ms()).unwrap_or(i64::MAX);
         for partition in shard.partitions.all() {
