@@ -162,6 +162,17 @@ impl FrameAssembler {
     }
 }
 
+/// A control-port frame: length (little-endian u32, of what follows), kind, sender id, payload.
+/// The one encoder of the format `decode_frame` reads.
+pub fn encode_frame(kind: u8, from: i32, payload: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(9 + payload.len());
+    frame.extend_from_slice(&((5 + payload.len()) as u32).to_le_bytes());
+    frame.push(kind);
+    frame.extend_from_slice(&from.to_le_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
 /// Decodes one frame body into a request for the control thread, checking its sender. Ok(None):
 /// an undecodable payload from a known peer, skipped (the connection stays).
 pub fn decode_frame(
@@ -465,11 +476,7 @@ mod tests {
     use crate::control::forward::Heartbeat;
 
     fn frame(kind: u8, from: i32, payload: &[u8]) -> Vec<u8> {
-        let mut frame = ((5 + payload.len()) as u32).to_le_bytes().to_vec();
-        frame.push(kind);
-        frame.extend_from_slice(&from.to_le_bytes());
-        frame.extend_from_slice(payload);
-        frame
+        encode_frame(kind, from, payload)
     }
 
     fn heartbeat(id: i32) -> Vec<u8> {

@@ -126,11 +126,7 @@ impl Transport {
             tracing::warn!(to, "no rpc address for node; frame dropped");
             return;
         };
-        let mut frame = Vec::with_capacity(9 + payload.len());
-        frame.extend_from_slice(&((5 + payload.len()) as u32).to_le_bytes());
-        frame.push(kind);
-        frame.extend_from_slice(&self.node_id.to_le_bytes());
-        frame.extend_from_slice(payload);
+        let frame = super::inbound::encode_frame(kind, self.node_id, payload);
         match queue.try_send(frame) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => tracing::debug!(to, "peer queue full; frame dropped"),
@@ -208,11 +204,7 @@ mod tests {
     use crate::control::inbound::MAX_FRAME;
 
     fn frame(kind: u8, from: i32, payload: &[u8]) -> Vec<u8> {
-        let mut frame = ((5 + payload.len()) as u32).to_le_bytes().to_vec();
-        frame.push(kind);
-        frame.extend_from_slice(&from.to_le_bytes());
-        frame.extend_from_slice(payload);
-        frame
+        crate::control::inbound::encode_frame(kind, from, payload)
     }
 
     fn heartbeat_frame(from: i32) -> Vec<u8> {
