@@ -14,6 +14,8 @@ pub fn log_error_code(error: &LogError) -> i16 {
         LogError::InvalidBatch(_) => ResponseError::InvalidRecord,
         LogError::BatchTooLarge { .. } => ResponseError::MessageTooLarge,
         LogError::OffsetOutOfRange { .. } => ResponseError::OffsetOutOfRange,
+        LogError::OutOfOrderSequence(_) => ResponseError::OutOfOrderSequenceNumber,
+        LogError::InvalidProducerEpoch(_) => ResponseError::InvalidProducerEpoch,
         LogError::Closed | LogError::FencedLeaderEpoch { .. } => ResponseError::NotLeaderOrFollower,
         other => {
             warn!("partition log error: {other}");

@@ -5,6 +5,7 @@
 //! producerEpoch i16 | baseSequence i32 | recordCount i32 | records...
 //! The CRC32C covers attributes..end, so baseOffset and partitionLeaderEpoch can be rewritten freely.
 
+use super::producers::ProducerBatch;
 use super::LogError;
 
 /// baseOffset + batchLength: the bytes that precede what batchLength counts.
@@ -27,6 +28,11 @@ pub struct BatchHeader {
     pub last_offset_delta: i32,
     pub first_timestamp: i64,
     pub max_timestamp: i64,
+    pub attributes: i16,
+    /// -1 unless an idempotent (or transactional) producer wrote the batch.
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
     pub record_count: i32,
 }
 
@@ -87,6 +93,10 @@ fn be_i64(b: &[u8], at: usize) -> i64 {
     i64::from_be_bytes(a)
 }
 
+fn be_i16(b: &[u8], at: usize) -> i16 {
+    i16::from_be_bytes([b[at], b[at + 1]])
+}
+
 fn be_i32(b: &[u8], at: usize) -> i32 {
     let mut a = [0u8; 4];
     a.copy_from_slice(&b[at..at + 4]);
@@ -131,6 +141,10 @@ impl BatchHeader {
             last_offset_delta: be_i32(b, 23),
             first_timestamp: be_i64(b, 27),
             max_timestamp: be_i64(b, 35),
+            attributes: be_i16(b, 21),
+            producer_id: be_i64(b, 43),
+            producer_epoch: be_i16(b, 51),
+            base_sequence: be_i32(b, 53),
             record_count: be_i32(b, 57),
         };
         if h.last_offset_delta < 0 {
@@ -169,6 +183,22 @@ impl BatchHeader {
     /// Offset after this batch.
     pub fn next_offset(&self) -> i64 {
         self.last_offset() + 1
+    }
+
+    /// Attribute bit 4: part of a transaction.
+    pub fn is_transactional(&self) -> bool {
+        self.attributes & 0x10 != 0
+    }
+
+    /// The producer fields, when an idempotent producer wrote the batch (a producer id >= 0).
+    pub fn producer_batch(&self) -> Option<ProducerBatch> {
+        (self.producer_id >= 0).then_some(ProducerBatch {
+            producer_id: self.producer_id,
+            epoch: self.producer_epoch,
+            first_seq: self.base_sequence,
+            last_offset_delta: self.last_offset_delta,
+            max_timestamp: self.max_timestamp,
+        })
     }
 }
 
@@ -241,6 +271,17 @@ pub fn build_test_batch(
     max_timestamp: i64,
     payload: &[u8],
 ) -> Vec<u8> {
+    build_producer_test_batch(base_offset, record_count, max_timestamp, payload, (-1, -1, -1))
+}
+
+/// [`build_test_batch`] with an idempotent producer's (producer id, epoch, base sequence).
+pub fn build_producer_test_batch(
+    base_offset: i64,
+    record_count: i32,
+    max_timestamp: i64,
+    payload: &[u8],
+    (producer_id, epoch, base_sequence): (i64, i16, i32),
+) -> Vec<u8> {
     let total = HEADER_LEN + payload.len();
     let mut b = vec![0u8; total];
     b[0..8].copy_from_slice(&base_offset.to_be_bytes());
@@ -251,9 +292,9 @@ pub fn build_test_batch(
     b[23..27].copy_from_slice(&(record_count - 1).to_be_bytes());
     b[27..35].copy_from_slice(&max_timestamp.to_be_bytes());
     b[35..43].copy_from_slice(&max_timestamp.to_be_bytes());
-    b[43..51].copy_from_slice(&(-1i64).to_be_bytes());
-    b[51..53].copy_from_slice(&(-1i16).to_be_bytes());
-    b[53..57].copy_from_slice(&(-1i32).to_be_bytes());
+    b[43..51].copy_from_slice(&producer_id.to_be_bytes());
+    b[51..53].copy_from_slice(&epoch.to_be_bytes());
+    b[53..57].copy_from_slice(&base_sequence.to_be_bytes());
     b[57..61].copy_from_slice(&record_count.to_be_bytes());
     b[61..].copy_from_slice(payload);
     let crc = crc32c::crc32c(&b[CRC_START..]);

@@ -677,6 +677,7 @@ impl PartitionLog {
         // Epoch changes inside the sealed segment are now only known from the checkpoint; everything
         // below the new segment is durable now.
         self.save_epochs(new_base)?;
+        self.write_due_snapshots(new_base);
         let map = segment::map_sealed(&path, index.size)?;
         {
             let mut st = self.state.borrow_mut();

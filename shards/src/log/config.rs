@@ -14,6 +14,9 @@ pub enum FlushPolicy {
     Never,
 }
 
+/// Kafka's default `producer.id.expiration.ms`: one day.
+pub const DEFAULT_PRODUCER_ID_EXPIRATION_MS: i64 = 24 * 3600 * 1000;
+
 /// Storage configuration of one partition log; see the topic config named beside each field.
 #[derive(Clone, Debug)]
 pub struct LogConfig {
@@ -33,6 +36,8 @@ pub struct LogConfig {
     pub tail_cache_bytes: usize,
     /// `max.message.bytes`: the largest batch accepted.
     pub max_batch_bytes: usize,
+    /// `producer.id.expiration.ms`: an idempotent producer idle this long is forgotten.
+    pub producer_id_expiration_ms: i64,
 }
 
 impl Default for LogConfig {
@@ -46,6 +51,7 @@ impl Default for LogConfig {
             index_interval_bytes: 4096,
             tail_cache_bytes: 4 << 20,
             max_batch_bytes: (1 << 20) + 12 + 1024,
+            producer_id_expiration_ms: DEFAULT_PRODUCER_ID_EXPIRATION_MS,
         }
     }
 }

@@ -42,6 +42,13 @@ pub enum LogError {
     /// KAFKA_STORAGE_ERROR (retriable).
     #[error("the log cannot write: {0}")]
     StorageUnavailable(String),
+    /// An idempotent producer's batch does not follow its last one (a gap, or a new epoch not
+    /// starting at sequence 0): OUT_OF_ORDER_SEQUENCE_NUMBER.
+    #[error("out of order sequence: {0}")]
+    OutOfOrderSequence(String),
+    /// An idempotent producer's batch with an epoch older than its latest: INVALID_PRODUCER_EPOCH.
+    #[error("invalid producer epoch: {0}")]
+    InvalidProducerEpoch(String),
     /// The log was closed or deleted.
     #[error("log is closed")]
     Closed,

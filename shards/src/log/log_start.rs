@@ -96,7 +96,8 @@ fn complete(dir: &Path, offset: i64) -> Result<(), LogError> {
         let stem = name
             .strip_suffix(".log")
             .or_else(|| name.strip_suffix(".index"))
-            .or_else(|| name.strip_suffix(".timeindex"));
+            .or_else(|| name.strip_suffix(".timeindex"))
+            .or_else(|| name.strip_suffix(".snapshot"));
         if stem.is_some_and(|stem| segment::parse_log_file_name(&format!("{stem}.log")).is_some()) {
             remove_if_present(&entry.path())?;
         }
@@ -195,6 +196,10 @@ impl PartitionLog {
         st.synced_end = offset;
         st.last_epoch = -1;
         st.epochs = epochs;
+        // The producers' batches went with the segments (as in Kafka); `complete` removed the
+        // snapshots.
+        st.producers = Default::default();
+        st.snapshots_due.clear();
         st.generation += 1;
         // Every offset the log held is gone: waiters on any of them must hear so.
         let generation = st.generation;

@@ -38,6 +38,8 @@ mod epochs;
 mod error;
 mod index;
 mod log_start;
+mod producer_state;
+pub mod producers;
 mod read;
 mod recovery;
 mod retention;
@@ -55,6 +57,7 @@ use bytes::{Bytes, BytesMut};
 pub use commit::SHARD_IO_MEMORY;
 pub use config::{FlushPolicy, LogConfig};
 pub use error::LogError;
+pub use producers::ProducerSummary;
 
 use batch::BatchHeader;
 use segment::{Segment, Storage};
@@ -71,6 +74,9 @@ pub struct AppendInfo {
     /// Largest batch max timestamp among the appended batches.
     pub max_timestamp: i64,
     pub record_count: u32,
+    /// A retry of an idempotent producer's batch already in the log: nothing was appended, the
+    /// offsets are the original batch's.
+    pub duplicate: bool,
 }
 
 /// One partition replica's log. Owned by one glommio executor (it is !Send).
@@ -133,6 +139,10 @@ struct LogState {
     /// A truncation is cutting the log: appends are refused until it is done.
     truncating: bool,
     epochs: epochs::EpochHistory,
+    /// Idempotent producers' state as of the log end (see `producers`).
+    producers: producers::ProducerTable,
+    /// Producer state taken where a segment rolled, written once the segment before it is sealed.
+    snapshots_due: Vec<(i64, producers::ProducerTable)>,
 }
 
 fn now_ms() -> i64 {
@@ -179,6 +189,10 @@ impl LogState {
             }
         };
         if roll {
+            if !self.segments.is_empty() {
+                self.snapshots_due
+                    .push((h.base_offset, self.producers.clone()));
+            }
             self.segments.insert(
                 h.base_offset,
                 Segment {
@@ -210,6 +224,10 @@ impl LogState {
             data,
         });
         self.log_end = h.next_offset();
+        if let Some(batch) = h.producer_batch() {
+            self.producers
+                .apply(&batch, h.base_offset, h.last_offset());
+        }
         self.last_epoch = h.leader_epoch;
         self.epochs.note(h.leader_epoch, h.base_offset);
         self.tail.evict(cfg.tail_cache_bytes, self.written_end);
@@ -247,6 +265,8 @@ impl PartitionLog {
                 truncations: std::collections::VecDeque::new(),
                 truncating: false,
                 epochs: recovered.epochs,
+                producers: recovered.producers,
+                snapshots_due: Vec::new(),
             }),
             file_lock: glommio::sync::Semaphore::new(1),
             write_lock: glommio::sync::Semaphore::new(1),
@@ -321,6 +341,7 @@ impl PartitionLog {
         self.check_writable()?;
         let cfg = self.config.borrow().clone();
         let batches = batch::split_batches(records, cfg.max_batch_bytes)?;
+        producer_state::validate_batches(&batches)?;
         for (h, _) in &batches {
             if h.last_offset_delta != h.record_count - 1 {
                 return Err(LogError::InvalidBatch(format!(
@@ -349,6 +370,9 @@ impl PartitionLog {
                 epoch: leader_epoch,
                 latest: st.last_epoch,
             });
+        }
+        if let producer_state::Admission::Duplicate(original) = producer_state::admit(&st, batches)? {
+            return Ok(original);
         }
         let mut next = st.log_end;
         let mut headers = Vec::with_capacity(batches.len());
@@ -417,6 +441,7 @@ impl PartitionLog {
             last_offset: st.log_end - 1,
             max_timestamp: -1,
             record_count: 0,
+            duplicate: false,
         };
         for (h, pos) in batches {
             st.push_batch(

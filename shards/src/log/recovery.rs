@@ -7,6 +7,8 @@ use std::path::Path;
 use std::rc::Rc;
 
 use super::epochs::EpochHistory;
+use super::producer_state::{self, SegmentView};
+use super::producers::ProducerTable;
 use super::index::SegmentIndex;
 use super::segment::{self, ActiveFile, Cursor, ScanStep, Segment, Source, Storage};
 use super::{log_start, now_ms, LogConfig, LogError};
@@ -17,6 +19,7 @@ pub(super) struct Recovered {
     pub log_end: i64,
     pub last_epoch: i32,
     pub epochs: EpochHistory,
+    pub producers: ProducerTable,
 }
 
 pub(super) async fn recover(dir: &Path, cfg: &LogConfig) -> Result<Recovered, LogError> {
@@ -53,6 +56,7 @@ pub(super) async fn recover(dir: &Path, cfg: &LogConfig) -> Result<Recovered, Lo
             log_end: 0,
             last_epoch: -1,
             epochs: EpochHistory::default(),
+            producers: ProducerTable::default(),
         });
     };
     for (i, &base) in sealed_bases.iter().enumerate() {
@@ -190,12 +194,15 @@ pub(super) async fn recover(dir: &Path, cfg: &LogConfig) -> Result<Recovered, Lo
     } else {
         epochs.save(dir)?;
     }
+    let views: Vec<SegmentView> = segments.values().map(SegmentView::of).collect();
+    let producers = producer_state::rebuild(dir, &views, log_start, log_end).await?;
     Ok(Recovered {
         segments,
         log_start,
         log_end,
         last_epoch: last_epoch.unwrap_or(-1),
         epochs,
+        producers,
     })
 }
 

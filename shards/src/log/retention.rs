@@ -4,6 +4,7 @@
 //! remaining segment.
 
 use super::index::SegmentIndex;
+use super::producers::snapshot;
 use super::segment::Segment;
 use super::{LogError, PartitionLog};
 
@@ -41,6 +42,7 @@ impl PartitionLog {
         self.check_open()?;
         let _exclusive = self.lock_exclusive().await?;
         self.check_open()?;
+        self.expire_producers(now_ms);
         let cfg = self.config.borrow().clone();
         let victims = {
             let st = self.state.borrow();
@@ -95,6 +97,11 @@ impl PartitionLog {
             st.epochs.trim_start(start);
             drop(st);
             self.save_epochs(self.durable_frontier())?;
+            // The producers' state stays (it lives on in memory and in later snapshots); snapshots
+            // below the new log start only cost disk.
+            if let Err(e) = snapshot::prune(&self.dir, start, i64::MAX) {
+                tracing::warn!(dir = ?self.dir, error = %e, "cannot remove old producer snapshots");
+            }
         }
         Ok(victims.len())
     }

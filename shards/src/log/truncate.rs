@@ -5,6 +5,7 @@
 use std::rc::Rc;
 
 use super::index::SegmentIndex;
+use super::producer_state::{self, SegmentView};
 use super::recovery::{last_epoch_of, EpochProbe};
 use super::segment::{self, ActiveFile, Cursor, ScanStep, Storage};
 use super::{LogError, PartitionLog};
@@ -180,7 +181,23 @@ impl PartitionLog {
                 last_epoch = last_epoch_of(probe).await?;
             }
         }
+        // The producer state as of the cut: the newest snapshot below it and the batches after.
+        let views: Vec<SegmentView> = {
+            let st = self.state.borrow();
+            st.segments
+                .range(..target_base)
+                .map(|(_, s)| SegmentView::of(s))
+                .chain(std::iter::once(SegmentView {
+                    source: segment::Source::File(reader.clone()),
+                    bytes: cut_pos,
+                    next_offset: point,
+                }))
+                .collect()
+        };
+        let producers = producer_state::rebuild(&self.dir, &views, log_start, point).await?;
         let mut st = self.state.borrow_mut();
+        st.producers = producers;
+        st.snapshots_due.retain(|(offset, _)| *offset <= point);
         if let Some(seg) = st.segments.get_mut(&target_base) {
             seg.index = scan.index;
             seg.storage = Storage::Active(ActiveFile::new(
