@@ -2,6 +2,8 @@
 //! dir and talks Kafka to it over plain TCP with kafka-protocol.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -414,8 +416,32 @@ pub fn fetch_request(
     request
 }
 
-/// One uncompressed magic-2 batch of `values` (timestamps `timestamp + i`).
+/// The idempotence fields of a batch header: producer id, producer epoch and the sequence of the
+/// batch's first record (each further record takes the next sequence).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProducerFields {
+    pub id: i64,
+    pub epoch: i16,
+    pub base_sequence: i32,
+}
+
+impl ProducerFields {
+    /// A plain (non-idempotent) producer's batch: no producer id, no epoch.
+    pub const NONE: ProducerFields = ProducerFields {
+        id: -1,
+        epoch: -1,
+        base_sequence: 0,
+    };
+}
+
+/// One uncompressed magic-2 batch of `values` (timestamps `timestamp + i`), from no producer.
 pub fn batch(values: &[&[u8]], timestamp: i64) -> Bytes {
+    producer_batch(values, timestamp, ProducerFields::NONE)
+}
+
+/// `batch` written by an idempotent producer: its id and epoch in the header, the records numbered
+/// from `producer.base_sequence`.
+pub fn producer_batch(values: &[&[u8]], timestamp: i64, producer: ProducerFields) -> Bytes {
     let records: Vec<Record> = values
         .iter()
         .enumerate()
@@ -424,11 +450,12 @@ pub fn batch(values: &[&[u8]], timestamp: i64) -> Bytes {
             control: false,
             delete_horizon: false,
             partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
+            producer_id: producer.id,
+            producer_epoch: producer.epoch,
             timestamp_type: TimestampType::Creation,
             offset: i as i64,
-            sequence: i as i32,
+            // The encoder starts a new batch when `offset - sequence` changes: keep it constant.
+            sequence: producer.base_sequence.wrapping_add(i as i32),
             timestamp: timestamp + i as i64,
             key: Some(Bytes::from(format!("key-{i}"))),
             value: Some(Bytes::copy_from_slice(v)),
