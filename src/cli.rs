@@ -80,6 +80,10 @@ pub struct StartArgs {
     /// log.retention.check.interval.ms) [default: 30000].
     #[arg(long)]
     pub log_retention_check_interval_ms: Option<u64>,
+    /// How long the state of an idempotent producer that writes nothing is kept, by its last
+    /// batch's timestamp (Kafka's producer.id.expiration.ms) [default: 86400000, one day].
+    #[arg(long)]
+    pub producer_id_expiration_ms: Option<u64>,
     /// Several brokers (or other busy processes) share this machine's CPUs: run the shard
     /// executors unpinned so the kernel can balance them (Redpanda's --overprovisioned). Pinned
     /// shards of several brokers on the same cores wait on each other, and the io_uring worker

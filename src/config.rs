@@ -31,6 +31,8 @@ pub struct BrokerConfig {
     pub replica_lag_time_max_ms: u64,
     /// `log.retention.check.interval.ms`: how often shards apply retention.
     pub log_retention_check_interval_ms: u64,
+    /// `producer.id.expiration.ms`: how long an idle idempotent producer's state is kept.
+    pub producer_id_expiration_ms: u64,
     /// Shard executors unpinned (several brokers share the CPUs).
     pub overprovisioned: bool,
     /// `storage_min_free_bytes` as configured; None: the default, which depends on the
@@ -79,6 +81,8 @@ struct FileConfig {
     replica_lag_time_max_ms: Option<u64>,
     #[serde(alias = "log_retention_check_interval_ms")]
     log_retention_check_interval_ms: Option<u64>,
+    #[serde(alias = "producer_id_expiration_ms")]
+    producer_id_expiration_ms: Option<u64>,
     overprovisioned: Option<bool>,
     #[serde(alias = "storage_min_free_bytes")]
     storage_min_free_bytes: Option<u64>,
@@ -176,6 +180,12 @@ impl BrokerConfig {
                 .or(file.log_retention_check_interval_ms),
             DEFAULT_LOG_RETENTION_CHECK_INTERVAL_MS,
         )?;
+        let producer_id_expiration_ms = positive_ms(
+            "producer-id-expiration-ms",
+            args.producer_id_expiration_ms
+                .or(file.producer_id_expiration_ms),
+            chronik_shards::log::DEFAULT_PRODUCER_ID_EXPIRATION_MS as u64,
+        )?;
         Ok(BrokerConfig {
             node_id,
             data_dir,
@@ -187,6 +197,7 @@ impl BrokerConfig {
             control_core,
             replica_lag_time_max_ms,
             log_retention_check_interval_ms,
+            producer_id_expiration_ms,
             overprovisioned: args.overprovisioned || file.overprovisioned.unwrap_or(false),
             storage_min_free_bytes: args.storage_min_free_bytes.or(file.storage_min_free_bytes),
             limits,

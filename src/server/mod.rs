@@ -56,7 +56,12 @@ pub fn run(config: BrokerConfig) -> Result<(), String> {
         rpc: config.rpc,
         peers: config.peers.clone(),
         control_core: config.control_core,
-        defaults: BrokerDefaults::default(),
+        defaults: {
+            let mut defaults = BrokerDefaults::default();
+            defaults.log.producer_id_expiration_ms =
+                i64::try_from(config.producer_id_expiration_ms).unwrap_or(i64::MAX);
+            defaults
+        },
     })
     .map_err(|e| format!("cannot start the control plane: {e}"))?;
 

@@ -55,7 +55,7 @@ use std::rc::{Rc, Weak};
 use bytes::{Bytes, BytesMut};
 
 pub use commit::SHARD_IO_MEMORY;
-pub use config::{FlushPolicy, LogConfig};
+pub use config::{FlushPolicy, LogConfig, DEFAULT_PRODUCER_ID_EXPIRATION_MS};
 pub use error::LogError;
 pub use producers::ProducerSummary;
 
