@@ -524,3 +524,44 @@ fn peers_must_include_this_node() {
     ));
     let _ = &Cluster::new(1).dirs;
 }
+
+/// Producer id blocks asked for through every node (forwarded to the controller by the others),
+/// with the controller killed and restarted in between, never overlap.
+#[test]
+fn producer_id_blocks_never_overlap_across_a_controller_crash() {
+    let cluster = Cluster::new(3);
+    let mut nodes = cluster.start_all();
+    wait_for(&nodes, Duration::from_secs(10), |image| {
+        image.live_brokers().count() == 3
+    });
+    let mut blocks = Vec::new();
+    let mut allocate_everywhere = |nodes: &[ControlHandle]| {
+        for node in nodes {
+            for _ in 0..3 {
+                blocks.push(block_on(node.allocate_producer_ids()).unwrap());
+            }
+        }
+    };
+    allocate_everywhere(&nodes);
+    let old = controller(&nodes).node_id();
+    let position = nodes.iter().position(|n| n.node_id() == old).unwrap();
+    nodes.remove(position).crash();
+    wait_for(&nodes, Duration::from_secs(10), |image| {
+        image.controller_id.is_some_and(|c| c != old)
+    });
+    allocate_everywhere(&nodes);
+    nodes.extend(cluster.start(&[position]));
+    wait_for(&nodes, Duration::from_secs(10), |image| {
+        image.live_brokers().count() == 3
+    });
+    allocate_everywhere(&nodes);
+    blocks.sort_by_key(|b| b.first);
+    for pair in blocks.windows(2) {
+        assert!(pair[0].end() <= pair[1].first, "overlap: {pair:?}");
+    }
+    let images = converged(&nodes);
+    assert!(images
+        .iter()
+        .all(|i| i.next_producer_id >= blocks.last().unwrap().end()));
+    shutdown_all(nodes);
+}

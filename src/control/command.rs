@@ -84,6 +84,14 @@ pub enum Command {
         leader: Option<i32>,
         isr: Option<Vec<i32>>,
     },
+    /// Hands broker `broker_id` (registered with `incarnation`) the next `size` producer ids
+    /// (Kafka's ProducerIdsRecord). The range is the image's `next_producer_id` at apply time,
+    /// so concurrent allocations never overlap (`producer_ids`).
+    AllocateProducerIds {
+        broker_id: i32,
+        incarnation: u64,
+        size: i32,
+    },
 }
 
 impl Envelope {

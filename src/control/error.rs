@@ -28,6 +28,10 @@ pub enum ControlError {
     /// A proposed ISR names a replica that cannot be in sync (fenced, or not a replica).
     #[error("ineligible replica: {0}")]
     IneligibleReplica(String),
+    /// A broker's request names an incarnation (broker epoch) that is not its registered one, or
+    /// the broker is not registered: Kafka's STALE_BROKER_EPOCH.
+    #[error("stale broker epoch: {0}")]
+    StaleBrokerEpoch(String),
     #[error("not the controller (controller: {controller_id:?})")]
     NotController { controller_id: Option<i32> },
     #[error("timed out waiting for the change to commit")]
@@ -50,6 +54,7 @@ impl ControlError {
             ControlError::InvalidRequest(_) => ResponseError::InvalidRequest,
             ControlError::StaleLeaderEpoch(_) => ResponseError::FencedLeaderEpoch,
             ControlError::IneligibleReplica(_) => ResponseError::IneligibleReplica,
+            ControlError::StaleBrokerEpoch(_) => ResponseError::StaleBrokerEpoch,
             ControlError::NotController { .. } => ResponseError::NotController,
             ControlError::Timeout => ResponseError::RequestTimedOut,
             ControlError::Internal(_) => ResponseError::UnknownServerError,
@@ -106,6 +111,7 @@ mod tests {
             ControlError::IneligibleReplica("x".into()).code().code(),
             107
         );
+        assert_eq!(ControlError::StaleBrokerEpoch("x".into()).code().code(), 77);
         assert_eq!(ControlError::Internal("x".into()).code().code(), -1);
         assert!(ControlError::UnknownTopic("t".into())
             .message()

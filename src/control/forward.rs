@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use super::error::ControlError;
 use super::image::TopicInfo;
+use super::producer_ids::ProducerIdBlock;
 use super::state_machine::Outcome;
 use super::topic_config::ConfigOp;
 use super::NewTopic;
@@ -70,6 +71,12 @@ pub enum ClientRequest {
         leader_epoch: i32,
         isr: Vec<i32>,
     },
+    /// A broker asks for a block of producer ids (Kafka's AllocateProducerIds), naming the
+    /// incarnation it registered with.
+    AllocateProducerIds {
+        broker_id: i32,
+        incarnation: u64,
+    },
 }
 
 /// The answer to a `ClientRequest`, one result per part in request order.
@@ -79,6 +86,7 @@ pub enum ClientResult {
     Deleted(Vec<Result<Uuid, ControlError>>),
     Units(Vec<Result<(), ControlError>>),
     Unit(Result<(), ControlError>),
+    ProducerIds(Result<ProducerIdBlock, ControlError>),
 }
 
 /// Which shape of `ClientResult` a request gets.
@@ -88,6 +96,7 @@ pub enum ResultKind {
     Deleted,
     Units,
     Unit,
+    ProducerIds,
 }
 
 impl ClientRequest {
@@ -99,6 +108,7 @@ impl ClientRequest {
             ClientRequest::AlterTopicConfigs { .. } | ClientRequest::AlterPartitionIsr { .. } => {
                 ResultKind::Unit
             }
+            ClientRequest::AllocateProducerIds { .. } => ResultKind::ProducerIds,
         }
     }
 
@@ -107,7 +117,9 @@ impl ClientRequest {
             ClientRequest::CreateTopics { validate_only, .. }
             | ClientRequest::CreatePartitions { validate_only, .. }
             | ClientRequest::AlterTopicConfigs { validate_only, .. } => *validate_only,
-            ClientRequest::DeleteTopics { .. } | ClientRequest::AlterPartitionIsr { .. } => false,
+            ClientRequest::DeleteTopics { .. }
+            | ClientRequest::AlterPartitionIsr { .. }
+            | ClientRequest::AllocateProducerIds { .. } => false,
         }
     }
 
@@ -117,7 +129,9 @@ impl ClientRequest {
             ClientRequest::CreateTopics { topics, .. } => topics.len(),
             ClientRequest::DeleteTopics { names } => names.len(),
             ClientRequest::CreatePartitions { requests, .. } => requests.len(),
-            ClientRequest::AlterTopicConfigs { .. } | ClientRequest::AlterPartitionIsr { .. } => 1,
+            ClientRequest::AlterTopicConfigs { .. }
+            | ClientRequest::AlterPartitionIsr { .. }
+            | ClientRequest::AllocateProducerIds { .. } => 1,
         }
     }
 }
@@ -158,6 +172,14 @@ impl ClientResult {
                     .next()
                     .map_or(Ok(()), |r| r.map(|_| ())),
             ),
+            ResultKind::ProducerIds => {
+                ClientResult::ProducerIds(match outcomes.into_iter().next() {
+                    Some(Ok(Outcome::ProducerIds(block))) => Ok(block),
+                    Some(Ok(other)) => Err(unexpected(other)),
+                    Some(Err(error)) => Err(error),
+                    None => Err(ControlError::Internal("no outcome".into())),
+                })
+            }
         }
     }
 

@@ -15,6 +15,7 @@ use super::error::ControlError;
 use super::forward::{ClientRequest, ClientResult};
 use super::image::{MetadataImage, TopicInfo};
 use super::node::{ControlNode, Reply, Request};
+use super::producer_ids::{ProducerIdBlock, ProducerIdCache};
 use super::topic_config::ConfigOp;
 use super::{BrokerDefaults, ControlConfig, NewTopic};
 
@@ -112,6 +113,8 @@ struct Inner {
     published: Arc<Published>,
     thread: Mutex<Option<JoinHandle<()>>>,
     death: Arc<super::death::DeathWatch>,
+    /// This broker's producer ids, shared by all its shards.
+    producer_ids: ProducerIdCache,
 }
 
 /// Starts the control core (its own thread, pinned to `control_core` when given, running the
@@ -184,6 +187,7 @@ pub fn start(config: ControlConfig) -> Result<ControlHandle, ControlError> {
             published,
             thread: Mutex::new(Some(thread)),
             death,
+            producer_ids: ProducerIdCache::default(),
         }),
     };
     match ready_rx.recv_timeout(start_timeout) {
@@ -366,23 +370,51 @@ impl ControlHandle {
         }
     }
 
+    /// A producer id no broker of the cluster has handed out before (InitProducerId), from this
+    /// broker's block cache (`producer_ids`): waits for the controller only when the cache is
+    /// empty, and then fails with its error (NOT_CONTROLLER during an election, REQUEST_TIMED_OUT
+    /// after the proposal timeout). Callers bound the wait.
+    pub async fn new_producer_id(&self) -> Result<i64, ControlError> {
+        self.inner.producer_ids.next_id(self).await
+    }
+
+    /// Asks the controller for a block of producer ids for this broker, in this incarnation
+    /// (Kafka's AllocateProducerIds). `new_producer_id` is what handlers use.
+    pub async fn allocate_producer_ids(&self) -> Result<ProducerIdBlock, ControlError> {
+        let request = ClientRequest::AllocateProducerIds {
+            broker_id: self.node_id(),
+            incarnation: self.incarnation(),
+        };
+        match self.call(request).await {
+            ClientResult::ProducerIds(result) => result,
+            other => unexpected::<ProducerIdBlock>(other)
+                .pop()
+                .unwrap_or(Err(stopped())),
+        }
+    }
+
     async fn call(&self, request: ClientRequest) -> ClientResult {
         let (kind, parts) = (request.kind(), request.parts());
         if parts == 0 {
             return ClientResult::from_outcomes(kind, Vec::new());
         }
+        match self.send(request).recv().await {
+            Ok(result) => result,
+            Err(_) => ClientResult::all_failed(kind, parts, stopped()),
+        }
+    }
+
+    /// Hands `request` to the control thread; its answer arrives on the returned channel, which
+    /// closes without one if the control thread has stopped.
+    pub(super) fn send(&self, request: ClientRequest) -> async_channel::Receiver<ClientResult> {
         let (reply, answer) = async_channel::bounded(1);
         let request = Request::Client {
             request,
             reply: Reply::Local(reply),
         };
-        if self.inner.requests.send(request).is_err() {
-            return ClientResult::all_failed(kind, parts, stopped());
-        }
-        match answer.recv().await {
-            Ok(result) => result,
-            Err(_) => ClientResult::all_failed(kind, parts, stopped()),
-        }
+        // A failed send drops the request and its reply sender: `answer` is then closed.
+        let _ = self.inner.requests.send(request);
+        answer
     }
 
     /// Calls `watcher` with the cause if the control thread dies (at once if it has): the broker

@@ -21,6 +21,10 @@ pub struct MetadataImage {
     pub controller_id: Option<i32>,
     pub brokers: BTreeMap<i32, BrokerInfo>,
     pub topics: BTreeMap<String, Arc<TopicInfo>>,
+    /// The first producer id no broker has been handed yet (`producer_ids`). Part of the
+    /// replicated state, so snapshots keep it; images from before it existed read as 0.
+    #[serde(default)]
+    pub next_producer_id: i64,
 }
 
 /// A registered broker.

@@ -14,6 +14,7 @@
 //! - `transport`: TCP between control nodes (`inbound`: its bounded, peers-only accepting side);
 //!   `forward`: the rpcs (heartbeats, requests forwarded to the controller and its answers).
 //! - `handle`: `ControlHandle`, the API the shards and the Kafka front end call.
+//! - `producer_ids`: producer id blocks allocated through Raft, and each broker's cache of them.
 //!
 //! Cluster mode: `peers` lists every voter (this node included) with its rpc address. The
 //! voter set is fixed at first start (no membership changes). Brokers heartbeat every second;
@@ -31,6 +32,7 @@ mod handle;
 pub mod image;
 mod inbound;
 mod node;
+pub mod producer_ids;
 mod raft_logger;
 pub mod raft_storage;
 pub mod state_machine;

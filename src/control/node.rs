@@ -27,6 +27,7 @@ use super::error::ControlError;
 use super::forward::{ClientRequest, ClientResult, Heartbeat, ResultKind, Rpc};
 use super::handle::Published;
 use super::image::MetadataImage;
+use super::producer_ids;
 use super::raft_storage::DiskStorage;
 use super::state_machine::{self, Outcome};
 use super::transport::Transport;
@@ -517,6 +518,10 @@ impl ControlNode {
                     isr,
                 )]
             }
+            ClientRequest::AllocateProducerIds {
+                broker_id,
+                incarnation,
+            } => vec![producer_ids::plan(image, broker_id, incarnation)],
         }
     }
 

@@ -12,6 +12,7 @@ use super::assignment;
 use super::command::Command;
 use super::error::ControlError;
 use super::image::{BrokerInfo, MetadataImage, PartitionInfo, TopicInfo};
+use super::producer_ids::{self, ProducerIdBlock};
 use super::topic_config;
 use super::topic_name;
 
@@ -21,6 +22,7 @@ pub enum Outcome {
     Done,
     TopicCreated(Arc<TopicInfo>),
     TopicDeleted(Uuid),
+    ProducerIds(ProducerIdBlock),
 }
 
 /// Applies `command`, committed at Raft `index`, to `image`.
@@ -204,6 +206,14 @@ fn apply_to(image: &mut MetadataImage, command: &Command) -> Result<Outcome, Con
                 *leader,
                 isr.as_deref(),
             )?;
+        }
+        Command::AllocateProducerIds {
+            broker_id,
+            incarnation,
+            size,
+        } => {
+            let block = producer_ids::allocate(image, *broker_id, *incarnation, *size)?;
+            return Ok(Outcome::ProducerIds(block));
         }
     }
     Ok(Outcome::Done)
