@@ -5,19 +5,25 @@
 #   bench/ab.sh A_BIN B_BIN [PAIRS] [BROKERS]
 #
 # PAIRS defaults to 6, BROKERS to 1 (3 runs the workload at RF 3 over three embedded brokers).
+# AB_A_ARGS / AB_B_ARGS add `chronik bench produce` flags to one side (e.g. the same binary twice,
+# AB_B_ARGS=--idempotent, compares idempotence off and on).
 # Each run is the gate's `chronik bench produce` (acks=all, 1 KiB records, 1000 rec/s, 10 s).
 set -euo pipefail
 a=$1 b=$2 pairs=${3:-6} brokers=${4:-1}
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 run() {
-    "$1" bench produce --brokers "$brokers" --partitions 6 --acks all \
+    local bin=$1 json=$2
+    shift 2
+    "$bin" bench produce --brokers "$brokers" --partitions 6 --acks all \
         --record-size 1024 --rate 1000 --batch-records 10 \
-        --duration 10s --warmup 3s --floor-samples 1000 --quiet --json "$2" >/dev/null
+        --duration 10s --warmup 3s --floor-samples 1000 --quiet --json "$json" "$@" >/dev/null
 }
 for i in $(seq 1 "$pairs"); do
-    run "$a" "$out/a$i.json"
-    run "$b" "$out/b$i.json"
+    # shellcheck disable=SC2086 # the extra flags are words
+    run "$a" "$out/a$i.json" ${AB_A_ARGS:-}
+    # shellcheck disable=SC2086
+    run "$b" "$out/b$i.json" ${AB_B_ARGS:-}
 done
 python3 - "$out" "$pairs" <<'PY'
 import json, statistics, sys

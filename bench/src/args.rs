@@ -141,6 +141,10 @@ pub struct LoadArgs {
     /// right after it, so the throughput can be judged against the disk of that run (0 skips it).
     #[arg(long, default_value_t = 0)]
     pub raw_bandwidth_mib: u64,
+    /// Produce as an idempotent producer (Kafka's enable.idempotence): one producer id from
+    /// InitProducerId, a sequence per partition in every batch, so the broker's dedupe path runs.
+    #[arg(long)]
+    pub idempotent: bool,
     /// No progress line.
     #[arg(long)]
     pub quiet: bool,

@@ -36,6 +36,24 @@ pub fn encode(
     value: &Bytes,
     key: impl Fn(u32) -> Option<Bytes>,
 ) -> Result<Bytes, ClientError> {
+    encode_as(count, value, key, None)
+}
+
+/// An idempotent producer's place in a partition: its id, epoch and the batch's first sequence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sequenced {
+    pub producer_id: i64,
+    pub epoch: i16,
+    pub base_sequence: i32,
+}
+
+/// [`encode`], as an idempotent producer when `producer` is given.
+pub fn encode_as(
+    count: u32,
+    value: &Bytes,
+    key: impl Fn(u32) -> Option<Bytes>,
+    producer: Option<Sequenced>,
+) -> Result<Bytes, ClientError> {
     let timestamp = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -46,11 +64,11 @@ pub fn encode(
             control: false,
             delete_horizon: false,
             partition_leader_epoch: NO_PARTITION_LEADER_EPOCH,
-            producer_id: NO_PRODUCER_ID,
-            producer_epoch: NO_PRODUCER_EPOCH,
+            producer_id: producer.map_or(NO_PRODUCER_ID, |p| p.producer_id),
+            producer_epoch: producer.map_or(NO_PRODUCER_EPOCH, |p| p.epoch),
             timestamp_type: TimestampType::Creation,
             offset: i64::from(i),
-            sequence: i as i32,
+            sequence: producer.map_or(i as i32, |p| p.base_sequence.wrapping_add(i as i32)),
             timestamp,
             key: key(i),
             value: Some(value.clone()),

@@ -13,6 +13,7 @@ use crate::batch;
 use crate::client::pipeline::{ProduceJob, ProduceSettings};
 use crate::client::{ClientError, ClusterMap, Connection};
 use crate::driver::Driver;
+use chronik_shards::log::producers::increment_sequence;
 use crate::e2e::{self, ConsumerPlan, ConsumerSet};
 use crate::embedded::{EmbeddedCluster, EmbeddedOptions};
 use crate::floor::SeqWriteProbe;
@@ -263,6 +264,13 @@ fn run_on(
     // Produce mode sends the same encoded batch every time; e2e encodes each
     // batch at its send time so the consumer can tell how old it is.
     let fixed = batch::encode(batch_records, &value, |_| None)?;
+    // An idempotent producer numbers each partition's batches, so each batch is encoded at its
+    // send time as in e2e mode (the pacer does it, ahead of the send it times).
+    let producer = match args.idempotent {
+        true => Some(admin.init_producer_id(args.request_timeout)?),
+        false => None,
+    };
+    let mut sequences = vec![0i32; usize::try_from(args.partitions).unwrap_or(0)];
     let sampler = match args.floor_samples {
         0 => None,
         n => Some(FloorSampler::start(
@@ -284,13 +292,30 @@ fn run_on(
                     &schedule,
                     interrupt::interrupted,
                     |_, partition, intended| {
+                        let sequenced = producer.and_then(|(producer_id, epoch)| {
+                            let next = sequences.get_mut(usize::try_from(partition).ok()?)?;
+                            let base_sequence = *next;
+                            *next = increment_sequence(base_sequence, batch_records as i32);
+                            Some(batch::Sequenced {
+                                producer_id,
+                                epoch,
+                                base_sequence,
+                            })
+                        });
                         let records = match mode {
+                            Mode::Produce if sequenced.is_some() => {
+                                batch::encode_as(batch_records, &value, |_| None, sequenced)
+                                    .unwrap_or_else(|_| fixed.clone())
+                            }
                             Mode::Produce => fixed.clone(),
                             Mode::E2e => {
                                 let now = Instant::now();
-                                match batch::encode(batch_records, &value, |_| {
-                                    Some(batch::e2e_key(nonce, base, now))
-                                }) {
+                                match batch::encode_as(
+                                    batch_records,
+                                    &value,
+                                    |_| Some(batch::e2e_key(nonce, base, now)),
+                                    sequenced,
+                                ) {
                                     Ok(b) => b,
                                     Err(_) => fixed.clone(),
                                 }

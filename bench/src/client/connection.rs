@@ -11,7 +11,8 @@ use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListO
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::{
     ApiVersionsRequest, ApiVersionsResponse, BrokerId, CreateTopicsRequest, FetchRequest,
-    FetchResponse, ListOffsetsRequest, MetadataRequest, MetadataResponse, TopicName,
+    FetchResponse, InitProducerIdRequest, ListOffsetsRequest, MetadataRequest, MetadataResponse,
+    ProducerId, TopicName,
 };
 use kafka_protocol::protocol::{Request, StrBytes};
 use kafka_protocol::ResponseError;
@@ -150,6 +151,20 @@ impl Connection {
             }
         }
         Ok(())
+    }
+
+    /// A producer id and epoch for an idempotent producer (no transactional id).
+    pub fn init_producer_id(&mut self, timeout: Duration) -> Result<(i64, i16), ClientError> {
+        let version = Versions::require(self.versions.init_producer_id, "InitProducerId")?;
+        let request = InitProducerIdRequest::default()
+            .with_transaction_timeout_ms(duration_ms(timeout))
+            .with_producer_id(ProducerId(-1))
+            .with_producer_epoch(-1);
+        let response = self.request(&request, version)?;
+        if response.error_code != 0 {
+            return Err(kafka_error("InitProducerId", response.error_code));
+        }
+        Ok((response.producer_id.0, response.producer_epoch))
     }
 
     /// The latest offset of each partition (`Err(code)` for a partition the

@@ -16,6 +16,7 @@ const CLIENT_RANGES: &[(ApiKey, &str, i16, i16)] = &[
     (ApiKey::ListOffsets, "ListOffsets", 1, 9),
     (ApiKey::Metadata, "Metadata", 1, 12),
     (ApiKey::CreateTopics, "CreateTopics", 2, 7),
+    (ApiKey::InitProducerId, "InitProducerId", 0, 4),
 ];
 
 /// The negotiated version of each API the benchmarks use.
@@ -26,6 +27,7 @@ pub struct Versions {
     pub list_offsets: Option<i16>,
     pub metadata: Option<i16>,
     pub create_topics: Option<i16>,
+    pub init_producer_id: Option<i16>,
     /// The broker's advertised range per API name, as reported.
     #[serde(skip)]
     pub broker: BTreeMap<String, (i16, i16)>,
@@ -53,6 +55,7 @@ impl Versions {
                 ApiKey::ListOffsets => v.list_offsets = chosen,
                 ApiKey::Metadata => v.metadata = chosen,
                 ApiKey::CreateTopics => v.create_topics = chosen,
+                ApiKey::InitProducerId => v.init_producer_id = chosen,
                 _ => {}
             }
         }
