@@ -71,6 +71,7 @@ pub(super) fn admit(
 
 /// Where a rebuild reads one segment: its bytes, how many there are, and the offset after it.
 pub(super) struct SegmentView {
+    pub base_offset: i64,
     pub source: Source,
     pub bytes: u64,
     pub next_offset: i64,
@@ -79,6 +80,7 @@ pub(super) struct SegmentView {
 impl SegmentView {
     pub fn of(segment: &Segment) -> Self {
         SegmentView {
+            base_offset: segment.base_offset(),
             source: segment.source(),
             bytes: segment.readable_bytes(),
             next_offset: segment.index.next_offset,
@@ -108,7 +110,9 @@ async fn replay_segment(
 
 /// The producer state of the log made of `segments` (oldest first, all written to their files),
 /// from the newest snapshot at or below its end (snapshots above it are removed: a truncation cut
-/// what they cover) and the batches after it.
+/// what they cover) and the batches after it. When that replayed sealed segments, the state at
+/// the newest segment's base is saved as a snapshot, so the next open does not replay them again
+/// (a log written before snapshots existed, or whose snapshot was lost).
 pub(super) async fn rebuild(
     dir: &Path,
     segments: &[SegmentView],
@@ -118,7 +122,13 @@ pub(super) async fn rebuild(
     snapshot::prune(dir, log_start, log_end)?;
     let (from, mut table) = snapshot::load_newest(dir, log_end)?.unwrap_or_default();
     let from = from.max(log_start);
+    let newest_base = segments.last().map_or(from, |v| v.base_offset);
     for view in segments.iter().filter(|v| v.next_offset > from) {
+        if view.base_offset == newest_base && from < newest_base {
+            if let Err(e) = snapshot::write(dir, &table, newest_base) {
+                tracing::warn!(dir = ?dir, error = %e, "cannot write a producer snapshot");
+            }
+        }
         replay_segment(view, from, &mut table).await?;
     }
     Ok(table)

@@ -188,6 +188,7 @@ impl PartitionLog {
                 .range(..target_base)
                 .map(|(_, s)| SegmentView::of(s))
                 .chain(std::iter::once(SegmentView {
+                    base_offset: target_base,
                     source: segment::Source::File(reader.clone()),
                     bytes: cut_pos,
                     next_offset: point,
