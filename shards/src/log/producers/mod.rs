@@ -241,4 +241,6 @@ fn in_sequence(last: i32, next: i32) -> bool {
 }
 
 #[cfg(test)]
+mod model_tests;
+#[cfg(test)]
 mod tests;
