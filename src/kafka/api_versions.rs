@@ -22,6 +22,9 @@ const IMPLEMENTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::IncrementalAlterConfigs, 0, 1),
     (ApiKey::DescribeCluster, 0, 2),
+    // v0..2 allocate ids; v3+ also bump an idempotent producer's epoch (KIP-360). v6 (two-phase
+    // commit, KIP-939) is transactional only.
+    (ApiKey::InitProducerId, 0, 5),
 ];
 
 /// The versions of `api_key` this broker answers, if it implements it.

@@ -12,6 +12,7 @@ pub mod configs;
 pub mod errors;
 pub mod fetch;
 pub mod frame;
+pub mod init_producer_id;
 pub mod leader_hint;
 pub mod list_offsets;
 pub mod metadata;
@@ -116,6 +117,7 @@ async fn dispatch(shard: &Rc<Shard>, body: RequestKind, version: i16) -> Reply {
             configs::incremental_alter_configs(shard, request)
         }
         RequestKind::DescribeCluster(request) => cluster::describe_cluster(shard, request, version),
+        RequestKind::InitProducerId(request) => init_producer_id::handle(shard, request),
         _ => Reply::Close(format!("no handler for api version {version}")),
     }
 }
