@@ -1,6 +1,7 @@
 //! InitProducerId over the wire, on real `chronik start` processes: ids come from blocks the
 //! controller hands out through Raft, so no two brokers ever answer the same id, across
-//! controller crashes and restarts; the KIP-360 epoch bump; transactional ids refused.
+//! controller crashes and restarts; the KIP-360 epoch bump; transactional ids refused; and
+//! DescribeProducers listing what a partition's leader knows of them.
 
 mod common;
 
@@ -9,8 +10,10 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::cluster::{start_cluster, wait_until_formed, Node};
-use common::{Broker, Client};
+use common::cluster::{
+    create_topic, leader_and_followers, start_cluster, wait_for_leaders, wait_until_formed, Node,
+};
+use common::{producer_batch, Broker, Client, ProducerFields};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
 
@@ -192,4 +195,108 @@ fn ids_after_a_restart_or_a_crash_are_new() {
     let third = take_from(&broker, 30, &mut seen);
     assert!(third[0] > *second.last().unwrap());
     assert!(broker.stop().success());
+}
+
+/// DescribeProducers for partitions `indexes` of `topic`: (index, error code, producers as
+/// (id, epoch, last sequence, last timestamp)).
+fn describe_producers(
+    client: &mut Client,
+    topic: &str,
+    indexes: &[i32],
+) -> Vec<(i32, i16, Vec<(i64, i32, i32, i64)>)> {
+    let mut request = DescribeProducersRequest::default();
+    let mut wanted = describe_producers_request::TopicRequest::default();
+    wanted.name = TopicName(StrBytes::from_string(topic.to_string()));
+    wanted.partition_indexes = indexes.to_vec();
+    request.topics.push(wanted);
+    let response: DescribeProducersResponse = client.call(ApiKey::DescribeProducers, 0, &request);
+    assert_eq!(response.topics.len(), 1);
+    response.topics[0]
+        .partitions
+        .iter()
+        .map(|p| {
+            for state in &p.active_producers {
+                // No transactions: no coordinator, no open transaction.
+                assert_eq!(
+                    (state.coordinator_epoch, state.current_txn_start_offset),
+                    (-1, -1)
+                );
+            }
+            let producers = p
+                .active_producers
+                .iter()
+                .map(|s| {
+                    (
+                        s.producer_id.0,
+                        s.producer_epoch,
+                        s.last_sequence,
+                        s.last_timestamp,
+                    )
+                })
+                .collect();
+            (p.partition_index, p.error_code, producers)
+        })
+        .collect()
+}
+
+#[test]
+fn describe_producers_lists_a_partitions_producers_on_its_leader() {
+    let broker = Broker::start();
+    let mut client = broker.client();
+    client.create_topic("described", 2);
+    let id = fresh_id(&mut None, broker.addr);
+    let producer = ProducerFields {
+        id,
+        epoch: 0,
+        base_sequence: 0,
+    };
+    let timestamp = 1_700_000_000_000;
+    let first = producer_batch(&[b"a", b"b", b"c"], timestamp, producer);
+    let second = producer_batch(
+        &[b"d", b"e"],
+        timestamp + 10,
+        ProducerFields {
+            base_sequence: 3,
+            ..producer
+        },
+    );
+    for records in [first, second] {
+        let answers = client.produce("described", -1, &[(1, records)]);
+        assert_eq!(answers[0].1, 0, "{answers:?}");
+    }
+    let described = describe_producers(&mut client, "described", &[1, 0, 7]);
+    assert_eq!(described.len(), 3);
+    // The last batch's last record: sequence 4, its timestamp (the batch's max timestamp).
+    assert_eq!(described[0], (1, 0, vec![(id, 0, 4, timestamp + 11)]));
+    assert_eq!(described[1], (0, 0, vec![]));
+    assert_eq!(described[2], (7, 3, vec![]), "no such partition");
+    let missing = describe_producers(&mut client, "no-such-topic", &[0]);
+    assert_eq!(missing[0].1, 3);
+}
+
+#[test]
+fn describe_producers_is_answered_by_the_leader_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let nodes = start_cluster(tmp.path(), 3);
+    create_topic(&mut Client::connect(nodes[0].addr), "led", 1, 3);
+    wait_for_leaders(nodes[0].addr, "led", Duration::from_secs(20));
+    let (leader, followers) = leader_and_followers(&nodes, "led");
+    let id = fresh_id(&mut None, nodes[followers[0]].addr);
+    let records = producer_batch(
+        &[b"x"],
+        1_700_000_000_000,
+        ProducerFields {
+            id,
+            epoch: 0,
+            base_sequence: 0,
+        },
+    );
+    let answers = Client::connect(nodes[leader].addr).produce("led", -1, &[(0, records)]);
+    assert_eq!(answers[0].1, 0, "{answers:?}");
+    let described = describe_producers(&mut Client::connect(nodes[leader].addr), "led", &[0]);
+    assert_eq!(described[0], (0, 0, vec![(id, 0, 0, 1_700_000_000_000)]));
+    for follower in followers {
+        let described = describe_producers(&mut Client::connect(nodes[follower].addr), "led", &[0]);
+        assert_eq!(described[0], (0, 6, vec![]), "NOT_LEADER_OR_FOLLOWER");
+    }
 }

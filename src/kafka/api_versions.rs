@@ -25,6 +25,7 @@ const IMPLEMENTED: &[(ApiKey, i16, i16)] = &[
     // v0..2 allocate ids; v3+ also bump an idempotent producer's epoch (KIP-360). v6 (two-phase
     // commit, KIP-939) is transactional only.
     (ApiKey::InitProducerId, 0, 5),
+    (ApiKey::DescribeProducers, 0, 0),
 ];
 
 /// The versions of `api_key` this broker answers, if it implements it.

@@ -9,6 +9,7 @@
 pub mod api_versions;
 pub mod cluster;
 pub mod configs;
+pub mod describe_producers;
 pub mod errors;
 pub mod fetch;
 pub mod frame;
@@ -118,6 +119,7 @@ async fn dispatch(shard: &Rc<Shard>, body: RequestKind, version: i16) -> Reply {
         }
         RequestKind::DescribeCluster(request) => cluster::describe_cluster(shard, request, version),
         RequestKind::InitProducerId(request) => init_producer_id::handle(shard, request),
+        RequestKind::DescribeProducers(request) => describe_producers::handle(shard, request),
         _ => Reply::Close(format!("no handler for api version {version}")),
     }
 }
