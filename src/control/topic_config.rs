@@ -417,6 +417,17 @@ fn flush_policy(topic: &TopicInfo, defaults: &BrokerDefaults) -> FlushPolicy {
     }
 }
 
+/// Whether `topic`'s replicas acknowledge only fsynced records (flush policy `always`). The broker
+/// default is `always` and not configurable, so this depends on the topic's own configs alone, as
+/// the metadata state machine (which has no broker defaults) needs it to; were the default made
+/// configurable, the commands that depend on it would have to carry it.
+pub fn acknowledges_only_durable(topic: &TopicInfo) -> bool {
+    matches!(
+        flush_policy(topic, &BrokerDefaults::default()),
+        FlushPolicy::Always
+    )
+}
+
 /// The `LogConfig` every partition log of `topic` runs with.
 pub fn log_config(topic: &TopicInfo, defaults: &BrokerDefaults) -> LogConfig {
     let mut config = defaults.log.clone();
