@@ -197,13 +197,15 @@ fn ids_after_a_restart_or_a_crash_are_new() {
     assert!(broker.stop().success());
 }
 
-/// DescribeProducers for partitions `indexes` of `topic`: (index, error code, producers as
-/// (id, epoch, last sequence, last timestamp)).
+/// One producer as DescribeProducers lists it: (id, epoch, last sequence, last timestamp).
+type Listed = (i64, i32, i32, i64);
+
+/// DescribeProducers for partitions `indexes` of `topic`: (index, error code, producers).
 fn describe_producers(
     client: &mut Client,
     topic: &str,
     indexes: &[i32],
-) -> Vec<(i32, i16, Vec<(i64, i32, i32, i64)>)> {
+) -> Vec<(i32, i16, Vec<Listed>)> {
     let mut request = DescribeProducersRequest::default();
     let mut wanted = describe_producers_request::TopicRequest::default();
     wanted.name = TopicName(StrBytes::from_string(topic.to_string()));
