@@ -5,7 +5,9 @@
 //! (their producers' state stays) and none that a truncation or a crash cut. Checked: every append's
 //! answer (appended at the log end, a duplicate with the original offsets, or the refusal), the
 //! log's producer summaries after every step, and after every reopening and cut a retry of every
-//! batch the reference remembers.
+//! batch the reference remembers. A follower replicates the leader after every step (truncated
+//! where the leader was cut, restarted where it restarted, as replication does) and must hold the
+//! leader's producer state.
 
 use std::path::PathBuf;
 use std::rc::Rc;
@@ -239,8 +241,48 @@ fn check_state(log: &PartitionLog, model: &mut Model) {
     }
 }
 
-async fn run_ops(dir: PathBuf, ops: Vec<Op>) {
+/// What the follower must undo before it copies the leader's new batches.
+#[derive(Default)]
+struct Divergence {
+    /// The leader restarted its log at this offset.
+    restart: Option<i64>,
+    /// The leader's log was cut to this end (the lowest since the last sync).
+    cut: Option<i64>,
+}
+
+impl Divergence {
+    fn cut_to(&mut self, end: i64) {
+        self.cut = Some(self.cut.map_or(end, |c| c.min(end)));
+    }
+}
+
+/// Brings the follower to the leader's log (follower appends of the leader's stored batches) and
+/// checks it holds the same producer state.
+async fn sync_follower(leader: &PartitionLog, follower: &PartitionLog, diverged: &mut Divergence) {
+    if let Some(offset) = diverged.restart.take() {
+        follower.truncate_fully_and_start_at(offset).await.unwrap();
+    }
+    if let Some(end) = diverged.cut.take() {
+        follower.truncate_to(end).await.unwrap();
+    }
+    while follower.log_end_offset() < leader.log_end_offset() {
+        let from = follower.log_end_offset();
+        for b in leader.read(from, 1 << 20, i64::MAX).await.unwrap() {
+            follower.append_replica(b).unwrap();
+        }
+    }
+    assert_eq!(follower.log_end_offset(), leader.log_end_offset());
+    assert_eq!(
+        follower.producer_states(),
+        leader.producer_states(),
+        "follower"
+    );
+}
+
+async fn run_ops(dir: PathBuf, follower_dir: PathBuf, ops: Vec<Op>) {
     let mut log: Rc<PartitionLog> = PartitionLog::open(dir.clone(), config()).await.unwrap();
+    let follower = PartitionLog::open(follower_dir, config()).await.unwrap();
+    let mut diverged = Divergence::default();
     let mut model = Model::default();
     for op in ops {
         match op {
@@ -278,6 +320,7 @@ async fn run_ops(dir: PathBuf, ops: Vec<Op>) {
                     .map_or(model.end, |a| a.base.max(model.start));
                 assert_eq!(end, expected, "truncate_to({offset})");
                 model.cut(end);
+                diverged.cut_to(end);
                 check_state(&log, &mut model);
             }
             Op::Retention(bytes) => {
@@ -296,6 +339,10 @@ async fn run_ops(dir: PathBuf, ops: Vec<Op>) {
                 model.history.clear();
                 model.start = offset;
                 model.cut(offset);
+                diverged = Divergence {
+                    restart: Some(offset),
+                    cut: None,
+                };
                 check_state(&log, &mut model);
             }
             Op::AdvanceStart(frac) => {
@@ -320,13 +367,16 @@ async fn run_ops(dir: PathBuf, ops: Vec<Op>) {
                     model.end
                 );
                 model.cut(end.max(model.start));
+                diverged.cut_to(model.end);
                 check_state(&log, &mut model);
             }
         }
         // A leader epoch below the log's last one is fenced: follow the log.
         model.leader_epoch = model.leader_epoch.max(log.last_leader_epoch());
         assert_eq!(log.producer_states(), model.table.summaries());
+        sync_follower(&log, &follower, &mut diverged).await;
     }
+    follower.close().await.unwrap();
     log.close().await.unwrap();
     let log = PartitionLog::open(dir, config()).await.unwrap();
     check_state(&log, &mut model);
@@ -337,10 +387,10 @@ proptest! {
     #[test]
     fn the_logs_producer_state_matches_the_reference(ops in prop::collection::vec(op(), 1..80)) {
         let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-        let dir = tmp.path().join("p-0");
+        let (dir, follower_dir) = (tmp.path().join("p-0"), tmp.path().join("p-1"));
         glommio::LocalExecutorBuilder::default()
             .io_memory(2 << 20)
-            .spawn(move || run_ops(dir, ops))
+            .spawn(move || run_ops(dir, follower_dir, ops))
             .unwrap()
             .join()
             .unwrap();
