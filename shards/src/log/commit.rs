@@ -8,6 +8,7 @@
 use std::rc::Rc;
 use std::time::Duration;
 
+use super::durability;
 use super::segment::{self, ActiveFile, Storage};
 use super::{FlushPolicy, LogError, PartitionLog, PendingWrite};
 
@@ -381,10 +382,10 @@ impl PartitionLog {
     }
 
     /// Writes every pending batch as one group. With `dsync_allowed`, a group of one chunk in one
-    /// segment goes through the O_DSYNC handle and is durable when written: every write before it
-    /// had completed when it was issued (the previous group held the write lock until then), so the
-    /// device flush and journal commit it triggered cover them too. `synced_end` moves here, under
-    /// the write lock, where no truncation can come between the write and the claim.
+    /// segment goes through the O_DSYNC handle and is durable when written; that counts only when
+    /// everything before it was durable already (`durability`: with FUA, an O_DSYNC write makes
+    /// only its own blocks durable). `synced_end` moves here, under the write lock, where no
+    /// truncation can come between the write and the claim.
     async fn write_pending(
         &self,
         target: i64,
@@ -426,13 +427,12 @@ impl PartitionLog {
                 a.written_tail = tail;
             }
         }
+        let group_start = st.written_end;
         st.written_end = last_end;
         let budget = self.config.borrow().tail_cache_bytes;
         let written_end = st.written_end;
         st.tail.evict(budget, written_end);
-        if all_durable {
-            st.synced_end = st.synced_end.max(written_end);
-        }
+        st.synced_end = durability::after_group(st.synced_end, group_start, written_end, all_durable);
         Ok(())
     }
 
@@ -486,7 +486,7 @@ impl PartitionLog {
             file.fdatasync().await?;
         }
         let mut st = self.state.borrow_mut();
-        st.synced_end = st.synced_end.max(end);
+        st.synced_end = durability::after_flush(st.synced_end, end);
         Ok(())
     }
 

@@ -34,6 +34,7 @@
 pub mod batch;
 mod commit;
 mod config;
+mod durability;
 mod epochs;
 mod error;
 mod index;
