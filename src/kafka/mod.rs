@@ -7,6 +7,7 @@
 //! waits overlap.
 
 pub mod api_versions;
+pub mod append_order;
 pub mod cluster;
 pub mod configs;
 pub mod describe_producers;

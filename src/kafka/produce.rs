@@ -20,6 +20,7 @@ use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
 use uuid::Uuid;
 
+use super::append_order::Ticket;
 use super::leader_hint::{self, CurrentLeader, Endpoint};
 use super::{errors, topics, Reply};
 use crate::control::{topic_config, TopicInfo};
@@ -57,12 +58,6 @@ struct AppendWork {
 
 /// Answers from one owner shard, by (topic, partition) position in the request.
 type OwnerResults = Vec<((usize, usize), PartitionResult)>;
-
-/// An append done (or refused) in the ordered part; none where it must wait.
-type Appended = (
-    AppendWork,
-    Option<(Rc<Partition>, Result<AppendInfo, PartitionResult>)>,
-);
 
 /// The request slots sent to one owner, with its pending answer.
 type OwnerReply<F> = (Vec<(usize, usize)>, F);
@@ -214,7 +209,9 @@ pub async fn handle(shard: &Rc<Shard>, mut request: ProduceRequest, version: i16
 
     let topic_data = release_frame(request);
 
-    // Queue the appends on their owners, in request order per owner.
+    // Queue the appends on their owners, in request order per owner. Each send is awaited here, in
+    // the ordered part, so the next request of this connection reaches each owner after this one
+    // (the guarantee is spelled out in `append_order`).
     let acks = acks.unwrap_or(Acks::Leader);
     let deadline = Instant::now() + timeout;
     let mut replies: Vec<OwnerReply<MeshReply<OwnerResults>>> = Vec::new();
@@ -386,54 +383,62 @@ fn build_response(
     response
 }
 
-/// Runs on the owner shard. Appends what it can right away (in order with
-/// earlier work from the same shard), then waits for what `acks` asks.
+/// Runs on the owner shard. Appends what it can right away (in order with earlier work from the
+/// same shard), then waits for what `acks` asks.
+///
+/// A part that cannot append right away (the owner has not applied the image the request was
+/// routed by, or the log is not open) takes its place in its partition's line right away, and so
+/// does every later part for that partition until the line is empty: appends to one partition
+/// happen in the order the work arrived here (`append_order`), whatever each waits for.
 fn append_on_owner(
     shard: &Rc<Shard>,
     parts: Vec<AppendWork>,
     acks: Acks,
     deadline: Instant,
 ) -> LocalFuture<OwnerResults> {
-    // Ordered part: partitions whose log is open, under the image the request was routed by,
-    // append now.
-    let mut ready: Vec<Appended> = Vec::with_capacity(parts.len());
+    // Ordered part: partitions whose log is open, under the image the request was routed by, with
+    // no earlier append of theirs still in line, append now.
+    let mut steps: Vec<(AppendWork, Step)> = Vec::with_capacity(parts.len());
     for mut part in parts {
-        let open = shard
-            .partitions
-            .get(&(part.topic_id, part.partition))
-            .filter(|_| shard.has_applied(part.image_version));
-        let appended = open.map(|partition| {
-            let result = append_as_leader(&partition, std::mem::take(&mut part.records), acks);
-            (partition, result)
+        let key = (part.topic_id, part.partition);
+        let open = shard.partitions.get(&key).filter(|_| {
+            shard.has_applied(part.image_version) && !shard.append_order.is_waiting(&key)
         });
-        ready.push((part, appended));
+        let step = match open {
+            Some(partition) => {
+                let result = append_as_leader(&partition, std::mem::take(&mut part.records), acks);
+                Step::Appended(partition, result)
+            }
+            None => Step::InLine(shard.append_order.join(key)),
+        };
+        steps.push((part, step));
     }
     let shard = shard.clone();
     Box::pin(async move {
-        let mut out = Vec::with_capacity(ready.len());
-        for (mut part, appended) in ready {
-            let (partition, result) = match appended {
-                Some(appended) => appended,
-                // The owner has not applied the request's image yet (a new leader, or a topic
-                // just created), or the log is not open: catch up, open it, then append.
-                None => match until(deadline, async {
-                    shard.caught_up_with(part.image_version, deadline).await;
-                    open_partition(&shard, part.topic_id, part.partition)
-                        .await
-                        .map_err(|code| code.code())
-                })
-                .await
-                {
-                    Ok(partition) => {
-                        let result =
-                            append_as_leader(&partition, std::mem::take(&mut part.records), acks);
-                        (partition, result)
-                    }
-                    Err(code) => {
-                        out.push((part.slot, PartitionResult::error_code(code, None)));
-                        continue;
-                    }
-                },
+        // The deferred appends, each in its turn, before any wait for acks: a part's append is
+        // never held behind another part's durability or replication.
+        for (part, step) in steps.iter_mut() {
+            if let Step::InLine(ticket) = step {
+                let appended = append_in_turn(&shard, part, ticket, acks, deadline).await;
+                // Dropping the ticket passes the turn on.
+                *step = appended;
+            }
+        }
+        let mut out = Vec::with_capacity(steps.len());
+        for (part, step) in steps {
+            let (partition, result) = match step {
+                Step::Appended(partition, result) => (partition, result),
+                Step::Answered(result) => {
+                    out.push((part.slot, result));
+                    continue;
+                }
+                Step::InLine(_) => {
+                    out.push((
+                        part.slot,
+                        PartitionResult::error(ResponseError::UnknownServerError),
+                    ));
+                    continue;
+                }
             };
             let info = match result {
                 Ok(info) => info,
@@ -485,6 +490,80 @@ fn append_on_owner(
             out.push((part.slot, result));
         }
         out
+    })
+}
+
+/// Where one part of a request stands on its owner.
+enum Step {
+    /// Appended, or refused by the leader's checks or the log.
+    Appended(Rc<Partition>, Result<AppendInfo, PartitionResult>),
+    /// Waiting in its partition's line.
+    InLine(Ticket),
+    /// Answered without an append (it gave up waiting, or the partition cannot open).
+    Answered(PartitionResult),
+}
+
+/// A deferred part's append: waits for its turn in its partition's line, for the owner to apply
+/// the image the request was routed by and for the log to open, then appends. A part that gives up
+/// (the request's deadline, the image never applied, the log cannot open) does not append; either
+/// way the caller's dropping the ticket lets the next in line go.
+async fn append_in_turn(
+    shard: &Rc<Shard>,
+    part: &mut AppendWork,
+    ticket: &Ticket,
+    acks: Acks,
+    deadline: Instant,
+) -> Step {
+    let ready = until(deadline, async {
+        ticket.turn().await;
+        let behind = !shard.has_applied(part.image_version);
+        if !shard.caught_up_with(part.image_version, deadline).await {
+            // Not appended: the owner does not lead the partition as the request expected (yet).
+            let code = if Instant::now() >= deadline {
+                ResponseError::RequestTimedOut
+            } else {
+                ResponseError::NotLeaderOrFollower // shutting down
+            };
+            return Err(code.code());
+        }
+        let partition = open_partition(shard, part.topic_id, part.partition)
+            .await
+            .map_err(|code| code.code())?;
+        if let Some(delay) = slow_deferred_append().filter(|_| behind) {
+            glommio::timer::sleep(delay).await;
+        }
+        Ok(partition)
+    })
+    .await;
+    match ready {
+        Ok(partition) => {
+            let result = append_as_leader(&partition, std::mem::take(&mut part.records), acks);
+            Step::Appended(partition, result)
+        }
+        Err(code) => Step::Answered(PartitionResult::error_code(code, None)),
+    }
+}
+
+/// Fault injection for tests: an append that had to wait for its owner to apply the request's image
+/// waits this many milliseconds more before it appends, so that requests sent meanwhile find the
+/// owner caught up.
+pub const SLOW_DEFERRED_APPEND_ENV: &str = "CHRONIK_FAULT_SLOW_DEFERRED_APPEND_MS";
+
+/// The delay `SLOW_DEFERRED_APPEND_ENV` asks for, read once per process.
+fn slow_deferred_append() -> Option<Duration> {
+    static DELAY: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLock::new();
+    *DELAY.get_or_init(|| {
+        let delay = std::env::var(SLOW_DEFERRED_APPEND_ENV)
+            .ok()
+            .and_then(|ms| ms.parse().ok())
+            .map(Duration::from_millis);
+        if let Some(delay) = delay {
+            tracing::warn!(
+                "fault injection: deferred produce appends wait {delay:?} before appending \
+                 ({SLOW_DEFERRED_APPEND_ENV})"
+            );
+        }
+        delay
     })
 }
 

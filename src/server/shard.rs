@@ -16,6 +16,7 @@ use glommio::sync::Gate;
 use tracing::{info, warn};
 
 use crate::control::ControlHandle;
+use crate::kafka::append_order::AppendOrder;
 use crate::partitions::offset_watch::OffsetWatch;
 use crate::partitions::{sync, PartitionRegistry};
 use crate::server::connection;
@@ -37,6 +38,8 @@ pub struct Shard {
     /// request is routed by the image its receiving shard read, which the owner shard may not
     /// have applied yet: the owner waits for it (`caught_up_with`) before acting as leader.
     applied_image: OffsetWatch,
+    /// Produce appends deferred on this shard, in line per partition (`kafka::append_order`).
+    pub append_order: AppendOrder,
     /// What a client connection may hold (frame size, timeouts, fetch size).
     pub limits: Limits,
     /// This shard's share of `queued.max.request.bytes`.
@@ -145,6 +148,7 @@ pub async fn run(id: usize, start: ShardStart) -> Result<(), String> {
         shutdown: start.shutdown.clone(),
         replication: crate::replication::ShardReplication::new(start.replica_lag_time_max_ms),
         applied_image: OffsetWatch::new(-1),
+        append_order: AppendOrder::new(),
         request_memory: RequestMemory::new(start.limits.shard_request_bytes(start.shards)),
         connection_slots: ConnectionSlots::new(start.limits.shard_connections(start.shards)),
         limits: start.limits.clone(),
