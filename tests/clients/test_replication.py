@@ -1,7 +1,9 @@
 """Replication and acks=all on real 3-broker clusters (issue 5's scenarios)."""
 
 import json
+import logging
 import os
+import re
 import signal
 import socket
 import struct
@@ -11,7 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import (OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Producer,
+                             TopicPartition)
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from broker import chronik_bin, recv_exact
@@ -281,19 +284,46 @@ def test_follower_catches_up_from_disk(tmp_path):
             b.assert_no_panic()
 
 
+class _ImplicitAcks(logging.Handler):
+    """Counts the messages librdkafka's idempotent producer reports delivered without an offset
+    (its `eos` debug log says so): those of a request that failed with an uncertain outcome
+    (a timeout, a lost connection) once a later request of the partition succeeded, and those
+    the broker answered with DUPLICATE_SEQUENCE_NUMBER."""
+
+    PATTERNS = (re.compile(r"(\d+) message\(s\) implicitly acked"),
+                re.compile(r"with (\d+) message\(s\) failed due to duplicate sequence number"))
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.messages = 0
+
+    def emit(self, record):
+        text = record.getMessage()
+        for pattern in self.PATTERNS:
+            found = pattern.search(text)
+            if found:
+                self.messages += int(found.group(1))
+
+
 class NumberedProducer:
     """A thread sending numbered messages round robin over the partitions with acks=all (retries
-    on, idempotence off) until `finish`; `acked` collects (partition, offset, number) and `errors`
-    the failed deliveries."""
+    on, idempotence off unless asked for) until `finish`; `acked` collects (partition, offset,
+    number), `acked_without_offset` (partition, number) of deliveries reported without an offset,
+    and `errors` the failed deliveries (and a fatal producer error, which ends it)."""
 
     def __init__(self, bootstrap: str, topic: str, partitions: int, retries: int,
-                 message_timeout_ms: int, request_timeout_ms: int, flush_timeout: float):
-        self.acked, self.errors = [], []
+                 message_timeout_ms: int, request_timeout_ms: int, flush_timeout: float,
+                 idempotence: bool = False):
+        self.acked, self.acked_without_offset, self.errors = [], [], []
         self.unflushed = None
+        self.idempotence = idempotence
+        self.implicit_acks = _ImplicitAcks()
         self._stop = threading.Event()
         config = {"bootstrap.servers": bootstrap, "acks": "all", "retries": retries,
-                  "enable.idempotence": False, "linger.ms": 2,
+                  "enable.idempotence": idempotence, "linger.ms": 2,
                   "message.timeout.ms": message_timeout_ms, "request.timeout.ms": request_timeout_ms}
+        if idempotence:
+            config["debug"] = "eos"
         self._thread = threading.Thread(target=self._run,
                                         args=(config, topic, partitions, flush_timeout))
         self._thread.start()
@@ -301,11 +331,17 @@ class NumberedProducer:
     def _on_delivery(self, err, msg):
         if err is not None:
             self.errors.append(err)
+        elif msg.offset() is None or msg.offset() < 0:
+            self.acked_without_offset.append((msg.partition(), int(msg.value())))
         else:
             self.acked.append((msg.partition(), msg.offset(), int(msg.value())))
 
     def _run(self, config, topic, partitions, flush_timeout):
-        p = Producer(config)
+        logger = logging.getLogger(f"librdkafka-{id(self)}")
+        logger.propagate = False
+        logger.setLevel(logging.DEBUG)
+        logger.addHandler(self.implicit_acks)
+        p = Producer(config, logger=logger)
         n = 0
         while not self._stop.is_set():
             try:
@@ -314,6 +350,9 @@ class NumberedProducer:
                 n += 1
             except BufferError:
                 pass  # the queue is full while a partition has no leader: wait for room
+            except KafkaException as e:  # an idempotent producer's fatal error: it cannot go on
+                self.errors.append(e.args[0])
+                break
             p.poll(0.002)
         self.unflushed = p.flush(flush_timeout)
 
@@ -324,19 +363,27 @@ class NumberedProducer:
         assert not self._thread.is_alive()
         assert self.unflushed == 0, f"{self.unflushed} messages still in flight"
         assert self.acked, "nothing acknowledged"
+        # Only librdkafka's idempotent producer reports a delivery without its offset (and only
+        # when it infers it); the broker's acknowledgements always carry the offset.
+        assert self.idempotence or not self.acked_without_offset, \
+            f"acknowledged without an offset: {self.acked_without_offset[:5]}"
 
 
-def read_back_acknowledged(c: Cluster, topic: str, partitions: int, acked):
+def read_back_acknowledged(c: Cluster, topic: str, partitions: int, acked, without_offset=()):
     """Reads every partition up to its last acknowledged offset. Returns {partition: {offset:
-    number}}, the acknowledged messages not at their acknowledged offset, and how many numbers the
-    logs hold more than once."""
+    number}}, the acknowledged messages not at their acknowledged offset (or, for those
+    acknowledged without an offset, nowhere in their partition), and how many numbers the logs
+    hold more than once."""
     stored = {}
     for p in range(partitions):
         mine = [a for a in acked if a[0] == p]
         last = max((a[1] for a in mine), default=-1)
-        got = read_all(c.bootstrap(), topic, p, len(mine), timeout=60, until_offset=last)
+        expect = len(mine) + sum(1 for q, _ in without_offset if q == p)
+        got = read_all(c.bootstrap(), topic, p, expect, timeout=60, until_offset=last)
         stored[p] = {o: int(v) for o, v in got}
     lost = [a for a in acked if stored[a[0]].get(a[1]) != a[2]]
+    numbers = {p: set(per.values()) for p, per in stored.items()}
+    lost += [(p, None, n) for p, n in without_offset if n not in numbers[p]]
     values = [v for per in stored.values() for v in per.values()]
     return stored, lost, len(values) - len(set(values))
 
@@ -712,19 +759,22 @@ def test_follower_below_leader_log_start_catches_up(tmp_path):
             b.assert_no_panic()
 
 
-def test_chaos_random_crashes_lose_no_acknowledged_write(tmp_path, long_mode):
+@pytest.mark.parametrize("idempotence", [False, True], ids=["plain", "idempotent"])
+def test_chaos_random_crashes_lose_no_acknowledged_write(tmp_path, long_mode, idempotence):
     """Brokers (the controller among them) crash at random, SIGKILL or SIGTERM, or freeze (SIGSTOP,
     then SIGCONT), one at a time but without waiting for the ISR to fill again, while an acks=all
-    producer (min.insync.replicas=2, retries on, idempotence off) writes to 6 partitions: 45 s of
-    it, 5 minutes with --long. Every acknowledged message must be in the log at its acknowledged
-    offset, in order per partition, and once the cluster is whole again every replica holds the
-    same bytes. CHAOS_SEED replays a run's choices."""
+    producer (min.insync.replicas=2, retries on) writes to 6 partitions: 45 s of it, 5 minutes
+    with --long. Every acknowledged message must be in the log at its acknowledged offset, in
+    order per partition, and once the cluster is whole again every replica holds the same bytes.
+    Idempotence off, a retry may store a message twice; with idempotence on (issue 17, 60 s of
+    chaos) nothing is stored twice and each partition holds its numbers in the order they were
+    sent. CHAOS_SEED replays a run's choices."""
     import random
 
     seed = int(os.environ.get("CHAOS_SEED", time.time_ns() % 1_000_000))
     rng = random.Random(seed)
     print(f"CHAOS_SEED={seed}")
-    chaos_seconds = 300 if long_mode else 45
+    chaos_seconds = 300 if long_mode else 60 if idempotence else 45
     c = make_cluster(tmp_path, extra_args=["--replica-lag-time-max-ms", "3000"]).start()
     topic = "chaos"
     partitions = 6
@@ -732,7 +782,7 @@ def test_chaos_random_crashes_lose_no_acknowledged_write(tmp_path, long_mode):
         create_topic(c, topic, partitions, config={"min.insync.replicas": "2"})
         producer = NumberedProducer(c.bootstrap(), topic, partitions, retries=1000000,
                                     message_timeout_ms=60000, request_timeout_ms=10000,
-                                    flush_timeout=120)
+                                    flush_timeout=120, idempotence=idempotence)
         events = []
         deadline = time.monotonic() + chaos_seconds
         while time.monotonic() < deadline:
@@ -764,6 +814,7 @@ def test_chaos_random_crashes_lose_no_acknowledged_write(tmp_path, long_mode):
             c.brokers[victim].wait_ready(60)
         producer.finish()
         acked, errors = producer.acked, producer.errors
+        without_offset = producer.acked_without_offset
         print("\n".join(events))
 
         def whole():
@@ -773,15 +824,32 @@ def test_chaos_random_crashes_lose_no_acknowledged_write(tmp_path, long_mode):
                 return False
 
         c.wait_for(whole, 90, "every ISR full again")
-        stored, lost, duplicates = read_back_acknowledged(c, topic, partitions, acked)
-        print(f"seed {seed}: {len(events)} crashes and freezes, acknowledged {len(acked)}, "
-              f"errors {len(errors)}, lost {len(lost)}, duplicates {duplicates}")
+        stored, lost, duplicates = read_back_acknowledged(c, topic, partitions, acked,
+                                                          without_offset)
+        print(f"seed {seed}: {len(events)} crashes and freezes, acknowledged {len(acked)} "
+              f"(+{len(without_offset)} without an offset), errors {len(errors)}, "
+              f"lost {len(lost)}, duplicates {duplicates}")
         assert lost == [], f"seed {seed}: {len(lost)} acknowledged messages lost, e.g. {lost[:5]}"
+        # An acknowledgement carries the record's offset, but for the idempotent producer's
+        # deliveries that librdkafka itself infers (see _ImplicitAcks).
+        implicit = producer.implicit_acks.messages
+        assert len(without_offset) <= implicit, \
+            f"seed {seed}: {len(without_offset)} acknowledged without an offset, " \
+            f"{implicit} of them inferred by the client, e.g. {without_offset[:5]}"
         for p in range(partitions):
             numbers = [v for _, v in sorted((o, n) for q, o, n in acked if q == p)]
             assert len(numbers) == len(set(numbers)), f"partition {p}: an offset acknowledged twice"
             offsets = sorted(stored[p])
             assert offsets == list(range(len(offsets))), f"partition {p}: offsets not dense"
+        if idempotence:
+            fatal = [e for e in errors if e.fatal()]
+            assert fatal == [], f"seed {seed}: the idempotent producer failed: {fatal[:3]}"
+            assert duplicates == 0, f"seed {seed}: {duplicates} messages stored twice"
+            for p in range(partitions):
+                numbers = [stored[p][o] for o in sorted(stored[p])]
+                backwards = [(a, b) for a, b in zip(numbers, numbers[1:]) if a >= b]
+                assert backwards == [], \
+                    f"seed {seed}, partition {p}: not in the order sent, e.g. {backwards[:5]}"
 
         # Whole again and idle: stopped cleanly, every replica holds the same bytes.
         c.stop_all()
