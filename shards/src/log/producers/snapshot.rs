@@ -18,9 +18,6 @@ use super::{BatchMetadata, ProducerEntry, ProducerTable, BATCHES_RETAINED};
 const MAGIC: &[u8; 4] = b"CHPS";
 const VERSION: u16 = 1;
 const SUFFIX: &str = ".snapshot";
-/// Snapshots kept at or above the log start: a truncation (which only cuts recent batches) finds
-/// one close below its cut point; older ones only cost a longer replay.
-pub const SNAPSHOTS_KEPT: usize = 3;
 
 pub fn file_name(offset: i64) -> String {
     format!("{offset:020}{SUFFIX}")
@@ -169,25 +166,20 @@ pub fn load_newest(dir: &Path, at_most: i64) -> io::Result<Option<(i64, Producer
     Ok(None)
 }
 
-/// Removes the snapshots above `above` (a truncation cut the batches they cover) and, of those at or
-/// above `log_start`, all but the newest [`SNAPSHOTS_KEPT`]; snapshots below `log_start` go too, except
-/// the newest of them when no snapshot at or above it remains (it still saves a replay).
+/// Removes the snapshots above `above` (a truncation cut the batches they cover) and those below
+/// `log_start`, except the newest of these. Every snapshot from the log start on is kept, one per
+/// rolled segment as in Kafka: once retention has deleted the segments that carried a producer's
+/// batches, a snapshot at or below a truncation's cut is the only place its state is left, so a cut
+/// below the newest few must still find one (a replay from the log start would forget it).
 pub fn prune(dir: &Path, log_start: i64, above: i64) -> io::Result<()> {
     let offsets = list(dir)?;
-    let kept_from = offsets
-        .iter()
-        .filter(|&&o| o <= above)
-        .rev()
-        .nth(SNAPSHOTS_KEPT - 1)
-        .copied()
-        .unwrap_or(i64::MIN);
     let floor = offsets
         .iter()
         .rev()
         .find(|&&o| o <= log_start && o <= above)
         .copied();
     for offset in offsets {
-        let keep = offset <= above && (offset >= kept_from.max(log_start) || Some(offset) == floor);
+        let keep = offset <= above && (offset >= log_start || Some(offset) == floor);
         if !keep {
             match std::fs::remove_file(path(dir, offset)) {
                 Ok(()) => {}

@@ -170,7 +170,7 @@ fn snapshot_files_are_found_and_pruned() {
     // A damaged newest one is skipped for an older one.
     std::fs::write(snapshot::path(dir.path(), 40), b"torn").unwrap();
     assert_eq!(snapshot::load_newest(dir.path(), 45).unwrap().unwrap().0, 30);
-    // Truncation to 35 drops 40 and 50; the three newest at or above the log start stay.
+    // Truncation to 35 drops 40 and 50; those at or above the log start stay.
     snapshot::prune(dir.path(), 0, 35).unwrap();
     assert_eq!(snapshot::list(dir.path()).unwrap(), vec![10, 20, 30]);
     // The log start moved to 25: 20 stays as the floor below it, 10 goes.
