@@ -34,9 +34,19 @@ const RETRIABLE: [i16; 6] = [
 /// InitProducerId without a transactional id (an idempotent producer), as librdkafka and
 /// kafka-python send it (v4): the producer id and epoch, retried while the broker is not ready.
 fn init_producer_id(addr: SocketAddr) -> ProducerFields {
+    bump_epoch(addr, None)
+}
+
+/// InitProducerId v4 with the producer's current id and epoch (KIP-360, as kafka-python sends it
+/// to recover from OUT_OF_ORDER_SEQUENCE_NUMBER), or with none (a new producer).
+fn bump_epoch(addr: SocketAddr, current: Option<ProducerFields>) -> ProducerFields {
     let mut request = InitProducerIdRequest::default();
     request.transactional_id = None;
     request.transaction_timeout_ms = 60_000;
+    if let Some(current) = current {
+        request.producer_id = current.id.into();
+        request.producer_epoch = current.epoch;
+    }
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let response: InitProducerIdResponse =
@@ -242,12 +252,16 @@ fn an_older_epoch_after_a_newer_one_is_rejected_with_invalid_producer_epoch() {
     let old = init_producer_id(broker.addr);
     let (_, old_next) = send_batches(&mut client, "epochs", old, 2, 1, 0);
 
-    // The same producer id with the next epoch (what a KIP-360 bump hands out) starts again at
-    // sequence 0; a new epoch that does not start at 0 is out of order.
-    let new = ProducerFields {
-        epoch: old.epoch + 1,
-        ..old
-    };
+    // A KIP-360 bump: the same producer id with the next epoch, which starts again at sequence
+    // 0; a new epoch that does not start at 0 is out of order.
+    let new = bump_epoch(broker.addr, Some(old));
+    assert_eq!(
+        new,
+        ProducerFields {
+            epoch: old.epoch + 1,
+            ..old
+        }
+    );
     let (error, _) = produce(&mut client, "epochs", &numbered(after(new, 3), 1, 0));
     assert_eq!(
         error, OUT_OF_ORDER_SEQUENCE_NUMBER,
