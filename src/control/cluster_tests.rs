@@ -178,13 +178,20 @@ fn topic_created_through_a_non_controller_is_identical_everywhere() {
     // A partition leader shrinks its ISR through a broker that is not the controller.
     let p0 = created.partitions[0].clone();
     let leader_node = nodes.iter().find(|n| n.node_id() == p0.leader).unwrap();
-    block_on(leader_node.alter_partition_isr("six".into(), 0, p0.leader_epoch, vec![p0.leader]))
-        .unwrap();
+    block_on(leader_node.alter_partition_isr(
+        "six".into(),
+        0,
+        p0.leader_epoch,
+        vec![p0.leader],
+        None,
+    ))
+    .unwrap();
     let stale = block_on(leader_node.alter_partition_isr(
         "six".into(),
         0,
         p0.leader_epoch + 1,
         vec![p0.leader],
+        None,
     ));
     assert_eq!(stale.unwrap_err().code().code(), 74);
     wait_for(&nodes, Duration::from_secs(2), |image| {
@@ -407,6 +414,7 @@ fn a_killed_broker_is_fenced_after_its_session_and_its_partitions_move() {
                 partition.index,
                 partition.leader_epoch,
                 isr,
+                None,
             ))
             .unwrap();
         }

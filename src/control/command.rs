@@ -27,6 +27,22 @@ pub struct Envelope {
     pub command: Command,
 }
 
+/// What a partition change was decided on, as Kafka's AlterPartition (v3) carries it: the
+/// partition's state (KIP-497's partition epoch) and the broker epoch of each replica it puts
+/// into the ISR (KIP-903). chronik names the state by the ISR itself rather than by a counter:
+/// images in snapshots from before this field have no counter, and a node that restored such a
+/// snapshot and one that replayed the log would count differently and then disagree on which
+/// change to refuse. An ISR equal to the one decided on is as good a basis, because what makes
+/// an equal ISR unsafe (a member that restarted) is caught by its incarnation.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChangeBasis {
+    /// The ISR the proposer saw (in any order).
+    pub isr: Vec<i32>,
+    /// The incarnation (broker epoch) of each broker the change adds to the ISR or makes
+    /// leader, as the proposer knew it when it credited that broker.
+    pub incarnations: BTreeMap<i32, u64>,
+}
+
 /// A metadata change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
@@ -83,6 +99,11 @@ pub enum Command {
         leader_epoch: i32,
         leader: Option<i32>,
         isr: Option<Vec<i32>>,
+        /// What the change was decided on (`isr_change`): checked when it is applied, so that a
+        /// fence, a restart or another ISR change committed in between makes it stale. None in
+        /// entries written before it existed, which apply as they did then.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        basis: Option<ChangeBasis>,
     },
     /// Hands broker `broker_id` (registered with `incarnation`) the next `size` producer ids
     /// (Kafka's ProducerIdsRecord). The range is the image's `next_producer_id` at apply time,

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::command::ChangeBasis;
 use super::error::ControlError;
 use super::image::TopicInfo;
 use super::producer_ids::ProducerIdBlock;
@@ -70,6 +71,10 @@ pub enum ClientRequest {
         partition: i32,
         leader_epoch: i32,
         isr: Vec<i32>,
+        /// The leader's ISR and the incarnations of the followers it adds; absent from older
+        /// brokers, in which case the controller takes them from its own image.
+        #[serde(default)]
+        basis: Option<ChangeBasis>,
     },
     /// A broker asks for a block of producer ids (Kafka's AllocateProducerIds), naming the
     /// incarnation it registered with.

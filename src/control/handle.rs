@@ -11,6 +11,7 @@ use std::time::Duration;
 use event_listener::Event;
 use uuid::Uuid;
 
+use super::command::ChangeBasis;
 use super::error::ControlError;
 use super::forward::{ClientRequest, ClientResult};
 use super::image::{MetadataImage, TopicInfo};
@@ -350,19 +351,23 @@ impl ControlHandle {
     /// The ISR of a partition this broker leads changes (a follower fell behind or caught up):
     /// Kafka's AlterPartition, committed through the controller. `leader_epoch` is the epoch the
     /// leader works in; a stale one is STALE_LEADER_EPOCH (FENCED_LEADER_EPOCH), and the ISR
-    /// may hold only live replicas and must hold the leader.
+    /// may hold only live replicas and must hold the leader. `basis`: the ISR the leader decided
+    /// on and the incarnations of the followers it adds (KIP-903), checked again when the change
+    /// is applied (`isr_change`); None lets the controller's image stand in for it.
     pub async fn alter_partition_isr(
         &self,
         topic: String,
         partition: i32,
         leader_epoch: i32,
         isr: Vec<i32>,
+        basis: Option<ChangeBasis>,
     ) -> Result<(), ControlError> {
         let request = ClientRequest::AlterPartitionIsr {
             topic,
             partition,
             leader_epoch,
             isr,
+            basis,
         };
         match self.call(request).await {
             ClientResult::Unit(result) => result,

@@ -31,6 +31,7 @@ pub mod forward;
 mod handle;
 pub mod image;
 mod inbound;
+mod isr_change;
 mod node;
 pub mod producer_ids;
 mod raft_logger;

@@ -27,6 +27,7 @@ use super::error::ControlError;
 use super::forward::{ClientRequest, ClientResult, Heartbeat, ResultKind, Rpc};
 use super::handle::Published;
 use super::image::MetadataImage;
+use super::isr_change;
 use super::producer_ids;
 use super::raft_storage::DiskStorage;
 use super::state_machine::{self, Outcome};
@@ -509,6 +510,7 @@ impl ControlNode {
                 partition,
                 leader_epoch,
                 isr,
+                basis,
             } => {
                 vec![validate::alter_partition_isr(
                     image,
@@ -516,6 +518,7 @@ impl ControlNode {
                     partition,
                     leader_epoch,
                     isr,
+                    basis,
                 )]
             }
             ClientRequest::AllocateProducerIds {
@@ -785,6 +788,14 @@ impl ControlNode {
                         leader_epoch: partition.leader_epoch,
                         leader: Some(preferred),
                         isr: None,
+                        // Checked again at apply: a restart or fence of `preferred` first makes
+                        // it stale (issue 14 item 3).
+                        basis: Some(isr_change::basis_from_image(
+                            &image,
+                            partition,
+                            None,
+                            Some(preferred),
+                        )),
                     };
                     commands.push((
                         format!(

@@ -9,9 +9,10 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use super::assignment;
-use super::command::Command;
+use super::command::{ChangeBasis, Command};
 use super::error::ControlError;
 use super::image::{BrokerInfo, MetadataImage, PartitionInfo, TopicInfo};
+use super::isr_change;
 use super::producer_ids::{self, ProducerIdBlock};
 use super::topic_config;
 use super::topic_name;
@@ -197,6 +198,7 @@ fn apply_to(image: &mut MetadataImage, command: &Command) -> Result<Outcome, Con
             leader_epoch,
             leader,
             isr,
+            basis,
         } => {
             change_partition(
                 image,
@@ -205,6 +207,7 @@ fn apply_to(image: &mut MetadataImage, command: &Command) -> Result<Outcome, Con
                 *leader_epoch,
                 *leader,
                 isr.as_deref(),
+                basis.as_ref(),
             )?;
         }
         Command::AllocateProducerIds {
@@ -359,6 +362,7 @@ fn change_partition(
     leader_epoch: i32,
     leader: Option<i32>,
     isr: Option<&[i32]>,
+    basis: Option<&ChangeBasis>,
 ) -> Result<(), ControlError> {
     let current = image
         .topics
@@ -376,6 +380,10 @@ fn change_partition(
             "partition {topic}-{index}: change based on leader epoch {leader_epoch}, current {}",
             partition.leader_epoch
         )));
+    }
+    if let Some(basis) = basis {
+        let name = format!("{topic}-{index}");
+        isr_change::check(image, &name, &partition, isr, leader, basis)?;
     }
     if let Some(isr) = isr {
         if isr.iter().any(|b| !partition.replicas.contains(b)) {
@@ -577,6 +585,7 @@ mod tests {
                 leader_epoch: 0,
                 leader: None,
                 isr: Some(vec![1]),
+                basis: None,
             },
         );
         r.unwrap();
@@ -698,6 +707,7 @@ mod tests {
             leader_epoch: epoch,
             leader,
             isr,
+            basis: None,
         };
         let (next, r) = apply(&image, 5, &change(0, Some(2), None));
         r.unwrap();

@@ -8,9 +8,10 @@ use std::collections::BTreeSet;
 use uuid::Uuid;
 
 use super::assignment;
-use super::command::Command;
+use super::command::{ChangeBasis, Command};
 use super::error::ControlError;
 use super::image::MetadataImage;
+use super::isr_change;
 use super::topic_config::{self, ConfigOp};
 use super::topic_name;
 use super::{BrokerDefaults, NewTopic};
@@ -195,13 +196,18 @@ pub fn alter_topic_configs(
     })
 }
 
-/// Plans an ISR change asked for by a partition's leader (Kafka's AlterPartition).
+/// Plans an ISR change asked for by a partition's leader (Kafka's AlterPartition). `basis` is
+/// what the leader decided on (its ISR, the incarnations of the followers it adds); without one
+/// (a leader of an older build) the controller's image stands in for it. Either way the command
+/// carries it, and the state machine checks it again when it applies the change
+/// (`isr_change`): liveness now is no proof of liveness then.
 pub fn alter_partition_isr(
     image: &MetadataImage,
     topic: &str,
     partition: i32,
     leader_epoch: i32,
     isr: Vec<i32>,
+    basis: Option<ChangeBasis>,
 ) -> Result<Command, ControlError> {
     let current = image.partition(topic, partition).ok_or_else(|| {
         ControlError::UnknownTopic(format!("partition {topic}-{partition} does not exist"))
@@ -234,12 +240,17 @@ pub fn alter_partition_isr(
             "broker {bad} cannot be in the ISR of {topic}-{partition}: not a live replica"
         )));
     }
+    let basis =
+        basis.unwrap_or_else(|| isr_change::basis_from_image(image, current, Some(&isr), None));
+    let name = format!("{topic}-{partition}");
+    isr_change::check(image, &name, current, Some(&isr), None, &basis)?;
     Ok(Command::ChangePartition {
         topic: topic.to_string(),
         partition,
         leader_epoch,
         leader: None,
         isr: Some(isr),
+        basis: Some(basis),
     })
 }
 
@@ -424,30 +435,44 @@ mod tests {
         image = next;
         let leader = image.topics["t"].partitions[0].leader;
         let follower = image.topics["t"].partitions[0].replicas[1];
-        let shrink = alter_partition_isr(&image, "t", 0, 0, vec![leader]).unwrap();
+        let shrink = alter_partition_isr(&image, "t", 0, 0, vec![leader], None).unwrap();
         let (shrunk, r) = state_machine::apply(&image, 11, &shrink);
         r.unwrap();
         assert_eq!(shrunk.topics["t"].partitions[0].isr, vec![leader]);
         assert_eq!(shrunk.topics["t"].partitions[0].leader_epoch, 0);
-        assert!(alter_partition_isr(&shrunk, "t", 0, 0, vec![leader, follower]).is_ok());
+        assert!(alter_partition_isr(&shrunk, "t", 0, 0, vec![leader, follower], None).is_ok());
         assert_eq!(
-            code(alter_partition_isr(&image, "t", 0, 1, vec![leader])),
+            code(alter_partition_isr(&image, "t", 0, 1, vec![leader], None)),
             74
         );
         assert_eq!(
-            code(alter_partition_isr(&image, "t", 0, 0, vec![follower])),
+            code(alter_partition_isr(&image, "t", 0, 0, vec![follower], None)),
             42
         );
         assert_eq!(
-            code(alter_partition_isr(&image, "t", 0, 0, vec![leader, 9])),
+            code(alter_partition_isr(
+                &image,
+                "t",
+                0,
+                0,
+                vec![leader, 9],
+                None
+            )),
             107
         );
         assert_eq!(
-            code(alter_partition_isr(&image, "t", 0, 0, vec![leader, leader])),
+            code(alter_partition_isr(
+                &image,
+                "t",
+                0,
+                0,
+                vec![leader, leader],
+                None
+            )),
             42
         );
         assert_eq!(
-            code(alter_partition_isr(&image, "t", 1, 0, vec![leader])),
+            code(alter_partition_isr(&image, "t", 1, 0, vec![leader], None)),
             3
         );
         let (fenced, r) = state_machine::apply(
@@ -465,7 +490,8 @@ mod tests {
                 "t",
                 0,
                 0,
-                vec![leader, follower]
+                vec![leader, follower],
+                None
             )),
             107
         );

@@ -134,10 +134,11 @@ impl<W> AckTracker<W> {
     }
 
     /// `replica` (the leader itself for its own flushes) reports every offset below `durable_end`
-    /// durable. Reports never lower what a replica acknowledged.
+    /// durable. The report replaces the replica's previous one, even when lower: a follower that
+    /// restarted and lost what it had not flushed (flush.ms/never) has only what it says now
+    /// (issue 14 item 3). The high watermark does not move back for it.
     pub fn on_ack(&mut self, replica: i32, durable_end: i64) -> Vec<Completion<W>> {
-        let entry = self.acked.entry(replica).or_insert(durable_end);
-        *entry = (*entry).max(durable_end);
+        self.acked.insert(replica, durable_end);
         self.advance()
     }
 
@@ -188,12 +189,19 @@ impl<W> AckTracker<W> {
             .collect()
     }
 
+    /// A replica that joins the ISR has no acknowledgement credit (it counts as having the high
+    /// watermark, which holds the high watermark where it is) until it acknowledges again: what
+    /// it reported before it joined may predate a restart that lost it (Kafka resets a replica's
+    /// state when it rejoins in a new broker epoch, KIP-903).
     fn set_isr_members(&mut self, isr: &[i32]) {
-        self.isr = isr.iter().copied().collect();
-        self.isr.insert(self.leader);
-        for member in &self.isr {
-            self.acked.entry(*member).or_insert(self.high_watermark);
+        let mut next: BTreeSet<i32> = isr.iter().copied().collect();
+        next.insert(self.leader);
+        for member in &next {
+            if !self.isr.contains(member) && *member != self.leader {
+                self.acked.insert(*member, self.high_watermark);
+            }
         }
+        self.isr = next;
     }
 
     fn advance(&mut self) -> Vec<Completion<W>> {
@@ -274,11 +282,49 @@ mod tests {
         t.on_ack(2, 8);
         assert_eq!(t.high_watermark(), 8);
         t.on_ack(2, 3);
-        assert_eq!(t.acked(2), Some(8));
+        assert_eq!(
+            t.acked(2),
+            Some(3),
+            "a lower report replaces the higher one"
+        );
+        assert_eq!(t.high_watermark(), 8);
         // A replica joining the ISR with a lower ack does not pull it back.
         t.set_isr(&[1, 2, 3]);
         t.on_ack(3, 2);
         assert_eq!(t.high_watermark(), 8);
+    }
+
+    /// Issue 14 item 3: a follower leaves the ISR, restarts having lost what it had not flushed
+    /// (flush=never), and is added back. Its acknowledgement from before the restart must not
+    /// count: the high watermark would cover records it no longer has, and it could be elected.
+    #[test]
+    fn a_replica_rejoining_the_isr_has_no_credit_until_it_acknowledges_again() {
+        let mut t: AckTracker<u32> = AckTracker::new(1, &[1, 2, 3], 1, 0);
+        for replica in [1, 2, 3] {
+            t.on_ack(replica, 100);
+        }
+        assert_eq!(t.high_watermark(), 100);
+        t.on_ack(1, 150);
+        t.on_ack(3, 150);
+        t.set_isr(&[1, 2]);
+        // Broker 3 restarts with 80 and is added back before it acknowledges anything more.
+        t.set_isr(&[1, 2, 3]);
+        t.on_ack(2, 150);
+        assert_eq!(
+            t.high_watermark(),
+            100,
+            "counted 3's acknowledgement from before"
+        );
+        // A report after the restart counts for what it says, even below the earlier one.
+        t.on_ack(3, 80);
+        assert_eq!(t.acked(3), Some(80));
+        assert_eq!(
+            t.high_watermark(),
+            100,
+            "the high watermark never moves back"
+        );
+        t.on_ack(3, 150);
+        assert_eq!(t.high_watermark(), 150);
     }
 
     #[test]

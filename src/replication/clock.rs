@@ -100,14 +100,14 @@ mod tests {
         let waiting = acks.wait(10, deadline_ms(std::time::Duration::from_secs(30)), 7u32);
         assert_eq!(waiting, None, "the followers have not acknowledged yet");
         let mut isr = IsrTracker::new(1, &[1, 2, 3], &[1, 2, 3], 30_000, now_ms());
-        isr.on_ack(2, 10, 10, now_ms());
-        isr.on_ack(3, 10, 10, now_ms());
+        isr.on_ack(2, 10, 10, now_ms(), Some(1));
+        isr.on_ack(3, 10, 10, now_ms(), Some(1));
 
         step_wall_clock_for_test(HOUR_MS);
 
         assert_eq!(acks.on_tick(now_ms()), vec![], "no waiter timed out");
         assert_eq!(acks.waiting(), 1);
         assert_eq!(isr.in_sync_count(now_ms()), 3);
-        assert_eq!(isr.poll(10, now_ms(), |_| true), None, "no ISR shrink");
+        assert_eq!(isr.poll(10, now_ms(), |_| Some(1)), None, "no ISR shrink");
     }
 }

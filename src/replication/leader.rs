@@ -273,11 +273,20 @@ pub fn on_ack_frame(shard: &Rc<Shard>, follower: i32, frame: Frame) {
                     other.kick();
                 }
             }
+            // The incarnation the follower is registered as now: an expansion names it, and the
+            // controller refuses it if the follower restarts first (issue 14 item 3).
+            let incarnation = shard
+                .control
+                .image()
+                .brokers
+                .get(&follower)
+                .map(|b| b.incarnation);
             leader.isr.borrow_mut().on_ack(
                 follower,
                 durable_end,
                 partition.log.log_end_offset(),
                 now_ms(),
+                incarnation,
             );
             if cursor.next.get().is_none() {
                 cursor.next.set(Some(log_end));
@@ -550,10 +559,13 @@ async fn housekeeping(shard: Rc<Shard>, partition: Rc<Partition>, leader: Rc<Lea
         complete(timed_out);
         let hw = leader.high_watermark();
         let image = shard.control.image();
-        let change = leader
-            .isr
-            .borrow_mut()
-            .poll(hw, now, |broker| image.is_live(broker));
+        let change = leader.isr.borrow_mut().poll(hw, now, |broker| {
+            image
+                .brokers
+                .get(&broker)
+                .filter(|b| !b.fenced)
+                .map(|b| b.incarnation)
+        });
         let Some(change) = change else {
             continue;
         };
@@ -574,6 +586,7 @@ async fn housekeeping(shard: Rc<Shard>, partition: Rc<Partition>, leader: Rc<Lea
                     partition.index,
                     leader.epoch,
                     change.isr,
+                    Some(change.basis),
                 )
                 .await;
             if let Err(e) = result {
