@@ -7,8 +7,10 @@
 mod common;
 
 use std::io::Write;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::cluster::*;
 use common::*;
 use kafka_protocol::messages::offset_for_leader_epoch_request::{
     OffsetForLeaderPartition, OffsetForLeaderTopic,
@@ -27,11 +29,11 @@ fn value(request: usize, partition: i32) -> String {
     format!("request-{request}-partition-{partition}")
 }
 
-/// Produce request `request` (acks=1): one record for every partition of `topic`, the partitions
-/// in ascending order for even `request` and descending for odd (a client orders a request's
-/// partitions as it likes).
-fn produce_frame(client: &mut Client, topic: &str, partitions: i32, request: usize) -> Vec<u8> {
-    let mut order: Vec<i32> = (0..partitions).collect();
+/// Produce request `request` (acks=1): one record for each of `partitions` of `topic`, in the order
+/// given for even `request` and reversed for odd (a client orders a request's partitions as it
+/// likes).
+fn produce_frame(client: &mut Client, topic: &str, partitions: &[i32], request: usize) -> Vec<u8> {
+    let mut order = partitions.to_vec();
     if request % 2 == 1 {
         order.reverse();
     }
@@ -89,35 +91,32 @@ fn wait_for_owners(addr: std::net::SocketAddr, topic: &str, partitions: i32) {
     assert_eq!(codes, vec![0; partitions as usize], "{response:?}");
 }
 
-/// Every partition holds the pipelined requests' records in send order, and each answer's base
-/// offset is where its record is.
+/// Each of `partitions` (ascending) holds the pipelined requests' records in send order (`stored`
+/// reads a partition's values), and each answer's base offset is where its record is.
 fn assert_send_order(
-    client: &mut Client,
-    topic: &str,
-    partitions: i32,
+    partitions: &[i32],
     answers: &[Vec<(i32, i16, i64)>],
+    mut stored: impl FnMut(i32) -> Vec<String>,
 ) {
-    for p in 0..partitions {
-        let stored: Vec<String> = client
-            .read_all(topic, p, 0)
-            .into_iter()
-            .map(|(_, v)| String::from_utf8_lossy(&v).into_owned())
-            .collect();
+    for (at, &p) in partitions.iter().enumerate() {
         let sent: Vec<String> = (0..PIPELINED).map(|r| value(r, p)).collect();
-        assert_eq!(stored, sent, "partition {p}: stored order vs send order");
-        let offsets: Vec<(i16, i64)> = answers
-            .iter()
-            .map(|answer| {
-                let (_, code, offset) = answer[p as usize];
-                (code, offset)
-            })
-            .collect();
-        let want: Vec<(i16, i64)> = (0..PIPELINED as i64).map(|o| (0, o)).collect();
+        assert_eq!(stored(p), sent, "partition {p}: stored order vs send order");
+        let offsets: Vec<(i32, i16, i64)> = answers.iter().map(|answer| answer[at]).collect();
+        let want: Vec<(i32, i16, i64)> = (0..PIPELINED as i64).map(|o| (p, 0, o)).collect();
         assert_eq!(
             offsets, want,
-            "partition {p}: (error, base offset) per request"
+            "partition {p}: (partition, error, base offset) per request"
         );
     }
+}
+
+/// The values stored in a partition, up to its high watermark.
+fn values_of(client: &mut Client, topic: &str, partition: i32) -> Vec<String> {
+    client
+        .read_all(topic, partition, 0)
+        .into_iter()
+        .map(|(_, v)| String::from_utf8_lossy(&v).into_owned())
+        .collect()
 }
 
 /// Right after CreateTopics the owner shards have not applied the image that has the topic (here
@@ -129,16 +128,18 @@ fn pipelined_produce_right_after_create_topics_keeps_send_order() {
     let mut client = broker.client();
     // Eight partitions on a machine of fewer cores: some owner shard holds several, so its parts of
     // one request wait one after another.
-    let partitions = 8;
-    let created = client.create_topic("pipelined", partitions);
+    let created = client.create_topic("pipelined", 8);
     assert_eq!(created.topics[0].error_code, 0, "{created:?}");
+    let partitions: Vec<i32> = (0..8).collect();
     // All written at once: the broker reads them back to back while the first still waits.
     let frames: Vec<u8> = (0..PIPELINED)
-        .flat_map(|request| produce_frame(&mut client, "pipelined", partitions, request))
+        .flat_map(|request| produce_frame(&mut client, "pipelined", &partitions, request))
         .collect();
     client.stream.write_all(&frames).unwrap();
     let answers = read_produce_answers(&mut client);
-    assert_send_order(&mut client, "pipelined", partitions, &answers);
+    assert_send_order(&partitions, &answers, |p| {
+        values_of(&mut client, "pipelined", p)
+    });
 }
 
 /// The first request still catching up (here a deferred append waits 1.5 s more once the owner
@@ -151,18 +152,90 @@ fn a_request_sent_once_the_owner_caught_up_waits_for_the_earlier_one() {
         ("CHRONIK_FAULT_SLOW_DEFERRED_APPEND_MS", "1500"),
     ]);
     let mut client = broker.client();
-    let partitions = 8;
-    let created = client.create_topic("overtaken", partitions);
+    let created = client.create_topic("overtaken", 8);
     assert_eq!(created.topics[0].error_code, 0, "{created:?}");
-    let first = produce_frame(&mut client, "overtaken", partitions, 0);
+    let partitions: Vec<i32> = (0..8).collect();
+    let first = produce_frame(&mut client, "overtaken", &partitions, 0);
     client.stream.write_all(&first).unwrap();
     // The first is deferred on every owner; once the owners answer another connection from the
     // applied image, the rest follow on the first connection, without waiting for its answer.
-    wait_for_owners(broker.addr, "overtaken", partitions);
+    wait_for_owners(broker.addr, "overtaken", 8);
     let rest: Vec<u8> = (1..PIPELINED)
-        .flat_map(|request| produce_frame(&mut client, "overtaken", partitions, request))
+        .flat_map(|request| produce_frame(&mut client, "overtaken", &partitions, request))
         .collect();
     client.stream.write_all(&rest).unwrap();
     let answers = read_produce_answers(&mut client);
-    assert_send_order(&mut client, "overtaken", partitions, &answers);
+    assert_send_order(&partitions, &answers, |p| {
+        values_of(&mut client, "overtaken", p)
+    });
+}
+
+/// Right after a leader change (here every broker's shards apply each image 1 s late), the new
+/// leader's owner shard still holds the partitions it takes over as a follower, and holds the
+/// image that made it leader for none of them: every part of the pipelined requests waits for it.
+/// They must be appended in send order on every partition it leads.
+#[test]
+fn pipelined_produce_right_after_a_leader_change_keeps_send_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let nodes = start_cluster_env(
+        tmp.path(),
+        3,
+        1,
+        &["--replica-lag-time-max-ms", "2000"],
+        &[("CHRONIK_FAULT_SLOW_IMAGE_APPLY_MS", "1000")],
+    );
+    create_topic(&mut Client::connect(nodes[0].addr), "moving", 6, 3);
+    let (old, followers) = leader_and_followers(&nodes, "moving");
+    let old_epoch = wait_for_leaders(nodes[old].addr, "moving", Duration::from_secs(20)).topics[0]
+        .partitions[0]
+        .leader_epoch;
+
+    // SIGTERM: the broker hands its leaderships to other ISR members before it exits.
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(nodes[old].child.id() as libc::pid_t, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (new, led) = loop {
+        assert!(Instant::now() < deadline, "no new leader");
+        let seen = followers.iter().find_map(|&i| {
+            let metadata = Client::try_connect(nodes[i].addr)
+                .ok()?
+                .metadata(&["moving"]);
+            let partitions = &metadata.topics.first()?.partitions;
+            let p0 = partitions.iter().find(|p| p.partition_index == 0)?;
+            let leader = usize::try_from(p0.leader_id.0 - 1).ok()?;
+            if leader == old || p0.leader_epoch <= old_epoch {
+                return None;
+            }
+            let mut led: Vec<i32> = partitions
+                .iter()
+                .filter(|p| p.leader_id.0 - 1 == leader as i32)
+                .map(|p| p.partition_index)
+                .collect();
+            led.sort();
+            Some((leader, led))
+        });
+        if let Some(seen) = seen {
+            break seen;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(led.len() >= 2, "the new leader leads {led:?}");
+
+    let mut client = Client::connect(nodes[new].addr);
+    let frames: Vec<u8> = (0..PIPELINED)
+        .flat_map(|request| produce_frame(&mut client, "moving", &led, request))
+        .collect();
+    client.stream.write_all(&frames).unwrap();
+    let answers = read_produce_answers(&mut client);
+    assert_send_order(&led, &answers, |p| {
+        // Readable once the high watermark passes them (the other follower acknowledges).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let values = values_of(&mut client, "moving", p);
+            if values.len() >= PIPELINED || Instant::now() > deadline {
+                return values;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
 }
