@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::cluster::{create_topic, create_topic_with, leader_and_followers, start_cluster};
+use common::cluster::{create_topic, create_topic_with, leader_and_followers, start_cluster, Node};
 use common::{producer_batch, Broker, Client, ProducerFields};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::StrBytes;
@@ -334,11 +334,46 @@ fn producer_state_survives_a_clean_restart_and_a_crash() {
     );
 }
 
+/// The node that leads partition 0 of `topic` once it is none of `dead`, as the live nodes'
+/// Metadata names it.
+fn leader_other_than(nodes: &[Node], topic: &str, dead: &[usize]) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(Instant::now() < deadline, "no leader but {dead:?}");
+        let live = (0..nodes.len()).filter(|i| !dead.contains(i));
+        let leader = live.clone().find_map(|i| {
+            let metadata = Client::try_connect(nodes[i].addr).ok()?.metadata(&[topic]);
+            let id = metadata.topics.first()?.partitions.first()?.leader_id.0;
+            usize::try_from(id - 1).ok()
+        });
+        if let Some(leader) = leader.filter(|l| live.clone().any(|i| i == *l)) {
+            return leader;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits until partition 0 of `topic` has all of `nodes` in its ISR (as `via` answers).
+fn wait_for_full_isr(nodes: &[Node], via: usize, topic: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let metadata = Client::connect(nodes[via].addr).metadata(&[topic]);
+        let isr = &metadata.topics[0].partitions[0].isr_nodes;
+        if isr.len() == nodes.len() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "ISR never full again: {isr:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn a_new_leader_detects_a_duplicate_of_what_the_old_leader_appended() {
     // acks=all: every batch is on all three replicas before it is acknowledged, and the followers
     // built the producer's state from the batches they replicated. The leader dies; the producer
-    // retries its last batch on the new leader, which must answer with the old offsets.
+    // retries its last batches on the new leader, which must answer with the old offsets. Then
+    // the old leader comes back (recovering its state from its log and the new leader's batches),
+    // the new leader dies, and whoever leads next detects the same retries.
     let tmp = tempfile::tempdir().unwrap();
     let mut nodes = start_cluster(tmp.path(), 3);
     create_topic(&mut Client::connect(nodes[0].addr), "failover", 1, 3);
@@ -347,26 +382,11 @@ fn a_new_leader_detects_a_duplicate_of_what_the_old_leader_appended() {
     let first = numbered(producer, 3, 0);
     assert_eq!(produce_retrying(nodes[old].addr, "failover", &first), 0);
     let mut client = Client::connect(nodes[old].addr);
-    let (sent, next) = send_batches(&mut client, "failover", after(producer, 3), 5, 3, 0);
+    let (mut sent, next) = send_batches(&mut client, "failover", after(producer, 3), 5, 3, 0);
     drop(client);
 
     nodes[old].kill();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let new = loop {
-        assert!(Instant::now() < deadline, "no new leader");
-        let leader = followers.iter().find_map(|&i| {
-            let metadata = Client::try_connect(nodes[i].addr)
-                .ok()?
-                .metadata(&["failover"]);
-            let id = metadata.topics.first()?.partitions.first()?.leader_id.0;
-            let leader = usize::try_from(id - 1).ok()?;
-            (leader != old && followers.contains(&leader)).then_some(leader)
-        });
-        if let Some(leader) = leader {
-            break leader;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let new = leader_other_than(&nodes, "failover", &[old]);
     for (records, offset) in sent.iter().rev() {
         let got = produce_retrying(nodes[new].addr, "failover", records);
         assert_eq!(got, *offset, "the new leader stored a duplicate again");
@@ -377,13 +397,39 @@ fn a_new_leader_detects_a_duplicate_of_what_the_old_leader_appended() {
         error, OUT_OF_ORDER_SEQUENCE_NUMBER,
         "a gap on the new leader"
     );
-    assert_eq!(
-        produce_retrying(nodes[new].addr, "failover", &numbered(next, 1, 0)),
-        18
-    );
+    let last = numbered(next, 1, 0);
+    assert_eq!(produce_retrying(nodes[new].addr, "failover", &last), 18);
+    sent.push((last, 18));
     assert_eq!(
         only_values(&stored(&mut client, "failover")),
         values(producer.epoch, 0..19)
+    );
+    drop(client);
+
+    nodes[old].respawn();
+    wait_for_full_isr(&nodes, new, "failover");
+    nodes[new].kill();
+    let third = leader_other_than(&nodes, "failover", &[new]);
+    for (records, offset) in sent[1..].iter().rev() {
+        let got = produce_retrying(nodes[third].addr, "failover", records);
+        assert_eq!(
+            got,
+            *offset,
+            "broker {} stored a duplicate again",
+            third + 1
+        );
+    }
+    let mut client = Client::connect(nodes[third].addr);
+    let (error, _) = produce(&mut client, "failover", &numbered(after(next, 3), 1, 0));
+    assert_eq!(
+        error, OUT_OF_ORDER_SEQUENCE_NUMBER,
+        "a gap on the third leader"
+    );
+    let newest = numbered(after(next, 1), 1, 0);
+    assert_eq!(produce_retrying(nodes[third].addr, "failover", &newest), 19);
+    assert_eq!(
+        only_values(&stored(&mut client, "failover")),
+        values(producer.epoch, 0..20)
     );
 }
 
