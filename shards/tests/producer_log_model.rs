@@ -286,7 +286,14 @@ async fn run_ops(dir: PathBuf, follower_dir: PathBuf, ops: Vec<Op>) {
     let mut log: Rc<PartitionLog> = PartitionLog::open(dir.clone(), config()).await.unwrap();
     let follower = PartitionLog::open(follower_dir, config()).await.unwrap();
     let mut diverged = Divergence::default();
-    let mut model = Model::default();
+    // Batch timestamps near the wall clock: a reopen expires producers idle past
+    // producer.id.expiration.ms by it.
+    let mut model = Model {
+        clock: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64),
+        ..Model::default()
+    };
     for op in ops {
         match op {
             Op::Produce(pid, what, len) => {

@@ -55,10 +55,27 @@ fn small_config() -> LogConfig {
     }
 }
 
+/// Where the tests' batch timestamps start: the wall clock when the test process started, since
+/// opening a log expires producers idle past producer.id.expiration.ms by the wall clock.
+fn epoch_ms() -> i64 {
+    static START: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *START.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64)
+    })
+}
+
 /// A batch of `records` records by producer `pid` in `epoch` from sequence `seq`, 300 bytes of
-/// payload, at timestamp `ts`.
+/// payload, at timestamp `ts` ms after [`epoch_ms`].
 fn pb(pid: i64, epoch: i16, seq: i32, records: i32, ts: i64) -> Vec<u8> {
-    build_producer_test_batch(0, records, ts, &[seq as u8; 300], (pid, epoch, seq))
+    build_producer_test_batch(
+        0,
+        records,
+        epoch_ms() + ts,
+        &[seq as u8; 300],
+        (pid, epoch, seq),
+    )
 }
 
 fn plain(records: i32, ts: i64) -> Vec<u8> {
@@ -170,7 +187,7 @@ fn the_leader_dedupes_retries_and_refuses_gaps_and_old_epochs() {
         let s = state_of(&log, 7).unwrap();
         assert_eq!(
             (s.producer_epoch, s.last_sequence, s.last_timestamp),
-            (1, 0, 14)
+            (1, 0, epoch_ms() + 14)
         );
     });
 }
@@ -489,9 +506,9 @@ fn an_idle_producer_expires_at_retention() {
         let log = open_log(&path, config.clone()).await;
         log.append(&pb(1, 0, 0, 1, 10_000), 0).unwrap();
         log.append(&pb(2, 0, 0, 1, 10_600), 0).unwrap();
-        log.apply_retention(10_999).await.unwrap();
+        log.apply_retention(epoch_ms() + 10_999).await.unwrap();
         assert_eq!(log.producer_states().len(), 2);
-        log.apply_retention(11_000).await.unwrap();
+        log.apply_retention(epoch_ms() + 11_000).await.unwrap();
         let ids: Vec<i64> = log
             .producer_states()
             .iter()
@@ -504,7 +521,7 @@ fn an_idle_producer_expires_at_retention() {
             offsets(log.append(&pb(1, 0, 0, 1, 11_000), 0).unwrap()),
             (2, 2, false)
         );
-        log.apply_retention(11_600).await.unwrap();
+        log.apply_retention(epoch_ms() + 11_600).await.unwrap();
         let ids: Vec<i64> = log
             .producer_states()
             .iter()
@@ -513,7 +530,7 @@ fn an_idle_producer_expires_at_retention() {
         assert_eq!(ids, vec![1]);
         // A batch timestamp counts, not the wall clock: a producer active again is kept.
         log.append(&pb(1, 0, 1, 1, 20_000), 0).unwrap();
-        log.apply_retention(20_500).await.unwrap();
+        log.apply_retention(epoch_ms() + 20_500).await.unwrap();
         assert_eq!(state_of(&log, 1).unwrap().last_sequence, 1);
     });
 }

@@ -271,7 +271,13 @@ pub fn build_test_batch(
     max_timestamp: i64,
     payload: &[u8],
 ) -> Vec<u8> {
-    build_producer_test_batch(base_offset, record_count, max_timestamp, payload, (-1, -1, -1))
+    build_producer_test_batch(
+        base_offset,
+        record_count,
+        max_timestamp,
+        payload,
+        (-1, -1, -1),
+    )
 }
 
 /// [`build_test_batch`] with an idempotent producer's (producer id, epoch, base sequence).

@@ -432,7 +432,8 @@ impl PartitionLog {
         let budget = self.config.borrow().tail_cache_bytes;
         let written_end = st.written_end;
         st.tail.evict(budget, written_end);
-        st.synced_end = durability::after_group(st.synced_end, group_start, written_end, all_durable);
+        st.synced_end =
+            durability::after_group(st.synced_end, group_start, written_end, all_durable);
         Ok(())
     }
 

@@ -39,7 +39,9 @@ mod tests {
     enum Step {
         Append(i64),
         /// Stage every pending offset as one group (if none is in flight).
-        IssueGroup { fua: bool },
+        IssueGroup {
+            fua: bool,
+        },
         CompleteGroup,
         /// Issue a flush (if none is in flight: the sync lock).
         IssueFlush,

@@ -226,8 +226,7 @@ impl LogState {
         });
         self.log_end = h.next_offset();
         if let Some(batch) = h.producer_batch() {
-            self.producers
-                .apply(&batch, h.base_offset, h.last_offset());
+            self.producers.apply(&batch, h.base_offset, h.last_offset());
         }
         self.last_epoch = h.leader_epoch;
         self.epochs.note(h.leader_epoch, h.base_offset);
@@ -278,6 +277,8 @@ impl PartitionLog {
             background: Cell::new(false),
             me: me.clone(),
         });
+        // Expiry is not recorded: producers that expired before the restart go again at once.
+        log.expire_producers(now_ms());
         log.start_background();
         Ok(log)
     }
@@ -372,7 +373,8 @@ impl PartitionLog {
                 latest: st.last_epoch,
             });
         }
-        if let producer_state::Admission::Duplicate(original) = producer_state::admit(&st, batches)? {
+        if let producer_state::Admission::Duplicate(original) = producer_state::admit(&st, batches)?
+        {
             return Ok(original);
         }
         let mut next = st.log_end;

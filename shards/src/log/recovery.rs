@@ -7,9 +7,9 @@ use std::path::Path;
 use std::rc::Rc;
 
 use super::epochs::EpochHistory;
+use super::index::SegmentIndex;
 use super::producer_state::{self, SegmentView};
 use super::producers::ProducerTable;
-use super::index::SegmentIndex;
 use super::segment::{self, ActiveFile, Cursor, ScanStep, Segment, Source, Storage};
 use super::{log_start, now_ms, LogConfig, LogError};
 

@@ -164,12 +164,18 @@ fn snapshot_files_are_found_and_pruned() {
     for offset in [10, 20, 30, 40, 50] {
         snapshot::write(dir.path(), &t, offset).unwrap();
     }
-    assert_eq!(snapshot::list(dir.path()).unwrap(), vec![10, 20, 30, 40, 50]);
+    assert_eq!(
+        snapshot::list(dir.path()).unwrap(),
+        vec![10, 20, 30, 40, 50]
+    );
     let (offset, loaded) = snapshot::load_newest(dir.path(), 45).unwrap().unwrap();
     assert_eq!((offset, &loaded), (40, &t));
     // A damaged newest one is skipped for an older one.
     std::fs::write(snapshot::path(dir.path(), 40), b"torn").unwrap();
-    assert_eq!(snapshot::load_newest(dir.path(), 45).unwrap().unwrap().0, 30);
+    assert_eq!(
+        snapshot::load_newest(dir.path(), 45).unwrap().unwrap().0,
+        30
+    );
     // Truncation to 35 drops 40 and 50; those at or above the log start stay.
     snapshot::prune(dir.path(), 0, 35).unwrap();
     assert_eq!(snapshot::list(dir.path()).unwrap(), vec![10, 20, 30]);
