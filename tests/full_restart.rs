@@ -116,8 +116,7 @@ fn power_cut_then_one_stays_away(absent_is_controller: bool) {
             if served.contains(&p.partition_index) || !back_ids.contains(&leader) {
                 continue;
             }
-            let Ok(mut leader_client) = Client::try_connect(nodes[leader as usize - 1].addr)
-            else {
+            let Ok(mut leader_client) = Client::try_connect(nodes[leader as usize - 1].addr) else {
                 continue;
             };
             let records = try_read_all(&mut leader_client, p.partition_index);

@@ -13,7 +13,6 @@ use crate::batch;
 use crate::client::pipeline::{ProduceJob, ProduceSettings};
 use crate::client::{ClientError, ClusterMap, Connection};
 use crate::driver::Driver;
-use chronik_shards::log::producers::increment_sequence;
 use crate::e2e::{self, ConsumerPlan, ConsumerSet};
 use crate::embedded::{EmbeddedCluster, EmbeddedOptions};
 use crate::floor::SeqWriteProbe;
@@ -25,6 +24,7 @@ use crate::report::{
     self, ClusterInfo, Config, DiskBandwidth, Harness, RecordCounts, Report, VersionsInfo,
 };
 use crate::stats::Summary;
+use chronik_shards::log::producers::increment_sequence;
 
 /// Which benchmark.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
