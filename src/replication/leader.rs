@@ -14,7 +14,7 @@ use tracing::{debug, info, warn};
 use super::ack_tracker::{AckFailure, AckTracker, Completion};
 use super::clock;
 use super::epoch_lookup;
-use super::isr::IsrTracker;
+use super::isr::{IsrChange, IsrTracker};
 use super::wire::{self, Frame, WirePartition};
 use crate::control::PartitionInfo;
 use crate::partitions::offset_watch::OffsetWatch;
@@ -578,7 +578,18 @@ async fn housekeeping(shard: Rc<Shard>, partition: Rc<Partition>, leader: Rc<Lea
         );
         // In its own task: without a controller the proposal waits, timeouts must not.
         let (shard, partition, leader) = (shard.clone(), partition.clone(), leader.clone());
+        let delay = slow_isr_expansion(&change);
         glommio::spawn_local(async move {
+            if let Some(delay) = delay {
+                warn!(
+                    topic = %leader.topic,
+                    partition = partition.index,
+                    isr = ?change.isr,
+                    "fault injection: ISR expansion decided, sent {delay:?} late ({SLOW_ISR_EXPANSION_ENV})"
+                );
+                glommio::timer::sleep(delay).await;
+            }
+            let expansion = delay.is_some();
             let result = shard
                 .control
                 .alter_partition_isr(
@@ -589,6 +600,13 @@ async fn housekeeping(shard: Rc<Shard>, partition: Rc<Partition>, leader: Rc<Lea
                     Some(change.basis),
                 )
                 .await;
+            if expansion {
+                warn!(
+                    topic = %leader.topic,
+                    partition = partition.index,
+                    "fault injection: late ISR expansion answered: {result:?}"
+                );
+            }
             if let Err(e) = result {
                 debug!(topic = %leader.topic, partition = partition.index, "ISR change refused: {e}");
                 glommio::timer::sleep(HOUSEKEEPING * 5).await;
@@ -597,4 +615,20 @@ async fn housekeeping(shard: Rc<Shard>, partition: Rc<Partition>, leader: Rc<Lea
         })
         .detach();
     }
+}
+
+/// Fault injection for tests: an ISR expansion is sent to the controller this many milliseconds
+/// after the leader decided it, so that a test can restart or fence the follower in between
+/// (issue 14 item 3: the controller must refuse it then).
+pub const SLOW_ISR_EXPANSION_ENV: &str = "CHRONIK_FAULT_SLOW_ISR_EXPANSION_MS";
+
+/// How late to send `change`, if it adds followers and the fault is injected.
+fn slow_isr_expansion(change: &IsrChange) -> Option<Duration> {
+    if change.basis.incarnations.is_empty() {
+        return None;
+    }
+    std::env::var(SLOW_ISR_EXPANSION_ENV)
+        .ok()
+        .and_then(|ms| ms.parse().ok())
+        .map(Duration::from_millis)
 }
