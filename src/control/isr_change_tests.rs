@@ -175,7 +175,7 @@ fn the_leaders_basis_is_checked_when_planned_and_when_applied() {
         Err(ControlError::IneligibleReplica(_))
     ));
     let expand = plan(basis(vec![2, 1], 1)).unwrap();
-    let after = run(&image, &[expand.clone()]);
+    let after = run(&image, std::slice::from_ref(&expand));
     assert_eq!(p0(&after).isr, vec![1, 2, 3]);
     // A fence and an unfence of the same incarnation (a missed heartbeat, no restart) leave
     // the credit good: the process and its data are the same.
