@@ -8,7 +8,6 @@
 
 use std::collections::BTreeMap;
 use std::rc::Rc;
-use std::time::Instant;
 
 use kafka_protocol::messages::describe_producers_response::{
     PartitionResponse, ProducerState, TopicResponse,
@@ -135,23 +134,12 @@ fn answer_on_owner(
     queries: Vec<Query>,
 ) -> LocalFuture<Vec<((usize, usize), Answer)>> {
     Box::pin(async move {
-        if let Some(version) = queries.iter().map(|q| q.image_version).max() {
-            shard
-                .caught_up_with(version, Instant::now() + owners::IMAGE_WAIT)
-                .await;
-        }
+        owners::catch_up(&shard, queries.iter().map(|q| q.image_version)).await;
         queries
             .into_iter()
             .map(|query| {
                 let leading =
-                    shard
-                        .partitions
-                        .get(&(query.topic_id, query.index))
-                        .filter(|partition| {
-                            partition.leader_state().is_some_and(|leader| {
-                                leader.epoch == query.leader_epoch && !leader.is_stopped()
-                            })
-                        });
+                    owners::led_in_epoch(&shard, query.topic_id, query.index, query.leader_epoch);
                 let answer = match leading {
                     None => Answer::error(ResponseError::NotLeaderOrFollower.code()),
                     Some(partition) => Answer {

@@ -98,6 +98,35 @@ pub async fn ask_owners<Q, A>(
     }
 }
 
+/// On the owner shard: waits (at most `IMAGE_WAIT`) until it has applied the newest image the
+/// queries were routed by (`image_versions`), since the receiving shard may have applied it first.
+pub async fn catch_up(shard: &Shard, image_versions: impl Iterator<Item = u64>) {
+    if let Some(version) = image_versions.max() {
+        shard
+            .caught_up_with(version, std::time::Instant::now() + IMAGE_WAIT)
+            .await;
+    }
+}
+
+/// On the owner shard: the open partition `(topic_id, index)` if this broker leads it in
+/// `leader_epoch` (its leader state for that epoch in place and not stopped). None answers
+/// NOT_LEADER_OR_FOLLOWER: the client refreshes its metadata and asks again.
+pub fn led_in_epoch(
+    shard: &Shard,
+    topic_id: Uuid,
+    index: i32,
+    leader_epoch: i32,
+) -> Option<Rc<Partition>> {
+    shard
+        .partitions
+        .get(&(topic_id, index))
+        .filter(|partition| {
+            partition
+                .leader_state()
+                .is_some_and(|leader| leader.epoch == leader_epoch && !leader.is_stopped())
+        })
+}
+
 /// The open partition, opening it if the image has it but the log is not open yet.
 pub async fn partition_of(
     shard: &Rc<Shard>,
