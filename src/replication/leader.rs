@@ -59,6 +59,10 @@ pub struct FollowerCursor {
     sent_hw: Cell<i64>,
     /// Bumped to wake the push task.
     kick: OffsetWatch,
+    /// The follower's incarnation in the last image housekeeping saw (None: not registered
+    /// yet): its acknowledgements are credited to it (issue 14 item 3). Cached here so that an
+    /// ack does not lock the broker-wide image.
+    incarnation: Cell<Option<u64>>,
 }
 
 impl FollowerCursor {
@@ -118,6 +122,7 @@ impl LeaderState {
                     back_off: Cell::new(false),
                     told_log_start: Cell::new(0),
                     sent_hw: Cell::new(-1),
+                    incarnation: Cell::new(None),
                     kick: OffsetWatch::new(0),
                 })
             })
@@ -273,14 +278,11 @@ pub fn on_ack_frame(shard: &Rc<Shard>, follower: i32, frame: Frame) {
                     other.kick();
                 }
             }
-            // The incarnation the follower is registered as now: an expansion names it, and the
-            // controller refuses it if the follower restarts first (issue 14 item 3).
-            let incarnation = shard
-                .control
-                .image()
-                .brokers
-                .get(&follower)
-                .map(|b| b.incarnation);
+            // Credited to the incarnation the follower is registered as: an expansion names it,
+            // and the controller refuses it if the follower restarts first (issue 14 item 3). A
+            // stale cache only delays an expansion: the ISR tracker proposes one only when the
+            // credited incarnation is the one the current image has.
+            let incarnation = cursor.incarnation.get();
             leader.isr.borrow_mut().on_ack(
                 follower,
                 durable_end,
@@ -559,6 +561,10 @@ async fn housekeeping(shard: Rc<Shard>, partition: Rc<Partition>, leader: Rc<Lea
         complete(timed_out);
         let hw = leader.high_watermark();
         let image = shard.control.image();
+        for cursor in &leader.followers {
+            let registered = image.brokers.get(&cursor.broker).map(|b| b.incarnation);
+            cursor.incarnation.set(registered);
+        }
         let change = leader.isr.borrow_mut().poll(hw, now, |broker| {
             image
                 .brokers
