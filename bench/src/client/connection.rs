@@ -156,7 +156,9 @@ impl Connection {
     /// A producer id and epoch for an idempotent producer (no transactional id).
     pub fn init_producer_id(&mut self, timeout: Duration) -> Result<(i64, i16), ClientError> {
         let version = Versions::require(self.versions.init_producer_id, "InitProducerId")?;
+        // The codec's default transactional id is "" (not null): an idempotent producer has none.
         let request = InitProducerIdRequest::default()
+            .with_transactional_id(None)
             .with_transaction_timeout_ms(duration_ms(timeout))
             .with_producer_id(ProducerId(-1))
             .with_producer_epoch(-1);
