@@ -157,8 +157,44 @@ impl Blocks {
 /// An allocation asked of the control plane and not yet picked up.
 struct InFlight {
     generation: u64,
-    answer: async_channel::Receiver<ClientResult>,
+    /// The answer's channel; taken by the one caller that awaits it (`next_id`), put back if that
+    /// caller stops waiting. One holder at a time: with several, a closed and empty channel could
+    /// mean "another caller took the answer" as well as "the control thread stopped".
+    answer: Option<async_channel::Receiver<ClientResult>>,
     started: Instant,
+}
+
+/// What a caller waiting for a block does.
+enum Wait {
+    /// Await the answer's channel (this caller holds it).
+    Receive(async_channel::Receiver<ClientResult>, u64),
+    /// Another caller holds it: wait for it to store the answer.
+    Listen(event_listener::EventListener),
+}
+
+/// Puts the answer's channel back if its holder stops waiting (its future dropped).
+struct PutBack<'a> {
+    cache: &'a ProducerIdCache,
+    answer: Option<async_channel::Receiver<ClientResult>>,
+    generation: u64,
+}
+
+impl Drop for PutBack<'_> {
+    fn drop(&mut self) {
+        let Some(answer) = self.answer.take() else {
+            return;
+        };
+        let mut state = self.cache.lock();
+        if let Some(in_flight) = state
+            .in_flight
+            .as_mut()
+            .filter(|f| f.generation == self.generation)
+        {
+            in_flight.answer = Some(answer);
+        }
+        drop(state);
+        self.cache.changed.notify(usize::MAX);
+    }
 }
 
 struct CacheState {
@@ -199,7 +235,7 @@ impl ProducerIdCache {
     pub async fn next_id(&self, control: &ControlHandle) -> Result<i64, ControlError> {
         let mut waited_for: Option<u64> = None;
         loop {
-            let (answer, listener) = {
+            let wait = {
                 let mut state = self.lock();
                 self.pick_up(&mut state);
                 let id = state.blocks.take();
@@ -225,55 +261,51 @@ impl ProducerIdCache {
                     };
                     state.in_flight = Some(InFlight {
                         generation: state.generation,
-                        answer: control.send(request),
+                        answer: Some(control.send(request)),
                         started: now,
                     });
                 }
                 if let Some(id) = id {
                     return Ok(id);
                 }
-                let Some(in_flight) = &state.in_flight else {
+                let Some(in_flight) = state.in_flight.as_mut() else {
                     // Not reached: with no id held, `wants_block` holds and one was just asked for.
                     return Err(ControlError::Internal(
                         "no producer id block in flight".into(),
                     ));
                 };
                 waited_for = Some(in_flight.generation);
-                (in_flight.answer.clone(), self.changed.listen())
+                match in_flight.answer.take() {
+                    Some(answer) => Wait::Receive(answer, in_flight.generation),
+                    None => Wait::Listen(self.changed.listen()),
+                }
             };
-            // Either this caller receives the answer (and stores it), or another one does and
-            // wakes everyone through `changed`.
-            let received = futures_lite::future::or(async { answer.recv().await.ok() }, async {
-                listener.await;
-                None
-            })
-            .await;
-            if let Some(result) = received {
-                let mut state = self.lock();
-                if state
-                    .in_flight
-                    .as_ref()
-                    .is_some_and(|f| Some(f.generation) == waited_for)
-                {
-                    state.in_flight = None;
-                }
-                if let Some(generation) = waited_for {
-                    self.store(&mut state, generation, result);
-                }
-                drop(state);
-                self.changed.notify(usize::MAX);
-            } else if answer.is_closed() && answer.is_empty() {
-                // The control thread dropped the request (it stopped): give it up.
-                let mut state = self.lock();
-                if let Some(generation) = waited_for {
+            match wait {
+                Wait::Listen(listener) => listener.await,
+                Wait::Receive(answer, generation) => {
+                    let mut holder = PutBack {
+                        cache: self,
+                        answer: Some(answer.clone()),
+                        generation,
+                    };
+                    let received = answer.recv().await;
+                    holder.answer = None;
+                    let mut state = self.lock();
                     if state
                         .in_flight
                         .as_ref()
                         .is_some_and(|f| f.generation == generation)
                     {
                         state.in_flight = None;
-                        state.failed = Some((generation, stopped()));
                     }
+                    match received {
+                        Ok(result) => self.store(&mut state, generation, result),
+                        // Only this caller held the channel: the control thread dropped the
+                        // request (it stopped).
+                        Err(_) => state.failed = Some((generation, stopped())),
+                    }
+                    drop(state);
+                    self.changed.notify(usize::MAX);
                 }
             }
         }
@@ -289,7 +321,11 @@ impl ProducerIdCache {
             return;
         };
         let generation = in_flight.generation;
-        match in_flight.answer.try_recv() {
+        let Some(answer) = &in_flight.answer else {
+            // A caller is awaiting it and will store it.
+            return;
+        };
+        match answer.try_recv() {
             Ok(result) => {
                 state.in_flight = None;
                 self.store(state, generation, result);
