@@ -4,6 +4,10 @@
 
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_lite::FutureExt;
 
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
 use kafka_protocol::messages::create_topics_response::{
@@ -19,7 +23,7 @@ use kafka_protocol::ResponseError;
 use uuid::Uuid;
 
 use super::Reply;
-use crate::control::{topic_config, ControlError, NewTopic};
+use crate::control::{topic_config, ControlError, MetadataImage, NewTopic, TopicInfo};
 use crate::server::shard::Shard;
 
 /// Creates `names` with the broker defaults (auto-creation on Metadata and
@@ -36,6 +40,7 @@ pub async fn auto_create(shard: &Rc<Shard>, names: Vec<String>) -> Vec<(String, 
         })
         .collect();
     let results = shard.control.create_topics(topics, false).await;
+    until_visible(shard, &created_ids(&results)).await;
     names
         .into_iter()
         .zip(results)
@@ -44,6 +49,37 @@ pub async fn auto_create(shard: &Rc<Shard>, names: Vec<String>) -> Vec<(String, 
             Err(e) => Some((name, e)),
         })
         .collect()
+}
+
+/// The longest a topic change waits to become visible in this broker's own image.
+const VISIBLE_WAIT: Duration = Duration::from_secs(5);
+
+fn created_ids(results: &[Result<Arc<TopicInfo>, ControlError>]) -> Vec<Uuid> {
+    results
+        .iter()
+        .filter_map(|r| r.as_ref().ok().map(|info| info.id))
+        .collect()
+}
+
+/// Read-your-writes: waits (at most `VISIBLE_WAIT`) until this broker's image has every topic in
+/// `ids`. The controller answers a forwarded CreateTopics once it applied the change, which can be
+/// before this broker's own Raft node learns that the entry committed; a Metadata or Produce sent
+/// right after the answer must find the topic.
+async fn until_visible(shard: &Shard, ids: &[Uuid]) {
+    let visible = |image: &MetadataImage| ids.iter().all(|id| image.topic_by_id(*id).is_some());
+    if visible(&shard.control.image()) {
+        return;
+    }
+    let mut images = shard.control.subscribe();
+    async {
+        while let Some(image) = images.next().await {
+            if visible(&image) {
+                return;
+            }
+        }
+    }
+    .or(glommio::timer::sleep(VISIBLE_WAIT))
+    .await;
 }
 
 fn topic_name(name: String) -> TopicName {
@@ -89,11 +125,14 @@ pub fn create_topics(shard: &Rc<Shard>, request: CreateTopicsRequest, version: i
                     .collect(),
             })
             .collect();
-        let mut created = shard
+        let created = shard
             .control
             .create_topics(new_topics, request.validate_only)
-            .await
-            .into_iter();
+            .await;
+        if !request.validate_only {
+            until_visible(&shard, &created_ids(&created)).await;
+        }
+        let mut created = created.into_iter();
         let defaults = shard.control.defaults();
         let mut response = CreateTopicsResponse::default();
         for topic in &request.topics {
