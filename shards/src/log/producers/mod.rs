@@ -26,6 +26,13 @@ pub mod snapshot;
 /// flight per partition (`max.in.flight.requests.per.connection` <= 5 with idempotence).
 pub const BATCHES_RETAINED: usize = 5;
 
+/// Producers remembered per partition. Any client can write batches under any producer id (an
+/// unknown one is accepted), so without a bound a peer could grow the table without limit until
+/// expiry. When full, a new producer evicts the one idle longest (by last batch timestamp, then
+/// id, so every replica evicts the same one): the evicted producer only loses its duplicate
+/// detection, as if it had expired. About 200 bytes each at most: 200 KiB per partition.
+pub const MAX_PRODUCERS: usize = 1_000;
+
 /// The producer fields of one batch with a producer id (its RecordBatch header).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProducerBatch {
@@ -160,6 +167,10 @@ impl ProducerTable {
     /// Records a batch of the log (appended here as leader, replicated, or replayed at recovery),
     /// in offset order. A new epoch forgets the batches of the old one.
     pub fn apply(&mut self, batch: &ProducerBatch, base_offset: i64, last_offset: i64) {
+        if self.producers.len() >= MAX_PRODUCERS && !self.producers.contains_key(&batch.producer_id)
+        {
+            self.evict_idlest();
+        }
         let entry = self
             .producers
             .entry(batch.producer_id)
@@ -182,6 +193,18 @@ impl ProducerTable {
             last_offset,
         });
         entry.last_timestamp = entry.last_timestamp.max(batch.max_timestamp);
+    }
+
+    /// Makes room for one producer: drops the one idle longest (ties broken by id).
+    fn evict_idlest(&mut self) {
+        let idlest = self
+            .producers
+            .iter()
+            .min_by_key(|(&id, e)| (e.last_timestamp, id))
+            .map(|(&id, _)| id);
+        if let Some(id) = idlest {
+            self.producers.remove(&id);
+        }
     }
 
     /// Drops producers whose last batch timestamp is `expiration_ms` or more before `now_ms`

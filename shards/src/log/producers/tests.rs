@@ -185,3 +185,27 @@ fn snapshot_files_are_found_and_pruned() {
     snapshot::remove_all(dir.path()).unwrap();
     assert!(snapshot::list(dir.path()).unwrap().is_empty());
 }
+
+#[test]
+fn the_table_is_bounded_and_evicts_the_idlest_producer() {
+    let mut t = ProducerTable::default();
+    for id in 0..MAX_PRODUCERS as i64 {
+        let mut b = batch(id, 0, 0, 1);
+        b.max_timestamp = 10_000 + id;
+        t.apply(&b, id, id);
+    }
+    // Producer 0 writes again: now producer 1 is the idlest.
+    let mut again = batch(0, 0, 1, 1);
+    again.max_timestamp = 50_000;
+    t.apply(&again, 5_000, 5_000);
+    assert_eq!(t.len(), MAX_PRODUCERS);
+    let mut newcomer = batch(-7 + 10_000_000, 0, 0, 1);
+    newcomer.max_timestamp = 60_000;
+    t.apply(&newcomer, 5_001, 5_001);
+    assert_eq!(t.len(), MAX_PRODUCERS);
+    assert!(t.get(1).is_none(), "the idlest producer is evicted");
+    assert!(t.get(0).is_some() && t.get(2).is_some() && t.get(9_999_993).is_some());
+    // A known producer never evicts anyone.
+    t.apply(&batch(2, 0, 1, 1), 5_002, 5_002);
+    assert_eq!(t.len(), MAX_PRODUCERS);
+}
