@@ -11,32 +11,8 @@ use crate::control::error::ControlError;
 use crate::control::image::{MetadataImage, PartitionInfo};
 use crate::control::isr_change;
 use crate::control::state_machine::apply;
+use crate::control::test_commands::{fence, register, run};
 use crate::control::validate;
-
-fn register(id: i32, incarnation: u64) -> Command {
-    Command::RegisterBroker {
-        id,
-        host: "localhost".into(),
-        port: 9090 + id as u16,
-        rack: None,
-        rpc: None,
-        incarnation,
-    }
-}
-
-fn fence(id: i32, incarnation: u64) -> Command {
-    Command::FenceBroker { id, incarnation }
-}
-
-fn run(image: &MetadataImage, commands: &[Command]) -> MetadataImage {
-    let mut image = image.clone();
-    for command in commands {
-        let (next, result) = apply(&image, image.version + 1, command);
-        result.unwrap_or_else(|e| panic!("{command:?}: {e}"));
-        image = next;
-    }
-    image
-}
 
 /// Applies `command` to `image`: the next image and the command's result.
 fn try_apply(

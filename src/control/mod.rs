@@ -37,6 +37,8 @@ pub mod producer_ids;
 mod raft_logger;
 pub mod raft_storage;
 pub mod state_machine;
+#[cfg(test)]
+mod test_commands;
 pub mod topic_config;
 pub mod topic_name;
 mod transport;

@@ -423,17 +423,7 @@ mod restart_tests;
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn register(id: i32, incarnation: u64) -> Command {
-        Command::RegisterBroker {
-            id,
-            host: "localhost".into(),
-            port: 9090 + id as u16,
-            rack: None,
-            rpc: None,
-            incarnation,
-        }
-    }
+    use crate::control::test_commands::register;
 
     /// Applies commands in order, asserting each succeeds.
     fn run(commands: &[Command]) -> MetadataImage {

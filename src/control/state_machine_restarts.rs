@@ -3,21 +3,7 @@
 //! brokers that come back, when those acknowledged only what they had fsynced.
 
 use super::*;
-
-fn register(id: i32, incarnation: u64) -> Command {
-    Command::RegisterBroker {
-        id,
-        host: "localhost".into(),
-        port: 9090 + id as u16,
-        rack: None,
-        rpc: None,
-        incarnation,
-    }
-}
-
-fn fence(id: i32, incarnation: u64) -> Command {
-    Command::FenceBroker { id, incarnation }
-}
+use crate::control::test_commands::{fence, register, run};
 
 fn create(name: &str, configs: &[(&str, &str)]) -> Command {
     Command::CreateTopic {
@@ -31,21 +17,10 @@ fn create(name: &str, configs: &[(&str, &str)]) -> Command {
     }
 }
 
-fn run(image: MetadataImage, commands: &[Command]) -> MetadataImage {
-    let mut image = image;
-    for command in commands {
-        let index = image.version + 1;
-        let (next, result) = apply(&image, index, command);
-        result.unwrap();
-        image = next;
-    }
-    image
-}
-
 /// Three brokers (incarnation 1), `topic` with three partitions at RF 3, ISR full.
 fn cluster(topic: Command) -> MetadataImage {
     run(
-        MetadataImage::default(),
+        &MetadataImage::default(),
         &[register(1, 1), register(2, 1), register(3, 1), topic],
     )
 }
@@ -54,7 +29,7 @@ fn cluster(topic: Command) -> MetadataImage {
 fn after_a_power_cut_the_returning_brokers_lead() {
     // Brokers 1 and 2 come back (new incarnations), broker 3 stays away and its session expires.
     let image = run(
-        cluster(create("t", &[])),
+        &cluster(create("t", &[])),
         &[register(1, 2), register(2, 2), fence(3, 1)],
     );
     for p in &image.topics["t"].partitions {
@@ -69,7 +44,7 @@ fn after_a_power_cut_the_returning_brokers_lead() {
 fn after_a_power_cut_without_the_broker_that_registers_first() {
     // The order of the returns must not matter: broker 1 stays away.
     let image = run(
-        cluster(create("t", &[])),
+        &cluster(create("t", &[])),
         &[register(3, 2), register(2, 2), fence(1, 1)],
     );
     for p in &image.topics["t"].partitions {
@@ -81,7 +56,7 @@ fn after_a_power_cut_without_the_broker_that_registers_first() {
 #[test]
 fn a_restarted_leader_keeps_leading_in_a_new_epoch() {
     let before = cluster(create("t", &[]));
-    let after = run(before.clone(), &[register(1, 2)]);
+    let after = run(&before, &[register(1, 2)]);
     for (old, new) in before.topics["t"]
         .partitions
         .iter()
@@ -97,7 +72,7 @@ fn a_restarted_leader_keeps_leading_in_a_new_epoch() {
 fn without_fsync_before_acks_a_restarted_broker_leaves_the_isr() {
     // flush=never: a crash may have lost what it acknowledged, so it must catch up first.
     let image = run(
-        cluster(create("t", &[("chronik.flush.policy", "never")])),
+        &cluster(create("t", &[("chronik.flush.policy", "never")])),
         &[register(1, 2)],
     );
     for p in &image.topics["t"].partitions {
