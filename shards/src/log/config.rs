@@ -38,6 +38,37 @@ pub struct LogConfig {
     pub max_batch_bytes: usize,
     /// `producer.id.expiration.ms`: an idempotent producer idle this long is forgotten.
     pub producer_id_expiration_ms: i64,
+    /// `cleanup.policy` includes `compact`: the cleaner keeps the latest record of every key, and
+    /// records without a key are refused. (Whether `delete` applies is `retention_ms`/`retention_bytes`.)
+    pub compact: bool,
+    /// The compaction topic configs (used when `compact`).
+    pub compaction: CompactionConfig,
+}
+
+/// Kafka's compaction topic configs.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CompactionConfig {
+    /// `min.cleanable.dirty.ratio`: a log is cleaned once its dirty bytes are at least this share of
+    /// its cleanable bytes.
+    pub min_cleanable_dirty_ratio: f64,
+    /// `min.compaction.lag.ms`: a segment holding a record younger than this is not cleaned yet.
+    pub min_compaction_lag_ms: i64,
+    /// `max.compaction.lag.ms`: a log whose oldest dirty record is older than this is cleaned
+    /// whatever its dirty ratio (and its active segment rolls by then, so that it can be).
+    pub max_compaction_lag_ms: i64,
+    /// `delete.retention.ms`: a tombstone is removed once the segment holding it is this old.
+    pub delete_retention_ms: i64,
+}
+
+impl Default for CompactionConfig {
+    fn default() -> Self {
+        CompactionConfig {
+            min_cleanable_dirty_ratio: 0.5,
+            min_compaction_lag_ms: 0,
+            max_compaction_lag_ms: i64::MAX,
+            delete_retention_ms: 24 * 3600 * 1000,
+        }
+    }
 }
 
 impl Default for LogConfig {
@@ -52,6 +83,8 @@ impl Default for LogConfig {
             tail_cache_bytes: 4 << 20,
             max_batch_bytes: (1 << 20) + 12 + 1024,
             producer_id_expiration_ms: DEFAULT_PRODUCER_ID_EXPIRATION_MS,
+            compact: false,
+            compaction: CompactionConfig::default(),
         }
     }
 }

@@ -33,6 +33,7 @@
 
 pub mod batch;
 mod commit;
+pub mod compaction;
 mod config;
 mod durability;
 mod epochs;
@@ -56,7 +57,7 @@ use std::rc::{Rc, Weak};
 use bytes::{Bytes, BytesMut};
 
 pub use commit::SHARD_IO_MEMORY;
-pub use config::{FlushPolicy, LogConfig, DEFAULT_PRODUCER_ID_EXPIRATION_MS};
+pub use config::{CompactionConfig, FlushPolicy, LogConfig, DEFAULT_PRODUCER_ID_EXPIRATION_MS};
 pub use error::LogError;
 pub use producers::ProducerSummary;
 
