@@ -240,8 +240,13 @@ impl PartitionRegistry {
         match partition {
             Some(partition) => retire(&partition, delete).await,
             None if delete => {
-                // Its open failed or was abandoned: remove what it may have created.
-                if let Err(e) = std::fs::remove_dir_all(&dir) {
+                // Its open failed or was abandoned: remove what it may have created (off the
+                // reactor: a large directory takes a while to unlink).
+                let target = dir.clone();
+                let removed = glommio::executor()
+                    .spawn_blocking(move || std::fs::remove_dir_all(&target))
+                    .await;
+                if let Err(e) = removed {
                     if e.kind() != std::io::ErrorKind::NotFound {
                         warn!("removing partition directory {}: {e}", dir.display());
                     }

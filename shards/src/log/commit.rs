@@ -9,6 +9,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use super::durability;
+use super::offload;
 use super::segment::{self, ActiveFile, Storage};
 use super::{FlushPolicy, LogError, PartitionLog, PendingWrite};
 
@@ -527,7 +528,8 @@ impl PartitionLog {
             let reader = segment::open_reader(&path).await?;
             let prealloc = self.preallocation_target(0);
             file.pre_allocate(prealloc, false).await?;
-            std::fs::File::open(&self.dir)?.sync_all()?;
+            // The new file's directory entry is durable before anything is written to it.
+            offload::sync_dir(&self.dir).await?;
             tracing::debug!(segment = ?path, "rolled to a new segment");
             let mut st = self.state.borrow_mut();
             if let Some(seg) = st.segments.get_mut(&base) {
@@ -655,6 +657,9 @@ impl PartitionLog {
 
     /// Seals the active segment that precedes `new_base`: it is fully written (flushes go in order);
     /// sync it, cut the preallocated space, sync again, write its index files and map it read-only.
+    /// The file work without an io_uring path (index files, epoch checkpoint, producer snapshots)
+    /// runs off the reactor (`offload`), each step done before the next, and all of it before the
+    /// caller creates the next segment.
     async fn seal_active_before(&self, new_base: i64) -> Result<(), LogError> {
         let prev = {
             let st = self.state.borrow();
@@ -671,15 +676,17 @@ impl PartitionLog {
         let Some((base, file, index, path)) = prev else {
             return Ok(());
         };
+        let size = index.size;
         file.fdatasync().await?;
-        file.truncate(index.size).await?;
+        file.truncate(size).await?;
         file.fdatasync().await?;
-        index.write_files(&path)?;
+        let log_path = path.clone();
+        offload::run(move || index.write_files(&log_path)).await?;
         // Epoch changes inside the sealed segment are now only known from the checkpoint; everything
         // below the new segment is durable now.
-        self.save_epochs(new_base)?;
-        self.write_due_snapshots(new_base);
-        let map = segment::map_sealed(&path, index.size)?;
+        self.save_epochs(new_base).await?;
+        self.write_due_snapshots(new_base).await;
+        let map = segment::map_sealed(&path, size)?;
         {
             let mut st = self.state.borrow_mut();
             if let Some(seg) = st.segments.get_mut(&base) {
@@ -689,7 +696,7 @@ impl PartitionLog {
         if let Ok(file) = Rc::try_unwrap(file) {
             file.close().await?;
         }
-        tracing::debug!(segment = ?path, size = index.size, "sealed segment");
+        tracing::debug!(segment = ?path, size, "sealed segment");
         Ok(())
     }
 

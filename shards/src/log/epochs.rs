@@ -12,6 +12,9 @@
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
+use super::offload;
+use super::{LogError, PartitionLog};
+
 const FILE_NAME: &str = "leader-epoch-checkpoint";
 const MAGIC: u32 = 0x4348_4550; // "CHEP"
 const ENTRY_LEN: usize = 12;
@@ -116,7 +119,8 @@ impl EpochHistory {
         dir.join(FILE_NAME)
     }
 
-    /// Replaces the checkpoint file atomically (write, sync, rename, sync the directory).
+    /// Replaces the checkpoint file atomically (write, sync, rename, sync the directory). Blocking:
+    /// on a running log, `PartitionLog::save_epochs` does it off the reactor.
     pub fn save(&mut self, dir: &Path) -> io::Result<()> {
         self.save_where(dir, |_| true)
     }
@@ -124,6 +128,15 @@ impl EpochHistory {
     /// `save` with only the entries whose start offset `keep` accepts. The history stays dirty if any
     /// was left out, so a later save writes it once it may.
     pub fn save_where(&mut self, dir: &Path, keep: impl Fn(i64) -> bool) -> io::Result<()> {
+        let save = self.prepare_where(keep);
+        write_checkpoint(dir, &save.data)?;
+        self.saved(&save);
+        Ok(())
+    }
+
+    /// The checkpoint's bytes with only the entries whose start offset `keep` accepts, to be written
+    /// by [`write_checkpoint`] (off the reactor) and then reported with [`saved`](Self::saved).
+    pub fn prepare_where(&self, keep: impl Fn(i64) -> bool) -> PreparedSave {
         let kept: Vec<(i32, i64)> = self
             .entries
             .iter()
@@ -139,14 +152,26 @@ impl EpochHistory {
         }
         let crc = crc32c::crc32c(&data);
         data.extend_from_slice(&crc.to_le_bytes());
-        let tmp = dir.join(format!("{FILE_NAME}.tmp"));
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&data)?;
-        f.sync_data()?;
-        std::fs::rename(&tmp, Self::path(dir))?;
-        std::fs::File::open(dir)?.sync_all()?;
-        self.dirty = kept.len() < self.entries.len();
-        Ok(())
+        PreparedSave {
+            data,
+            complete: kept.len() == self.entries.len(),
+            from: self.entries.clone(),
+        }
+    }
+
+    /// [`save`](Self::save) off the reactor (for a history no append can change meanwhile).
+    pub async fn save_off_reactor(&mut self, dir: &Path) -> io::Result<()> {
+        let save = self.prepare_where(|_| true);
+        save.write_off_reactor(dir)
+            .await
+            .map(|save| self.saved(&save))
+    }
+
+    /// A prepared save is on disk. The history is clean only if the file holds all of it: nothing
+    /// was left out, and nothing changed while the file was written (an append may note an epoch
+    /// meanwhile; then a later save writes it).
+    pub fn saved(&mut self, save: &PreparedSave) {
+        self.dirty = !(save.complete && save.from == self.entries);
     }
 
     /// The saved history; None if the file is missing or damaged.
@@ -179,6 +204,61 @@ impl EpochHistory {
             entries.push((epoch, start));
         }
         Some(entries)
+    }
+}
+
+/// A checkpoint ready to be written (see `EpochHistory::prepare_where`).
+pub struct PreparedSave {
+    data: Vec<u8>,
+    /// Every entry is in `data`.
+    complete: bool,
+    /// The history it was prepared from.
+    from: Vec<(i32, i64)>,
+}
+
+impl PreparedSave {
+    /// Writes the checkpoint off the reactor; returns what `EpochHistory::saved` needs.
+    async fn write_off_reactor(mut self, dir: &Path) -> io::Result<PreparedSave> {
+        let (dir, data) = (dir.to_path_buf(), std::mem::take(&mut self.data));
+        offload::run(move || write_checkpoint(&dir, &data)).await?;
+        Ok(self)
+    }
+}
+
+/// Replaces the checkpoint file in `dir` with `data` atomically: a temporary file written and
+/// synced, renamed over the old one, the directory synced. Blocking.
+fn write_checkpoint(dir: &Path, data: &[u8]) -> io::Result<()> {
+    let tmp = dir.join(format!("{FILE_NAME}.tmp"));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(data)?;
+    f.sync_data()?;
+    std::fs::rename(&tmp, EpochHistory::path(dir))?;
+    offload::sync_dir_now(dir)
+}
+
+impl PartitionLog {
+    /// Saves the leader epoch checkpoint if it changed, with the entries of epochs that start below
+    /// `durable_below` (every batch below it is durable). A later entry would name an epoch whose
+    /// batches may not survive a crash; recovery rebuilds those from the newest segment's batches, and
+    /// a later save writes them once they are durable. The one exception is an epoch that starts at the
+    /// log end, which only the epoch in force at an emptied log does (its start moved to its end): no
+    /// batch holds it, so only the file can.
+    ///
+    /// The file is written off the reactor; the caller holds the file lock, so saves never overlap
+    /// (they share the temporary file), and it is on disk when this returns.
+    pub(super) async fn save_epochs(&self, durable_below: i64) -> Result<(), LogError> {
+        let save = {
+            let st = self.state.borrow();
+            if !st.epochs.is_dirty() {
+                return Ok(());
+            }
+            let log_end = st.log_end;
+            st.epochs
+                .prepare_where(|start| start < durable_below || start == log_end)
+        };
+        let save = save.write_off_reactor(&self.dir).await?;
+        self.state.borrow_mut().epochs.saved(&save);
+        Ok(())
     }
 }
 

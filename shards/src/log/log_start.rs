@@ -17,6 +17,7 @@ use std::rc::Rc;
 
 use super::epochs::EpochHistory;
 use super::index::SegmentIndex;
+use super::offload;
 use super::segment::{self, ActiveFile, Segment, Storage};
 use super::truncate::TRUNCATIONS_KEPT;
 use super::{now_ms, LogError, PartitionLog};
@@ -24,10 +25,6 @@ use super::{now_ms, LogError, PartitionLog};
 const INTENT_FILE: &str = "log-restart";
 const INTENT_MAGIC: u32 = 0x4348_5253; // "CHRS"
 const INTENT_LEN: usize = 4 + 8 + 4;
-
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
-}
 
 fn remove_if_present(path: &Path) -> std::io::Result<()> {
     match std::fs::remove_file(path) {
@@ -50,7 +47,7 @@ fn write_intent(dir: &Path, offset: i64) -> std::io::Result<()> {
     f.write_all(&data)?;
     f.sync_data()?;
     std::fs::rename(&tmp, dir.join(INTENT_FILE))?;
-    sync_dir(dir)
+    offload::sync_dir_now(dir)
 }
 
 /// The offset of an unfinished restart, if `dir` holds one. A damaged intent cannot come from a crash
@@ -104,9 +101,9 @@ fn complete(dir: &Path, offset: i64) -> Result<(), LogError> {
     }
     std::fs::File::create(dir.join(segment::log_file_name(offset)))?.sync_all()?;
     EpochHistory::default().save(dir)?;
-    sync_dir(dir)?;
+    offload::sync_dir_now(dir)?;
     remove_if_present(&dir.join(INTENT_FILE))?;
-    sync_dir(dir)?;
+    offload::sync_dir_now(dir)?;
     Ok(())
 }
 
@@ -171,8 +168,13 @@ impl PartitionLog {
                 }
             }
         }
-        write_intent(&self.dir, offset)?;
-        complete(&self.dir, offset)?;
+        // The intent durable, then the restart carried out, step by step, off the reactor.
+        let dir = self.dir.clone();
+        offload::run(move || {
+            write_intent(&dir, offset)?;
+            complete(&dir, offset)
+        })
+        .await?;
 
         let path = self.dir.join(segment::log_file_name(offset));
         let file = Rc::new(segment::open_dma(&path, false).await?);

@@ -40,6 +40,7 @@ mod epochs;
 mod error;
 mod index;
 mod log_start;
+mod offload;
 mod producer_state;
 pub mod producers;
 mod read;
@@ -516,22 +517,6 @@ impl PartitionLog {
         st.epochs.end_offset_for(epoch, st.log_end)
     }
 
-    /// Saves the leader epoch checkpoint if it changed, with the entries of epochs that start below
-    /// `durable_below` (every batch below it is durable). A later entry would name an epoch whose
-    /// batches may not survive a crash; recovery rebuilds those from the newest segment's batches, and
-    /// a later save writes them once they are durable. The one exception is an epoch that starts at the
-    /// log end, which only the epoch in force at an emptied log does (its start moved to its end): no
-    /// batch holds it, so only the file can.
-    fn save_epochs(&self, durable_below: i64) -> Result<(), LogError> {
-        let mut st = self.state.borrow_mut();
-        if st.epochs.is_dirty() {
-            let log_end = st.log_end;
-            st.epochs
-                .save_where(&self.dir, |start| start < durable_below || start == log_end)?;
-        }
-        Ok(())
-    }
-
     /// Every batch below this is durable: the synced prefix, and every sealed segment.
     fn durable_frontier(&self) -> i64 {
         let st = self.state.borrow();
@@ -595,7 +580,10 @@ impl PartitionLog {
         // Closed whatever the flush did: a log that cannot write (a full disk) still closes, and
         // what it could not write was never acknowledged as durable under `flush=always`.
         let flushed = self.flush_locked(true, end).await;
-        let saved = flushed.and_then(|()| self.save_epochs(i64::MAX));
+        let saved = match flushed {
+            Ok(()) => self.save_epochs(i64::MAX).await,
+            Err(e) => Err(e),
+        };
         self.closed.set(true);
         let active = {
             let mut st = self.state.borrow_mut();
@@ -629,10 +617,6 @@ impl PartitionLog {
             Ok(()) | Err(LogError::Closed) => {}
             Err(e) => tracing::warn!(dir = ?self.dir, error = %e, "flush before delete failed"),
         }
-        match std::fs::remove_dir_all(&self.dir) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+        Ok(offload::remove_dir_all(&self.dir).await?)
     }
 }

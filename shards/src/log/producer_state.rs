@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use super::batch::BatchHeader;
+use super::offload;
 use super::producers::{snapshot, Check, ProducerSummary, ProducerTable, Refusal};
 use super::segment::{Cursor, ScanStep, Segment, Source};
 use super::{AppendInfo, LogError, LogState, PartitionLog};
@@ -112,20 +113,29 @@ async fn replay_segment(
 /// from the newest snapshot at or below its end (snapshots above it are removed: a truncation cut
 /// what they cover) and the batches after it. When that replayed sealed segments, the state at
 /// the newest segment's base is saved as a snapshot, so the next open does not replay them again
-/// (a log written before snapshots existed, or whose snapshot was lost).
+/// (a log written before snapshots existed, or whose snapshot was lost). The snapshot files are
+/// read, written and pruned off the reactor.
 pub(super) async fn rebuild(
     dir: &Path,
     segments: &[SegmentView],
     log_start: i64,
     log_end: i64,
 ) -> Result<ProducerTable, LogError> {
-    snapshot::prune(dir, log_start, log_end)?;
-    let (from, mut table) = snapshot::load_newest(dir, log_end)?.unwrap_or_default();
+    let owned = dir.to_path_buf();
+    let newest = offload::run(move || {
+        snapshot::prune(&owned, log_start, log_end)?;
+        snapshot::load_newest(&owned, log_end)
+    })
+    .await?;
+    let (from, mut table) = newest.unwrap_or_default();
     let from = from.max(log_start);
     let newest_base = segments.last().map_or(from, |v| v.base_offset);
     for view in segments.iter().filter(|v| v.next_offset > from) {
         if view.base_offset == newest_base && from < newest_base {
-            if let Err(e) = snapshot::write(dir, &table, newest_base) {
+            let (owned, bytes) = (dir.to_path_buf(), snapshot::encode(&table, newest_base));
+            let written =
+                offload::run(move || snapshot::write_encoded(&owned, newest_base, &bytes)).await;
+            if let Err(e) = written {
                 tracing::warn!(dir = ?dir, error = %e, "cannot write a producer snapshot");
             }
         }
@@ -141,9 +151,9 @@ impl PartitionLog {
     }
 
     /// Writes the snapshots taken at rolls at or below `durable_below` (every batch below it is
-    /// durable), then drops old ones. A failure is logged, not returned: without the file, recovery
-    /// replays from an older snapshot.
-    pub(super) fn write_due_snapshots(&self, durable_below: i64) {
+    /// durable), then drops old ones, off the reactor. A failure is logged, not returned: without
+    /// the file, recovery replays from an older snapshot.
+    pub(super) async fn write_due_snapshots(&self, durable_below: i64) {
         let due: Vec<(i64, ProducerTable)> = {
             let mut st = self.state.borrow_mut();
             let (due, later) = std::mem::take(&mut st.snapshots_due)
@@ -156,10 +166,18 @@ impl PartitionLog {
             return;
         }
         let log_start = self.log_start_offset();
-        let written = due
+        let encoded: Vec<(i64, Vec<u8>)> = due
             .iter()
-            .try_for_each(|(offset, table)| snapshot::write(&self.dir, table, *offset))
-            .and_then(|()| snapshot::prune(&self.dir, log_start, i64::MAX));
+            .map(|(offset, table)| (*offset, snapshot::encode(table, *offset)))
+            .collect();
+        let dir = self.dir.clone();
+        let written = offload::run(move || {
+            encoded
+                .iter()
+                .try_for_each(|(offset, bytes)| snapshot::write_encoded(&dir, *offset, bytes))
+                .and_then(|()| snapshot::prune(&dir, log_start, i64::MAX))
+        })
+        .await;
         if let Err(e) = written {
             tracing::warn!(dir = ?self.dir, error = %e, "cannot write a producer snapshot");
         }

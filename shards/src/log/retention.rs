@@ -3,7 +3,7 @@
 //! `retention.bytes` without them. The active segment is never deleted; log_start moves to the first
 //! remaining segment.
 
-use super::index::SegmentIndex;
+use super::offload;
 use super::producers::snapshot;
 use super::segment::Segment;
 use super::{LogError, PartitionLog};
@@ -85,10 +85,11 @@ impl PartitionLog {
             };
             if let Some(seg) = seg {
                 tracing::debug!(segment = ?seg.path, "deleting segment");
-                std::fs::remove_file(&seg.path)?;
-                SegmentIndex::remove_files(&seg.path)?;
-                // One at a time, durably: a crash must leave a suffix of the segments, never a gap.
-                std::fs::File::open(&self.dir)?.sync_all()?;
+                let path = seg.path.clone();
+                drop(seg);
+                // One at a time, durably (the directory synced before the next deletion starts;
+                // off the reactor, awaited): a crash must leave a suffix of the segments, never a gap.
+                offload::delete_segment(&self.dir, &path, false).await?;
             }
         }
         if !victims.is_empty() {
@@ -96,10 +97,12 @@ impl PartitionLog {
             let start = st.log_start;
             st.epochs.trim_start(start);
             drop(st);
-            self.save_epochs(self.durable_frontier())?;
+            self.save_epochs(self.durable_frontier()).await?;
             // The producers' state stays (it lives on in memory and in later snapshots); snapshots
             // below the new log start only cost disk.
-            if let Err(e) = snapshot::prune(&self.dir, start, i64::MAX) {
+            let dir = self.dir.clone();
+            let pruned = offload::run(move || snapshot::prune(&dir, start, i64::MAX)).await;
+            if let Err(e) = pruned {
                 tracing::warn!(dir = ?self.dir, error = %e, "cannot remove old producer snapshots");
             }
         }

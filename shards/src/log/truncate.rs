@@ -1,10 +1,12 @@
 //! Truncation (a follower dropping what the new leader never had): removes every batch at or above an
 //! offset. The cut file is shrunk with ftruncate and synced, so bytes past the new end are zeros on disk
-//! and can never be taken for batches later.
+//! and can never be taken for batches later. Unlinks, directory syncs and the epoch checkpoint run
+//! off the reactor (`offload`), each awaited before the next step.
 
 use std::rc::Rc;
 
 use super::index::SegmentIndex;
+use super::offload;
 use super::producer_state::{self, SegmentView};
 use super::recovery::{last_epoch_of, EpochProbe};
 use super::segment::{self, ActiveFile, Cursor, ScanStep, Storage};
@@ -105,14 +107,9 @@ impl PartitionLog {
             let path = seg.path.clone();
             drop(seg);
             tracing::debug!(segment = ?path, "truncation removes segment");
-            match std::fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e.into()),
-            }
-            SegmentIndex::remove_files(&path)?;
-            // One at a time, durably: a crash must leave a prefix of the segments, never a gap.
-            std::fs::File::open(&self.dir)?.sync_all()?;
+            // One at a time, durably (the directory synced before the next deletion starts; off
+            // the reactor, awaited): a crash must leave a prefix of the segments, never a gap.
+            offload::delete_segment(&self.dir, &path, true).await?;
         }
 
         // Re-open the target segment for writing if it was sealed.
@@ -131,7 +128,8 @@ impl PartitionLog {
         let (file, dsync, reader) = match files {
             Some(f) => f,
             None => {
-                SegmentIndex::remove_files(&path)?;
+                let index_of = path.clone();
+                offload::run(move || SegmentIndex::remove_files(&index_of)).await?;
                 (
                     Rc::new(segment::open_dma(&path, false).await?),
                     Rc::new(segment::open_dsync(&path).await?),
@@ -141,7 +139,7 @@ impl PartitionLog {
         };
         file.truncate(cut_pos).await?;
         file.fdatasync().await?;
-        std::fs::File::open(&self.dir)?.sync_all()?;
+        offload::sync_dir(&self.dir).await?;
         let scan = segment::scan_segment(
             segment::Source::File(reader.clone()),
             cut_pos,
@@ -196,6 +194,11 @@ impl PartitionLog {
                 .collect()
         };
         let producers = producer_state::rebuild(&self.dir, &views, log_start, point).await?;
+        // The leader epoch checkpoint without the cut epochs, on disk before the cut is in force
+        // (appends are refused meanwhile, so nothing notes an epoch in between).
+        let mut epochs = self.state.borrow().epochs.clone();
+        epochs.truncate(point);
+        epochs.save_off_reactor(&self.dir).await?;
         let mut st = self.state.borrow_mut();
         st.producers = producers;
         st.snapshots_due.retain(|(offset, _)| *offset <= point);
@@ -210,8 +213,7 @@ impl PartitionLog {
         st.synced_end = point;
         st.last_epoch = last_epoch.unwrap_or(-1);
         st.tail.truncate(point);
-        st.epochs.truncate(point);
-        st.epochs.save(&self.dir)?;
+        st.epochs = epochs;
         st.generation += 1;
         let generation = st.generation;
         st.truncations.push_back((generation, point));

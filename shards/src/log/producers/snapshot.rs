@@ -147,11 +147,17 @@ pub fn decode(bytes: &[u8]) -> Option<(i64, ProducerTable)> {
 /// makes the rename durable too): a snapshot lost then would forget the producers that only those
 /// segments carried. Once per segment roll.
 pub fn write(dir: &Path, table: &ProducerTable, offset: i64) -> io::Result<()> {
+    write_encoded(dir, offset, &encode(table, offset))
+}
+
+/// [`write`] of a snapshot already encoded (`encode(table, offset)`), so the bytes can be moved to
+/// another thread without the table.
+pub fn write_encoded(dir: &Path, offset: i64, bytes: &[u8]) -> io::Result<()> {
     use std::io::Write;
     let final_path = path(dir, offset);
     let tmp = final_path.with_extension("snapshot.tmp");
     let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(&encode(table, offset))?;
+    file.write_all(bytes)?;
     file.sync_data()?;
     drop(file);
     std::fs::rename(&tmp, &final_path)
