@@ -126,6 +126,24 @@ pub struct StartArgs {
     /// deletes go on [default: 1 GiB, but at most 5% of the filesystem's size; 0 turns it off].
     #[arg(long)]
     pub storage_min_free_bytes: Option<u64>,
+    /// Run the log cleaner that compacts topics with cleanup.policy=compact, one per shard
+    /// (Kafka's log.cleaner.enable); false leaves compacted topics to grow [default: true].
+    #[arg(long)]
+    pub log_cleaner_enable: Option<bool>,
+    /// Bytes per second each shard's cleaner may read plus write (Kafka's
+    /// log.cleaner.io.max.bytes.per.second, there for all cleaner threads together)
+    /// [default: 67108864, 64 MiB/s per shard].
+    #[arg(long)]
+    pub log_cleaner_io_max_bytes_per_second: Option<u64>,
+    /// Memory for the key map of each shard's cleaner (Kafka's log.cleaner.dedupe.buffer.size,
+    /// 128 MiB there for all cleaner threads together); a log with more keys than fit is cleaned
+    /// in several passes [default: 33554432, 32 MiB per shard].
+    #[arg(long)]
+    pub log_cleaner_dedupe_buffer_size: Option<usize>,
+    /// How long a shard's cleaner sleeps when no log needs cleaning (Kafka's
+    /// log.cleaner.backoff.ms) [default: 15000].
+    #[arg(long)]
+    pub log_cleaner_backoff_ms: Option<u64>,
     /// TOML file with any of the keys above (node-id, data-dir, listen, ...).
     #[arg(long)]
     pub config: Option<PathBuf>,

@@ -5,6 +5,7 @@
 
 pub mod args;
 pub mod batch;
+pub mod clean_bench;
 pub mod client;
 pub mod compare;
 pub mod driver;
@@ -32,6 +33,8 @@ pub enum BenchCommand {
     Compare(compare::CompareArgs),
     /// Partition log against the raw disk: append+durable latency and throughput, with the floor.
     Log(log_bench::LogBenchArgs),
+    /// The log cleaner's throughput (dirty MiB/s compacted) against the raw disk bandwidth.
+    Clean(clean_bench::CleanBenchArgs),
 }
 
 /// Runs one bench subcommand; returns the process exit code.
@@ -41,5 +44,6 @@ pub fn run(command: BenchCommand) -> i32 {
         BenchCommand::E2e(a) => load::main(&a, load::Mode::E2e),
         BenchCommand::Compare(a) => compare::main(&a),
         BenchCommand::Log(a) => log_bench::main(&a),
+        BenchCommand::Clean(a) => clean_bench::main(&a),
     }
 }

@@ -534,6 +534,12 @@ impl PartitionLog {
         self.start_background();
     }
 
+    /// The compaction configs the log runs with now (the cleaner's scheduler reads
+    /// `min.cleanable.dirty.ratio` from them).
+    pub fn compaction_config(&self) -> CompactionConfig {
+        self.config.borrow().compaction
+    }
+
     /// Runs file-changing work in its own task, so a caller that stops waiting (a request timeout
     /// dropping the future) never leaves a flush, truncation or deletion half done.
     async fn detached<T, Fut>(&self, f: impl FnOnce(Rc<PartitionLog>) -> Fut) -> Result<T, LogError>
