@@ -29,6 +29,9 @@ pub enum Command {
     /// and of the replication and control ports; fails on a crash, a hang, RSS over a limit or
     /// damaged data.
     Fuzz(crate::tools::fuzz::FuzzArgs),
+    /// Prints the records of a partition directory's segment files as JSON lines (or, with
+    /// --latest, the latest record of every key), read offline: no recovery, no writes.
+    DumpLog(crate::tools::dump_log::DumpLogArgs),
 }
 
 #[derive(Debug, Subcommand)]

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use crate::cli::StartArgs;
+use crate::partitions::cleaner::{self, CleanerSettings};
 use crate::server::limits::{self, Limits};
 
 /// `replica.lag.time.max.ms` when not configured (Kafka's default).
@@ -40,6 +41,8 @@ pub struct BrokerConfig {
     pub storage_min_free_bytes: Option<u64>,
     /// What a client connection may hold.
     pub limits: Limits,
+    /// Each shard's log cleaner (`log.cleaner.*`).
+    pub cleaner: CleanerSettings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +96,10 @@ struct FileConfig {
     response_write_timeout_ms: Option<u64>,
     request_read_timeout_ms: Option<u64>,
     connections_max_idle_ms: Option<u64>,
+    log_cleaner_enable: Option<bool>,
+    log_cleaner_io_max_bytes_per_second: Option<u64>,
+    log_cleaner_dedupe_buffer_size: Option<usize>,
+    log_cleaner_backoff_ms: Option<u64>,
 }
 
 /// `peers` in the file: either "1@h:p,2@h:p" or ["1@h:p", "2@h:p"] (`=` works too).
@@ -122,6 +129,7 @@ impl BrokerConfig {
         };
 
         let limits = resolve_limits(args, &file)?;
+        let cleaner = resolve_cleaner(args, &file)?;
         let node_id = args.node_id.or(file.node_id).unwrap_or(1);
         if node_id < 0 {
             return Err(invalid("node-id", node_id.to_string(), "must be >= 0"));
@@ -201,8 +209,53 @@ impl BrokerConfig {
             overprovisioned: args.overprovisioned || file.overprovisioned.unwrap_or(false),
             storage_min_free_bytes: args.storage_min_free_bytes.or(file.storage_min_free_bytes),
             limits,
+            cleaner,
         })
     }
+}
+
+/// Smallest `log-cleaner-dedupe-buffer-size`: a key map of a few thousand keys (Kafka refuses
+/// less than 1 MiB per cleaner thread too).
+const MIN_DEDUPE_BUFFER_BYTES: usize = 1 << 20;
+
+/// The cleaner settings: flags over the file over the defaults of `partitions::cleaner`.
+fn resolve_cleaner(args: &StartArgs, file: &FileConfig) -> Result<CleanerSettings, ConfigError> {
+    let io_max_bytes_per_second = args
+        .log_cleaner_io_max_bytes_per_second
+        .or(file.log_cleaner_io_max_bytes_per_second)
+        .unwrap_or(cleaner::DEFAULT_IO_MAX_BYTES_PER_SECOND);
+    if io_max_bytes_per_second == 0 {
+        return Err(invalid(
+            "log-cleaner-io-max-bytes-per-second",
+            "0".into(),
+            "must be > 0",
+        ));
+    }
+    let dedupe_buffer_bytes = args
+        .log_cleaner_dedupe_buffer_size
+        .or(file.log_cleaner_dedupe_buffer_size)
+        .unwrap_or(cleaner::DEFAULT_DEDUPE_BUFFER_BYTES);
+    if dedupe_buffer_bytes < MIN_DEDUPE_BUFFER_BYTES {
+        return Err(invalid(
+            "log-cleaner-dedupe-buffer-size",
+            dedupe_buffer_bytes.to_string(),
+            &format!("must be at least {MIN_DEDUPE_BUFFER_BYTES}"),
+        ));
+    }
+    let backoff_ms = positive_ms(
+        "log-cleaner-backoff-ms",
+        args.log_cleaner_backoff_ms.or(file.log_cleaner_backoff_ms),
+        cleaner::DEFAULT_BACKOFF_MS,
+    )?;
+    Ok(CleanerSettings {
+        enabled: args
+            .log_cleaner_enable
+            .or(file.log_cleaner_enable)
+            .unwrap_or(true),
+        io_max_bytes_per_second,
+        dedupe_buffer_bytes,
+        backoff: std::time::Duration::from_millis(backoff_ms),
+    })
 }
 
 /// The connection limits: flags over the file over the defaults of `server::limits`.
@@ -363,6 +416,43 @@ mod tests {
         assert!(!config.overprovisioned);
         assert_eq!(config.storage_min_free_bytes, None);
         assert_eq!(config.limits, Limits::default());
+        assert_eq!(config.cleaner, CleanerSettings::default());
+    }
+
+    #[test]
+    fn cleaner_settings_from_flags_and_file() {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        writeln!(
+            file,
+            "log-cleaner-enable = false\nlog-cleaner-backoff-ms = 200\nlog-cleaner-dedupe-buffer-size = 2097152\nlog-cleaner-io-max-bytes-per-second = 1000000"
+        )
+        .unwrap();
+        let args = StartArgs {
+            config: Some(file.path().to_path_buf()),
+            log_cleaner_backoff_ms: Some(100),
+            ..StartArgs::default()
+        };
+        let cleaner = BrokerConfig::resolve(&args, 2).unwrap().cleaner;
+        assert!(!cleaner.enabled);
+        assert_eq!(cleaner.backoff, std::time::Duration::from_millis(100));
+        assert_eq!(cleaner.dedupe_buffer_bytes, 2 << 20);
+        assert_eq!(cleaner.io_max_bytes_per_second, 1_000_000);
+        for bad in [
+            StartArgs {
+                log_cleaner_backoff_ms: Some(0),
+                ..StartArgs::default()
+            },
+            StartArgs {
+                log_cleaner_io_max_bytes_per_second: Some(0),
+                ..StartArgs::default()
+            },
+            StartArgs {
+                log_cleaner_dedupe_buffer_size: Some(1000),
+                ..StartArgs::default()
+            },
+        ] {
+            assert!(BrokerConfig::resolve(&bad, 2).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

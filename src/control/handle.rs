@@ -621,7 +621,7 @@ mod tests {
             .as_ref()
             .unwrap();
         let mut bad_config = topic("c", 1);
-        bad_config.configs = vec![("cleanup.policy".into(), Some("compact".into()))];
+        bad_config.configs = vec![("cleanup.policy".into(), Some("archive".into()))];
         let mut too_many_replicas = topic("r", 1);
         too_many_replicas.replication_factor = 2;
         let results = block_on(control.create_topics(

@@ -5,11 +5,15 @@
 //!
 //! | name | type | meaning in chronik |
 //! |---|---|---|
-//! | `cleanup.policy` | list | only `delete` (compaction is not implemented) |
-//! | `retention.ms` | long >= -1 | delete whole segments older than this; -1 keeps forever |
-//! | `retention.bytes` | long >= -1 | delete oldest segments beyond this size per partition; -1 unlimited |
+//! | `cleanup.policy` | list of `delete`, `compact` | `delete`: retention removes old segments; `compact`: the cleaner keeps the latest record of every key (records without a key are refused); both: both |
+//! | `retention.ms` | long >= -1 | delete whole segments older than this; -1 keeps forever (only with `delete` in `cleanup.policy`) |
+//! | `retention.bytes` | long >= -1 | delete oldest segments beyond this size per partition; -1 unlimited (only with `delete`) |
+//! | `min.cleanable.dirty.ratio` | double 0..1 | compact a log once its uncleaned bytes are this share of its cleanable bytes |
+//! | `min.compaction.lag.ms` | long >= 0 | a record stays uncompacted at least this long |
+//! | `max.compaction.lag.ms` | long >= 1 | a record is compacted within about this long, whatever the dirty ratio (the active segment of a compacted topic rolls by then) |
+//! | `delete.retention.ms` | long >= 0 | a tombstone (null value) is kept this long after its segment was cleaned, for consumers to see it |
 //! | `segment.bytes` | int >= 4096 | roll the segment before it grows past this (at least one disk block) |
-//! | `segment.ms` | long >= 1 | roll a segment this long after its first append |
+//! | `segment.ms` | long >= 1 | roll a segment this long after its first append (on a compacted topic at most `max.compaction.lag.ms`) |
 //! | `flush.ms` | long >= 0 | 0: fdatasync before acknowledging (group commit); N: fdatasync every N ms; Long.MAX: the broker default |
 //! | `chronik.flush.policy` | always, interval, never | overrides `flush.ms`: `always` fdatasyncs before acknowledging, `interval` every `flush.ms` (or the broker's interval, else 1000 ms), `never` leaves it to the page cache |
 //! | `max.message.bytes` | int >= 0 | largest record batch accepted |
@@ -19,11 +23,12 @@
 //! | `message.timestamp.type` | `CreateTime` | the producer's timestamps are kept (LogAppendTime is not implemented) |
 //! | `compression.type` | `producer` | batches are stored as the producer compressed them (no recompression) |
 //!
-//! `flush.messages` and every other Kafka topic config are rejected with INVALID_CONFIG.
+//! `flush.messages` and every other Kafka topic config are rejected with INVALID_CONFIG, and so is
+//! `min.compaction.lag.ms` above `max.compaction.lag.ms` (Kafka's `LogConfig.validateValues`).
 
 use std::collections::BTreeMap;
 
-use chronik_shards::log::{FlushPolicy, LogConfig};
+use chronik_shards::log::{CompactionConfig, FlushPolicy, LogConfig};
 
 use super::error::ControlError;
 use super::image::TopicInfo;
@@ -65,6 +70,7 @@ pub enum ConfigType {
     String = 2,
     Int = 3,
     Long = 5,
+    Double = 6,
     List = 7,
 }
 
@@ -76,6 +82,11 @@ enum Kind {
     },
     Int {
         min: i32,
+    },
+    /// A finite double within `min..=max`.
+    Double {
+        min: f64,
+        max: f64,
     },
     Bool,
     /// One of the listed values (case-sensitive, as Kafka).
@@ -93,8 +104,8 @@ struct Definition {
 const DEFINITIONS: &[Definition] = &[
     Definition {
         name: "cleanup.policy",
-        kind: Kind::ListOf(&["delete"]),
-        documentation: "Only \"delete\": whole segments are removed by retention.ms/retention.bytes.",
+        kind: Kind::ListOf(&["compact", "delete"]),
+        documentation: "delete: whole segments are removed by retention.ms/retention.bytes; compact: the latest record of every key is kept; compact,delete: both.",
     },
     Definition {
         name: "compression.type",
@@ -105,6 +116,11 @@ const DEFINITIONS: &[Definition] = &[
         name: "chronik.flush.policy",
         kind: Kind::OneOf(&["always", "interval", "never"]),
         documentation: "always: fdatasync before acknowledging; interval: every flush.ms; never: page cache only.",
+    },
+    Definition {
+        name: "delete.retention.ms",
+        kind: Kind::Long { min: 0 },
+        documentation: "How long a tombstone is kept after its segment was cleaned, for consumers to see it.",
     },
     Definition {
         name: "flush.ms",
@@ -122,9 +138,24 @@ const DEFINITIONS: &[Definition] = &[
         documentation: "The largest record batch accepted.",
     },
     Definition {
+        name: "max.compaction.lag.ms",
+        kind: Kind::Long { min: 1 },
+        documentation: "A record is compacted within about this long, whatever the dirty ratio.",
+    },
+    Definition {
         name: "message.timestamp.type",
         kind: Kind::OneOf(&["CreateTime"]),
         documentation: "Only CreateTime: the producer's timestamps are kept.",
+    },
+    Definition {
+        name: "min.cleanable.dirty.ratio",
+        kind: Kind::Double { min: 0.0, max: 1.0 },
+        documentation: "A log is compacted once its uncleaned bytes are this share of its cleanable bytes.",
+    },
+    Definition {
+        name: "min.compaction.lag.ms",
+        kind: Kind::Long { min: 0 },
+        documentation: "A record stays uncompacted at least this long.",
     },
     Definition {
         name: "min.insync.replicas",
@@ -182,6 +213,13 @@ pub fn validate(name: &str, value: &str) -> Result<String, ControlError> {
             let parsed: i32 = value.parse().map_err(|_| invalid("not an int".into()))?;
             if parsed < min {
                 return Err(invalid(format!("must be at least {min}")));
+            }
+        }
+        Kind::Double { min, max } => {
+            let parsed: f64 = value.parse().map_err(|_| invalid("not a double".into()))?;
+            // `!(..)` also refuses NaN, which Rust parses and no range contains.
+            if !(min..=max).contains(&parsed) {
+                return Err(invalid(format!("must be between {min} and {max}")));
             }
         }
         Kind::Bool => {
@@ -242,7 +280,31 @@ pub fn validate_all(
             }
         }
     }
+    validate_combination(&result)?;
     Ok(result)
+}
+
+/// Checks what single values cannot: `min.compaction.lag.ms` must not exceed
+/// `max.compaction.lag.ms`, an unset one counting as its default (Kafka's
+/// `LogConfig.validateValues`, with its message). The defaults are the static ones: the broker
+/// has no flag for them, and the state machine, which runs this through `apply_ops`, has no
+/// broker defaults.
+pub fn validate_combination(configs: &BTreeMap<String, String>) -> Result<(), ControlError> {
+    let defaults = CompactionConfig::default();
+    let lag = |name: &str, default: i64| {
+        configs
+            .get(name)
+            .and_then(|value| value.parse::<i64>().ok())
+            .unwrap_or(default)
+    };
+    let min = lag("min.compaction.lag.ms", defaults.min_compaction_lag_ms);
+    let max = lag("max.compaction.lag.ms", defaults.max_compaction_lag_ms);
+    if min > max {
+        return Err(ControlError::InvalidConfig(format!(
+            "conflict topic config setting min.compaction.lag.ms ({min}) > max.compaction.lag.ms ({max})"
+        )));
+    }
+    Ok(())
 }
 
 /// One IncrementalAlterConfigs operation.
@@ -303,6 +365,7 @@ pub fn apply_ops(
             }
         }
     }
+    validate_combination(&configs)?;
     Ok(configs)
 }
 
@@ -334,6 +397,7 @@ fn optional_long(value: Option<u64>) -> String {
 /// The broker's default for a known config.
 fn broker_default(name: &str, defaults: &BrokerDefaults) -> String {
     let log = &defaults.log;
+    let compaction = &log.compaction;
     match name {
         "chronik.flush.policy" => flush_policy_name(&log.flush).to_string(),
         "flush.ms" => match log.flush {
@@ -341,7 +405,11 @@ fn broker_default(name: &str, defaults: &BrokerDefaults) -> String {
             FlushPolicy::IntervalMs(ms) => ms.to_string(),
             FlushPolicy::Never => LONG_MAX.to_string(),
         },
+        "delete.retention.ms" => compaction.delete_retention_ms.to_string(),
         "index.interval.bytes" => log.index_interval_bytes.to_string(),
+        "max.compaction.lag.ms" => compaction.max_compaction_lag_ms.to_string(),
+        "min.cleanable.dirty.ratio" => compaction.min_cleanable_dirty_ratio.to_string(),
+        "min.compaction.lag.ms" => compaction.min_compaction_lag_ms.to_string(),
         "max.message.bytes" => log.max_batch_bytes.to_string(),
         "min.insync.replicas" => defaults.min_insync_replicas.to_string(),
         "retention.bytes" => log
@@ -380,6 +448,7 @@ pub fn describe(topic: &TopicInfo, defaults: &BrokerDefaults) -> Vec<ConfigEntry
                 config_type: match def.kind {
                     Kind::Long { .. } => ConfigType::Long,
                     Kind::Int { .. } => ConfigType::Int,
+                    Kind::Double { .. } => ConfigType::Double,
                     Kind::Bool => ConfigType::Boolean,
                     Kind::OneOf(_) => ConfigType::String,
                     Kind::ListOf(_) => ConfigType::List,
@@ -450,7 +519,44 @@ pub fn log_config(topic: &TopicInfo, defaults: &BrokerDefaults) -> LogConfig {
     if let Some(bytes) = explicit::<usize>(topic, "max.message.bytes") {
         config.max_batch_bytes = bytes;
     }
+    apply_cleanup_policy(topic, &mut config);
     config
+}
+
+/// `cleanup.policy` and the compaction configs. Without `delete` nothing is removed by age or
+/// size (a compacted-only topic keeps every key's latest record forever, as in Kafka). With
+/// `compact`, the active segment rolls by `max.compaction.lag.ms` (Kafka's
+/// `LogConfig.maxSegmentMs`): the cleaner never touches the active segment, so without the roll
+/// a quiet topic's records would stay uncompacted past that lag.
+fn apply_cleanup_policy(topic: &TopicInfo, config: &mut LogConfig) {
+    if let Some(policy) = topic.configs.get("cleanup.policy") {
+        let items = list_items(policy);
+        config.compact = items.contains(&"compact");
+        if !items.contains(&"delete") {
+            config.retention_ms = None;
+            config.retention_bytes = None;
+        }
+    }
+    let compaction = &mut config.compaction;
+    if let Some(ratio) = explicit::<f64>(topic, "min.cleanable.dirty.ratio") {
+        compaction.min_cleanable_dirty_ratio = ratio;
+    }
+    if let Some(ms) = explicit::<i64>(topic, "min.compaction.lag.ms") {
+        compaction.min_compaction_lag_ms = ms;
+    }
+    if let Some(ms) = explicit::<i64>(topic, "max.compaction.lag.ms") {
+        compaction.max_compaction_lag_ms = ms;
+    }
+    if let Some(ms) = explicit::<i64>(topic, "delete.retention.ms") {
+        compaction.delete_retention_ms = ms;
+    }
+    if config.compact {
+        if let Ok(max_lag) = u64::try_from(compaction.max_compaction_lag_ms) {
+            if max_lag > 0 && max_lag < LONG_MAX as u64 {
+                config.segment_ms = Some(config.segment_ms.map_or(max_lag, |ms| ms.min(max_lag)));
+            }
+        }
+    }
 }
 
 /// The topic's `min.insync.replicas`.
@@ -467,199 +573,5 @@ pub fn unclean_leader_election(topic: &TopicInfo) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use uuid::Uuid;
-
-    fn topic(configs: &[(&str, &str)]) -> TopicInfo {
-        TopicInfo {
-            id: Uuid::from_u128(1),
-            name: "t".into(),
-            configs: configs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            partitions: vec![],
-        }
-    }
-
-    fn defaults() -> BrokerDefaults {
-        BrokerDefaults::default()
-    }
-
-    #[test]
-    fn validates_values() {
-        assert_eq!(validate("retention.ms", " 1000 ").unwrap(), "1000");
-        assert_eq!(validate("retention.ms", "-1").unwrap(), "-1");
-        assert_eq!(
-            validate("unclean.leader.election.enable", "TRUE").unwrap(),
-            "true"
-        );
-        assert_eq!(validate("cleanup.policy", "delete").unwrap(), "delete");
-        for (name, value) in [
-            ("retention.ms", "-2"),
-            ("retention.ms", "abc"),
-            ("segment.bytes", "100"),
-            ("segment.bytes", "99999999999"),
-            ("cleanup.policy", "compact"),
-            ("cleanup.policy", ""),
-            ("compression.type", "gzip"),
-            ("message.timestamp.type", "LogAppendTime"),
-            ("min.insync.replicas", "0"),
-            ("unclean.leader.election.enable", "yes"),
-            ("chronik.flush.policy", "sometimes"),
-            ("flush.messages", "1"),
-            ("no.such.config", "1"),
-        ] {
-            let err = validate(name, value).unwrap_err();
-            assert!(
-                matches!(err, ControlError::InvalidConfig(_)),
-                "{name}={value}"
-            );
-            assert_eq!(err.code().code(), 40);
-        }
-    }
-
-    #[test]
-    fn validate_all_rejects_duplicates_and_unknown_null() {
-        let ok = validate_all(&[
-            ("retention.ms".into(), Some("5".into())),
-            ("segment.ms".into(), None),
-        ])
-        .unwrap();
-        assert_eq!(ok.len(), 1);
-        assert!(validate_all(&[
-            ("retention.ms".into(), Some("5".into())),
-            ("retention.ms".into(), Some("6".into()))
-        ])
-        .is_err());
-        assert!(validate_all(&[("bogus".into(), None)]).is_err());
-    }
-
-    #[test]
-    fn incremental_ops() {
-        let current: BTreeMap<String, String> =
-            [("retention.ms".to_string(), "5".to_string())].into();
-        let next = apply_ops(
-            &current,
-            &[
-                ConfigOp::Set("segment.ms".into(), "100".into()),
-                ConfigOp::Delete("retention.ms".into()),
-                ConfigOp::Append("cleanup.policy".into(), "delete".into()),
-            ],
-        )
-        .unwrap();
-        assert_eq!(next.get("segment.ms").map(String::as_str), Some("100"));
-        assert!(!next.contains_key("retention.ms"));
-        assert_eq!(
-            next.get("cleanup.policy").map(String::as_str),
-            Some("delete")
-        );
-        // Subtracting the only item leaves an empty list: invalid.
-        assert!(apply_ops(
-            &next,
-            &[ConfigOp::Subtract("cleanup.policy".into(), "delete".into())]
-        )
-        .is_err());
-        assert!(apply_ops(
-            &next,
-            &[ConfigOp::Append("retention.ms".into(), "1".into())]
-        )
-        .is_err());
-        assert!(apply_ops(&next, &[ConfigOp::Set("retention.ms".into(), "x".into())]).is_err());
-        assert!(apply_ops(&next, &[ConfigOp::Delete("nope".into())]).is_err());
-    }
-
-    #[test]
-    fn describe_reports_defaults_and_overrides() {
-        let entries = describe(&topic(&[("retention.ms", "1000")]), &defaults());
-        assert_eq!(entries.len(), DEFINITIONS.len());
-        let retention = entries.iter().find(|e| e.name == "retention.ms").unwrap();
-        assert_eq!(retention.value.as_deref(), Some("1000"));
-        assert!(!retention.is_default);
-        assert_eq!(retention.source, ConfigSource::DynamicTopic);
-        let segment = entries.iter().find(|e| e.name == "segment.bytes").unwrap();
-        assert!(segment.is_default);
-        assert_eq!(
-            segment.value,
-            Some(defaults().log.segment_bytes.to_string())
-        );
-        assert_eq!(segment.source, ConfigSource::Default);
-        // Every default value is itself valid.
-        for entry in entries {
-            validate(&entry.name, entry.value.as_deref().unwrap()).unwrap();
-        }
-    }
-
-    #[test]
-    fn log_config_follows_topic_configs() {
-        let d = defaults();
-        let config = log_config(
-            &topic(&[
-                ("segment.bytes", "1048576"),
-                ("segment.ms", "60000"),
-                ("retention.ms", "-1"),
-                ("retention.bytes", "4096"),
-                ("index.interval.bytes", "100"),
-                ("max.message.bytes", "2000"),
-            ]),
-            &d,
-        );
-        assert_eq!(config.segment_bytes, 1048576);
-        assert_eq!(config.segment_ms, Some(60000));
-        assert_eq!(config.retention_ms, None);
-        assert_eq!(config.retention_bytes, Some(4096));
-        assert_eq!(config.index_interval_bytes, 100);
-        assert_eq!(config.max_batch_bytes, 2000);
-        let unset = log_config(&topic(&[]), &d);
-        assert_eq!(unset.segment_bytes, d.log.segment_bytes);
-        assert_eq!(unset.retention_ms, d.log.retention_ms);
-    }
-
-    #[test]
-    fn flush_policy_rules() {
-        let d = defaults();
-        let flush = |configs: &[(&str, &str)]| log_config(&topic(configs), &d).flush;
-        assert!(matches!(flush(&[]), FlushPolicy::Always));
-        assert!(matches!(flush(&[("flush.ms", "0")]), FlushPolicy::Always));
-        assert!(matches!(
-            flush(&[("flush.ms", "250")]),
-            FlushPolicy::IntervalMs(250)
-        ));
-        assert!(matches!(
-            flush(&[("flush.ms", "9223372036854775807")]),
-            FlushPolicy::Always
-        ));
-        assert!(matches!(
-            flush(&[("chronik.flush.policy", "never")]),
-            FlushPolicy::Never
-        ));
-        assert!(matches!(
-            flush(&[("chronik.flush.policy", "always"), ("flush.ms", "5")]),
-            FlushPolicy::Always
-        ));
-        assert!(matches!(
-            flush(&[("chronik.flush.policy", "interval"), ("flush.ms", "5")]),
-            FlushPolicy::IntervalMs(5)
-        ));
-        assert!(matches!(
-            flush(&[("chronik.flush.policy", "interval")]),
-            FlushPolicy::IntervalMs(DEFAULT_FLUSH_INTERVAL_MS)
-        ));
-    }
-
-    #[test]
-    fn min_insync_and_unclean() {
-        let d = defaults();
-        assert_eq!(min_insync_replicas(&topic(&[]), &d), 1);
-        assert_eq!(
-            min_insync_replicas(&topic(&[("min.insync.replicas", "2")]), &d),
-            2
-        );
-        assert!(!unclean_leader_election(&topic(&[])));
-        assert!(unclean_leader_election(&topic(&[(
-            "unclean.leader.election.enable",
-            "true"
-        )])));
-    }
-}
+#[path = "topic_config_tests.rs"]
+mod tests;

@@ -2,6 +2,7 @@
 //! assigns them, closing or deleting them as it takes them away, and finding
 //! them for requests.
 
+pub mod cleaner;
 pub mod hw_checkpoint;
 pub mod offset_watch;
 pub mod orphans;

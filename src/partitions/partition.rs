@@ -322,4 +322,41 @@ mod tests {
             partition.log.close().await.unwrap();
         });
     }
+
+    /// IncrementalAlterConfigs reaches a running log through the image: `apply_image` hands
+    /// every open partition its topic's configs and `log_config`, and the partition passes a
+    /// changed one on to its log.
+    #[test]
+    fn a_changed_cleanup_policy_reaches_the_running_log() {
+        super::super::with_test_log(|log| async move {
+            let (mut topic, info) = topic(vec![1]);
+            let defaults = crate::control::BrokerDefaults::default();
+            let partition = Rc::new(Partition::new(&topic, &info, 1, log, None));
+            assert_eq!(
+                partition.log.compaction_config(),
+                chronik_shards::log::CompactionConfig::default()
+            );
+            topic.configs = [
+                ("cleanup.policy".to_string(), "compact".to_string()),
+                ("min.cleanable.dirty.ratio".to_string(), "0.1".to_string()),
+                ("delete.retention.ms".to_string(), "5".to_string()),
+            ]
+            .into();
+            let config = crate::control::topic_config::log_config(&topic, &defaults);
+            assert!(config.compact && config.retention_ms.is_none());
+            partition.update_config(&topic.configs, config);
+            let compaction = partition.log.compaction_config();
+            assert_eq!(compaction.min_cleanable_dirty_ratio, 0.1);
+            assert_eq!(compaction.delete_retention_ms, 5);
+            // Back to the defaults when the configs are deleted again.
+            topic.configs.clear();
+            let config = crate::control::topic_config::log_config(&topic, &defaults);
+            partition.update_config(&topic.configs, config);
+            assert_eq!(
+                partition.log.compaction_config(),
+                chronik_shards::log::CompactionConfig::default()
+            );
+            partition.log.close().await.unwrap();
+        });
+    }
 }

@@ -119,7 +119,7 @@ pub async fn follow_images(shard: Rc<Shard>) {
 }
 
 /// Waits `interval`: true, or false once shutdown begins (a periodic duty then ends).
-async fn tick(shutdown: &chronik_shards::runtime::Shutdown, interval: Duration) -> bool {
+pub(super) async fn tick(shutdown: &chronik_shards::runtime::Shutdown, interval: Duration) -> bool {
     async {
         glommio::timer::sleep(interval).await;
         true

@@ -109,6 +109,7 @@ pub fn run(config: BrokerConfig) -> Result<(), String> {
         ),
         io_polling: !config.overprovisioned,
         limits: config.limits.clone(),
+        cleaner: config.cleaner.clone(),
     };
     let spec = ShardSpec {
         cpus,

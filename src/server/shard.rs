@@ -116,6 +116,8 @@ pub struct ShardStart {
     pub io_polling: bool,
     /// Connection limits, for the whole broker (each shard takes its share).
     pub limits: Limits,
+    /// Each shard's log cleaner (`log.cleaner.*`).
+    pub cleaner: crate::partitions::cleaner::CleanerSettings,
 }
 
 /// Runs shard `id` until shutdown: open its partitions, accept connections,
@@ -179,6 +181,10 @@ async fn serve(shard: &Rc<Shard>, start: &ShardStart) -> Result<(), String> {
         start.retention_check_interval,
     ));
     let checkpoints = glommio::spawn_local(sync::run_hw_checkpoints(shard.clone()));
+    let cleaner = glommio::spawn_local(crate::partitions::cleaner::run(
+        shard.clone(),
+        start.cleaner.clone(),
+    ));
 
     let listener = TcpListener::bind(start.listen)
         .map_err(|e| format!("cannot listen on {}: {e}", start.listen))?;
@@ -238,5 +244,6 @@ async fn serve(shard: &Rc<Shard>, start: &ShardStart) -> Result<(), String> {
     images.await;
     retention.await;
     checkpoints.await;
+    cleaner.await;
     Ok(())
 }

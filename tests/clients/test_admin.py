@@ -46,6 +46,43 @@ def test_admin_client_topic_lifecycle(broker):
     assert "admin-life" not in client.list_topics(timeout=30).topics
 
 
+def test_admin_client_compaction_configs(broker):
+    """cleanup.policy=compact and the compaction configs at CreateTopics, in DescribeConfigs (with
+    Kafka's types) and through IncrementalAlterConfigs, which turns a live topic compacted."""
+    client = admin(broker.bootstrap)
+    client.create_topics([NewTopic("admin-compacted", 1, 1, config={
+        "cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1", "segment.bytes": "65536"})])[
+        "admin-compacted"].result(30)
+    configs = _describe_config(client, "admin-compacted")
+    assert configs["cleanup.policy"].value == "compact"
+    assert configs["min.cleanable.dirty.ratio"].value == "0.1"
+    assert configs["min.compaction.lag.ms"].value == "0"
+    assert configs["max.compaction.lag.ms"].value == "9223372036854775807"
+    assert configs["delete.retention.ms"].value == "86400000"
+    assert configs["delete.retention.ms"].is_default
+
+    client.create_topics([NewTopic("admin-to-compact", 1, 1)])["admin-to-compact"].result(30)
+    res = ConfigResource(ResourceType.TOPIC, "admin-to-compact", incremental_configs=[
+        ConfigEntry("cleanup.policy", "compact", incremental_operation=AlterConfigOpType.APPEND),
+        ConfigEntry("delete.retention.ms", "1000", incremental_operation=AlterConfigOpType.SET)])
+    client.incremental_alter_configs([res])[res].result(30)
+    configs = _describe_config(client, "admin-to-compact")
+    assert configs["cleanup.policy"].value == "delete,compact"
+    assert configs["delete.retention.ms"].value == "1000"
+
+    # Kafka's LogConfig.validateValues: min.compaction.lag.ms above max.compaction.lag.ms.
+    res = ConfigResource(ResourceType.TOPIC, "admin-to-compact", incremental_configs=[
+        ConfigEntry("min.compaction.lag.ms", "60000", incremental_operation=AlterConfigOpType.SET),
+        ConfigEntry("max.compaction.lag.ms", "1000", incremental_operation=AlterConfigOpType.SET)])
+    with pytest.raises(KafkaException) as err:
+        client.incremental_alter_configs([res])[res].result(30)
+    assert err.value.args[0].name() == "INVALID_CONFIG"
+    with pytest.raises(KafkaException) as err:
+        client.create_topics([NewTopic("bad-ratio", 1, 1, config={"min.cleanable.dirty.ratio": "2"})])[
+            "bad-ratio"].result(30)
+    assert err.value.args[0].name() == "INVALID_CONFIG"
+
+
 def test_admin_client_reports_kafka_errors(broker):
     client = admin(broker.bootstrap)
     client.create_topics([NewTopic("dupe", 1, 1)])["dupe"].result(30)
