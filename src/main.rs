@@ -28,6 +28,7 @@ fn main() {
         }
         cli::Command::Dev(cli::DevCommand::Cluster(args)) => tools::dev_cluster::main(&args),
         cli::Command::Fuzz(args) => tools::fuzz::main(&args),
+        cli::Command::DumpLog(args) => tools::dump_log::main(&args),
     };
     std::process::exit(code);
 }
