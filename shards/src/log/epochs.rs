@@ -342,4 +342,31 @@ mod tests {
         std::fs::write(&p, &data).unwrap();
         assert!(EpochHistory::load(dir.path()).is_none());
     }
+
+    /// The checkpoint is written off the reactor, so an append may note a new epoch while it is
+    /// being written: the history must stay dirty then (the file lacks that epoch), and the next
+    /// save writes it. A save that left entries out stays dirty too.
+    #[test]
+    fn an_epoch_noted_while_the_checkpoint_is_written_is_saved_by_the_next_save() {
+        let dir = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+        let mut h = history();
+        let save = h.prepare_where(|_| true);
+        h.note(5, 30);
+        write_checkpoint(dir.path(), &save.data).unwrap();
+        h.saved(&save);
+        assert!(h.is_dirty(), "the file lacks epoch 5");
+        assert_eq!(
+            EpochHistory::load(dir.path()).unwrap(),
+            &[(1, 0), (3, 10), (4, 20)]
+        );
+        h.save(dir.path()).unwrap();
+        assert!(!h.is_dirty());
+        assert_eq!(EpochHistory::load(dir.path()).unwrap(), h.entries());
+
+        let partial = h.prepare_where(|start| start < 20);
+        write_checkpoint(dir.path(), &partial.data).unwrap();
+        h.saved(&partial);
+        assert!(h.is_dirty(), "epochs 4 and 5 were left out");
+        assert_eq!(EpochHistory::load(dir.path()).unwrap(), &[(1, 0), (3, 10)]);
+    }
 }
