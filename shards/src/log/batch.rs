@@ -232,6 +232,23 @@ pub fn split_batches(
     records: &[u8],
     max_batch_bytes: usize,
 ) -> Result<Vec<(BatchHeader, usize)>, LogError> {
+    split(records, max_batch_bytes, false)
+}
+
+/// [`split_batches`] for a follower: a leader's compacted log holds empty batches (an idempotent
+/// producer's last batch whose records all went), which followers copy as they are.
+pub fn split_replica_batches(
+    records: &[u8],
+    max_batch_bytes: usize,
+) -> Result<Vec<(BatchHeader, usize)>, LogError> {
+    split(records, max_batch_bytes, true)
+}
+
+fn split(
+    records: &[u8],
+    max_batch_bytes: usize,
+    allow_empty: bool,
+) -> Result<Vec<(BatchHeader, usize)>, LogError> {
     if records.is_empty() {
         return Err(LogError::InvalidBatch("no record batches".into()));
     }
@@ -248,7 +265,7 @@ pub fn split_batches(
             });
         }
         let h = validate_frame(rest).map_err(BatchFault::into_append_error)?;
-        if h.record_count == 0 {
+        if h.record_count == 0 && !allow_empty {
             return Err(LogError::InvalidBatch("empty batch (no records)".into()));
         }
         out.push((h, pos));

@@ -146,6 +146,8 @@ struct LogState {
     producers: producers::ProducerTable,
     /// Producer state taken where a segment rolled, written once the segment before it is sealed.
     snapshots_due: Vec<(i64, producers::ProducerTable)>,
+    /// Below this the log is compacted (the cleaner checkpoint; see `compaction`).
+    clean_end: i64,
 }
 
 fn now_ms() -> i64 {
@@ -269,6 +271,7 @@ impl PartitionLog {
                 epochs: recovered.epochs,
                 producers: recovered.producers,
                 snapshots_due: Vec::new(),
+                clean_end: recovered.clean_end,
             }),
             file_lock: glommio::sync::Semaphore::new(1),
             write_lock: glommio::sync::Semaphore::new(1),
@@ -346,6 +349,16 @@ impl PartitionLog {
         let cfg = self.config.borrow().clone();
         let batches = batch::split_batches(records, cfg.max_batch_bytes)?;
         producer_state::validate_batches(&batches)?;
+        if cfg.compact {
+            for (h, pos) in &batches {
+                compaction::records::check_keys(
+                    &records[*pos..*pos + h.total_len()],
+                    h,
+                    compaction::MAX_DECOMPRESSED_BYTES,
+                )
+                .map_err(LogError::InvalidBatch)?;
+            }
+        }
         for (h, _) in &batches {
             if h.last_offset_delta != h.record_count - 1 {
                 return Err(LogError::InvalidBatch(format!(
@@ -394,7 +407,8 @@ impl PartitionLog {
     }
 
     /// Follower append: batches whose offsets the leader assigned, validated the same way and required
-    /// to start exactly at the log end, contiguous, with non-decreasing leader epochs.
+    /// to start at or after the log end, in increasing offsets (a compacted leader's log has gaps),
+    /// with non-decreasing leader epochs.
     ///
     /// Large pushes are kept as received (no copy: the leader assigned offsets and epochs already).
     /// Small ones are copied: a small slice of a larger receive buffer would otherwise pin all of it
@@ -402,7 +416,7 @@ impl PartitionLog {
     pub fn append_replica(&self, batches: Bytes) -> Result<AppendInfo, LogError> {
         self.check_writable()?;
         let cfg = self.config.borrow().clone();
-        let parsed = batch::split_batches(&batches, cfg.max_batch_bytes)?;
+        let parsed = batch::split_replica_batches(&batches, cfg.max_batch_bytes)?;
         let mut st = self.state.borrow_mut();
         if st.truncating {
             return Err(LogError::Truncating);
@@ -410,7 +424,8 @@ impl PartitionLog {
         let mut next = st.log_end;
         let mut epoch = st.last_epoch;
         for (h, _) in &parsed {
-            if h.base_offset != next {
+            // A gap is a compacted leader's: the batches between were removed there.
+            if h.base_offset < next {
                 return Err(LogError::InvalidBatch(format!(
                     "replica batch at offset {} where {} was expected",
                     h.base_offset, next

@@ -193,11 +193,27 @@ impl PartitionLog {
                 return Ok(out);
             }
             if cur == before {
-                return Err(LogError::Corruption {
-                    segment: path,
-                    position: pos,
-                    reason: format!("offset {cur} not found in its segment"),
-                });
+                // `cur` lies in a gap after this segment's last batch (compaction removed the
+                // batches there): go on from the next offset the log holds.
+                let st = self.state.borrow();
+                let next = st
+                    .segments
+                    .range(cur + 1..)
+                    .next()
+                    .map(|(&base, _)| base)
+                    .into_iter()
+                    .chain(st.tail.first_offset().filter(|&t| t > cur))
+                    .min();
+                match next {
+                    Some(next) => cur = next,
+                    None => {
+                        return Err(LogError::Corruption {
+                            segment: path,
+                            position: pos,
+                            reason: format!("offset {cur} not found in its segment"),
+                        })
+                    }
+                }
             }
         }
     }

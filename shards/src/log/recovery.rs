@@ -11,7 +11,7 @@ use super::index::SegmentIndex;
 use super::producer_state::{self, SegmentView};
 use super::producers::ProducerTable;
 use super::segment::{self, ActiveFile, Cursor, ScanStep, Segment, Source, Storage};
-use super::{log_start, now_ms, LogConfig, LogError};
+use super::{compaction, log_start, now_ms, LogConfig, LogError};
 
 pub(super) struct Recovered {
     pub segments: BTreeMap<i64, Segment>,
@@ -20,11 +20,14 @@ pub(super) struct Recovered {
     pub last_epoch: i32,
     pub epochs: EpochHistory,
     pub producers: ProducerTable,
+    /// The cleaner checkpoint (the log start without one).
+    pub clean_end: i64,
 }
 
 pub(super) async fn recover(dir: &Path, cfg: &LogConfig) -> Result<Recovered, LogError> {
     std::fs::create_dir_all(dir)?;
     log_start::finish_interrupted_restart(dir)?;
+    compaction::swap::finish_interrupted(dir)?;
     let mut bases = Vec::new();
     let mut strays = Vec::new();
     for entry in std::fs::read_dir(dir)? {
@@ -57,6 +60,7 @@ pub(super) async fn recover(dir: &Path, cfg: &LogConfig) -> Result<Recovered, Lo
             last_epoch: -1,
             epochs: EpochHistory::default(),
             producers: ProducerTable::default(),
+            clean_end: 0,
         });
     };
     for (i, &base) in sealed_bases.iter().enumerate() {
@@ -82,11 +86,12 @@ pub(super) async fn recover(dir: &Path, cfg: &LogConfig) -> Result<Recovered, Lo
                 scan.index
             }
         };
+        // A compacted segment may end below the next one's base (its last batches were removed).
         let expected_next = bases[i + 1];
-        if index.next_offset != expected_next {
+        if index.next_offset > expected_next {
             tracing::error!(
                 segment = ?path, next_offset = index.next_offset, next_segment = expected_next,
-                "sealed segment does not end where the next one begins"
+                "sealed segment runs past where the next one begins"
             );
         }
         segments.insert(
@@ -203,6 +208,9 @@ pub(super) async fn recover(dir: &Path, cfg: &LogConfig) -> Result<Recovered, Lo
         last_epoch: last_epoch.unwrap_or(-1),
         epochs,
         producers,
+        clean_end: compaction::checkpoint_load(dir)
+            .unwrap_or(log_start)
+            .clamp(log_start, log_end),
     })
 }
 

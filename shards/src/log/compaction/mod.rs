@@ -12,12 +12,23 @@
 //! records), `throttle` (the cleaner's I/O budget), `clean` (a pass, the I/O), `swap` (replacing
 //! segments and finishing an interrupted replacement at recovery), `checkpoint`.
 
+mod checkpoint;
 mod clean;
 pub mod codec;
+mod decide;
+mod key_map;
 pub mod records;
+mod rewrite;
+pub mod swap;
 pub mod throttle;
 
+pub use checkpoint::{load as checkpoint_load, FILE_NAME as CHECKPOINT_FILE};
+
 pub use throttle::IoThrottle;
+
+/// The most a compressed batch may expand to when the log reads its records (a peer's batch that
+/// claims more is refused, not decompressed).
+pub const MAX_DECOMPRESSED_BYTES: usize = 64 << 20;
 
 /// What a cleaner pass may use.
 pub struct CleanerLimits<'a> {
