@@ -330,6 +330,21 @@ fn admin_apis_create_alter_describe_delete() {
             .find(|c| c.name.as_str() == "retention.ms")
             .unwrap();
         assert_eq!(retention.value.as_ref().unwrap().as_str(), "120000");
+        if version >= 3 {
+            // Kafka's types: the compaction ratio is a DOUBLE (6), the policy a LIST (7).
+            let config_type = |name: &str| {
+                let entry = result.configs.iter().find(|c| c.name.as_str() == name);
+                entry.map(|c| (c.config_type, c.value.as_ref().map(|v| v.to_string())))
+            };
+            assert_eq!(
+                config_type("min.cleanable.dirty.ratio"),
+                Some((6, Some("0.5".to_string())))
+            );
+            assert_eq!(
+                config_type("cleanup.policy"),
+                Some((7, Some("delete".to_string())))
+            );
+        }
         assert!(result
             .configs
             .iter()
