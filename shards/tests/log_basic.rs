@@ -571,9 +571,9 @@ fn replica_appends_keep_leader_offsets_and_order() {
             (0, 4, 5)
         );
         assert_eq!(log.last_leader_epoch(), 4);
-        // a gap, a repeat, and an older epoch are all refused, and nothing is appended
+        // a repeat, an overlap and an older epoch are all refused, and nothing is appended
         for bad in [
-            with_offsets(batch(1, 1, 10, 0), 6, 4),
+            with_offsets(batch(1, 1, 10, 0), 3, 4),
             with_offsets(batch(1, 1, 10, 0), 4, 4),
             with_offsets(batch(1, 1, 10, 0), 5, 3),
         ] {
@@ -582,21 +582,30 @@ fn replica_appends_keep_leader_offsets_and_order() {
                 Err(LogError::InvalidBatch(_))
             ));
         }
-        let mut gap = with_offsets(batch(1, 1, 10, 0), 5, 4);
-        gap.extend(with_offsets(batch(1, 1, 10, 0), 7, 4));
+        let mut backwards = with_offsets(batch(1, 1, 10, 0), 5, 4);
+        backwards.extend(with_offsets(batch(1, 1, 10, 0), 5, 4));
         assert!(log
-            .append_replica(bytes::Bytes::copy_from_slice(&gap))
+            .append_replica(bytes::Bytes::copy_from_slice(&backwards))
             .is_err());
         assert_eq!(log.log_end_offset(), 5);
         log.append_replica(with_offsets(batch(1, 1, 10, 9), 5, 4).into())
             .unwrap();
-        log.wait_durable(6).await.unwrap();
+        // A gap is a compacted leader's (batches removed there): kept as the leader has it.
+        log.append_replica(with_offsets(batch(1, 1, 10, 9), 9, 4).into())
+            .unwrap();
+        log.wait_durable(10).await.unwrap();
         drop(log);
         let log = open_log(&path, LogConfig::default()).await;
         let got = read_all(&log, 0).await;
         assert_eq!(
             got.iter().map(|b| base_of(b)).collect::<Vec<_>>(),
-            vec![0, 2, 5]
+            vec![0, 2, 5, 9]
+        );
+        // A read from inside the gap starts at the batch after it.
+        let from_gap = log.read(7, 1 << 20, i64::MAX).await.unwrap();
+        assert_eq!(
+            from_gap.iter().map(|b| base_of(b)).collect::<Vec<_>>(),
+            vec![9]
         );
         assert_eq!(
             got[2].as_ref(),
@@ -643,9 +652,10 @@ fn recovery_stops_at_stale_or_out_of_order_batches() {
         log.close().await.unwrap();
         let seg = path.join("00000000000000000000.log");
         let valid = std::fs::read(&seg).unwrap();
-        // A well-formed batch (CRC valid) with the wrong offset: stale bytes from an older write.
+        // A well-formed batch (CRC valid) with an offset already passed: stale bytes from an older
+        // write. (A higher offset is a gap, which compaction makes: see the replica test.)
         let mut data = valid.clone();
-        data.extend(with_offsets(batch(1, 9, 50, 2), 17, 5));
+        data.extend(with_offsets(batch(1, 9, 50, 2), 1, 5));
         std::fs::write(&seg, &data).unwrap();
         let log = open_log(&path, LogConfig::default()).await;
         assert_eq!(log.log_end_offset(), 3);
