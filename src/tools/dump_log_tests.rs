@@ -223,3 +223,24 @@ fn reading_changes_nothing_in_the_directory() {
 fn a_directory_that_does_not_exist_is_an_error() {
     assert!(read_dir(Path::new("/nonexistent/chronik-dump-log")).is_err());
 }
+
+#[test]
+fn compressed_batches_are_read_through_their_codec() {
+    for compression in [
+        Compression::Gzip,
+        Compression::Snappy,
+        Compression::Lz4,
+        Compression::Zstd,
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let b0 = batch(0, &[(Some("a"), Some("1")), (Some("b"), None)], compression);
+        segment(tmp.path(), 0, &[&b0]);
+        let dump = read_dir(tmp.path()).unwrap();
+        assert_eq!(dump.faults, vec![], "{compression:?}");
+        assert_eq!(
+            dump.records.iter().map(kv).collect::<Vec<_>>(),
+            vec![(0, Some("a"), Some("1")), (1, Some("b"), None)],
+            "{compression:?}"
+        );
+    }
+}

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod compaction;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -68,6 +69,15 @@ impl Broker {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().to_path_buf();
         let mut broker = Broker::spawn_with(&dir, free_port(), &[], args);
+        broker._tmp = Some(tmp);
+        broker
+    }
+
+    /// Starts a broker in a fresh temp dir with extra environment variables and flags.
+    pub fn start_with(env: &[(&str, &str)], args: &[&str]) -> Broker {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        let mut broker = Broker::spawn_with(&dir, free_port(), env, args);
         broker._tmp = Some(tmp);
         broker
     }
@@ -175,6 +185,14 @@ impl Broker {
             assert!(self.stop().success());
         }
         let next = Broker::start_in(&self.dir, self.addr.port());
+        self.child = next.child_take();
+    }
+
+    /// Starts again on the same dir and port after `kill` or `stop`, with these environment
+    /// variables and `chronik start` flags (a crash test restarts with the flags it started with).
+    pub fn start_again(&mut self, env: &[(&str, &str)], args: &[&str]) {
+        assert!(self.child.is_none(), "the broker is still running");
+        let next = Broker::spawn_with(&self.dir, self.addr.port(), env, args);
         self.child = next.child_take();
     }
 
