@@ -93,10 +93,12 @@ impl PartitionLog {
             }
         }
         if !victims.is_empty() {
-            let mut st = self.state.borrow_mut();
-            let start = st.log_start;
-            st.epochs.trim_start(start);
-            drop(st);
+            let start = {
+                let mut st = self.state.borrow_mut();
+                let start = st.log_start;
+                st.epochs.trim_start(start);
+                start
+            };
             self.save_epochs(self.durable_frontier()).await?;
             // The producers' state stays (it lives on in memory and in later snapshots); snapshots
             // below the new log start only cost disk.
