@@ -42,7 +42,7 @@ pub struct CleanBenchArgs {
     /// Distinct keys: the records written update these keys over and over.
     #[arg(long, default_value_t = 10_000)]
     pub keys: u32,
-    /// Value bytes per record (random, incompressible).
+    /// Value bytes per record (random, incompressible, each record its own).
     #[arg(long, default_value_t = 1024)]
     pub value_bytes: usize,
     /// Records per batch.
@@ -287,13 +287,12 @@ impl Job {
 
     /// Appends keyed batches until `bytes` are in the log, durable; returns the bytes appended.
     async fn write(&self, log: &Rc<PartitionLog>) -> Result<u64, LogError> {
-        let value = crate::batch::payload(self.value_bytes);
         let mut x = self.seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
         let mut written = 0u64;
         while written < self.bytes {
             let mut end = 0;
             for _ in 0..BURST {
-                let batch = self.batch(&value, &mut x)?;
+                let batch = self.batch(&mut x)?;
                 written += batch.len() as u64;
                 end = log.append_bytes(batch, 0)?.last_offset + 1;
             }
@@ -302,16 +301,18 @@ impl Job {
         Ok(written)
     }
 
-    /// One batch of `batch_records` records with random keys out of `keys`.
-    fn batch(&self, value: &Bytes, x: &mut u64) -> Result<Bytes, LogError> {
+    /// One batch of `batch_records` records with random keys out of `keys` and random values
+    /// (each its own: a codec finds nothing to share between them, as with real distinct values).
+    fn batch(&self, x: &mut u64) -> Result<Bytes, LogError> {
         let timestamp = now_ms();
         let records: Vec<Record> = (0..self.batch_records)
             .map(|i| {
-                // xorshift64
-                *x ^= *x << 13;
-                *x ^= *x >> 7;
-                *x ^= *x << 17;
-                let key = (*x % u64::from(self.keys)) as u32;
+                let key = (xorshift(x) % u64::from(self.keys)) as u32;
+                let mut value = Vec::with_capacity(self.value_bytes + 8);
+                while value.len() < self.value_bytes {
+                    value.extend_from_slice(&xorshift(x).to_le_bytes());
+                }
+                value.truncate(self.value_bytes);
                 Record {
                     transactional: false,
                     control: false,
@@ -324,7 +325,7 @@ impl Job {
                     sequence: i as i32,
                     timestamp,
                     key: Some(Bytes::from(format!("key-{key:08}"))),
-                    value: Some(value.clone()),
+                    value: Some(Bytes::from(value)),
                     headers: IndexMap::new(),
                 }
             })
@@ -341,6 +342,13 @@ impl Job {
         .map_err(|e| LogError::InvalidBatch(format!("bench batch: {e}")))?;
         Ok(buf.freeze())
     }
+}
+
+fn xorshift(x: &mut u64) -> u64 {
+    *x ^= *x << 13;
+    *x ^= *x >> 7;
+    *x ^= *x << 17;
+    *x
 }
 
 fn add(a: CleanStats, b: CleanStats) -> CleanStats {
