@@ -506,12 +506,10 @@ async fn push_loop(
                 continue;
             }
         };
-        let first_base = batches
-            .first()
-            .and_then(|b| chronik_shards::log::batch::BatchHeader::parse(b).ok())
-            .map_or(next, |h| h.base_offset);
+        // The push starts at the follower's position `next`; its first batch may start later
+        // (a compacted log has gaps where whole batches were removed).
         let len: usize = batches.iter().map(Bytes::len).sum();
-        let header = match wire::push_header(&leader.part, leader.epoch, hw, first_base, len) {
+        let header = match wire::push_header(&leader.part, leader.epoch, hw, next, len) {
             Ok(header) => header,
             Err(e) => {
                 warn!(topic = %leader.topic, partition = partition.index, "push too large: {e}");

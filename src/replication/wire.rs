@@ -15,8 +15,8 @@
 //! part         = topic_id:16 partition:i32
 //! ```
 //!
-//! Leader to follower: Push (batches starting at `base_offset`, which must be the follower's log
-//! end; no records is a probe that only asks for an Ack) and EpochEnd (OffsetForLeaderEpoch's
+//! Leader to follower: Push (the batches from `base_offset` on, which must be the follower's log
+//! end; the first may start later where compaction removed batches; no records is a probe that only asks for an Ack) and EpochEnd (OffsetForLeaderEpoch's
 //! answer for the follower's last epoch, after an Ack with [`ACK_CHECK_EPOCH`]). Follower to
 //! leader: Ack, for each Push and EpochEnd. A Push is written as its fixed header followed by the
 //! records as the log stored them, so batch bytes are never copied or re-encoded on the leader;

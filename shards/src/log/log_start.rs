@@ -193,6 +193,7 @@ impl PartitionLog {
             },
         );
         st.log_start = offset;
+        st.clean_end = offset;
         st.log_end = offset;
         st.written_end = offset;
         st.synced_end = offset;

@@ -213,6 +213,8 @@ impl PartitionLog {
         st.synced_end = point;
         st.last_epoch = last_epoch.unwrap_or(-1);
         st.tail.truncate(point);
+        // What comes again above the cut is dirty (the checkpoint file is rewritten by the next pass).
+        st.clean_end = st.clean_end.min(point);
         st.epochs = epochs;
         st.generation += 1;
         let generation = st.generation;

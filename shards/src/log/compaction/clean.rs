@@ -265,8 +265,16 @@ impl PartitionLog {
                 continue;
             }
             let olds: Vec<(i64, u64)> = group.iter().map(|i| (i.base, i.size)).collect();
+            // Where the group's offsets end: the next segment's base.
+            let last = group[group.len() - 1].base;
+            let end = targets
+                .iter()
+                .map(|i| i.base)
+                .find(|&b| b > last)
+                .or(next_base)
+                .unwrap_or(group[group.len() - 1].next_offset);
             let swapped = self
-                .detached(move |log| async move { log.swap_in(olds, index).await })
+                .detached(move |log| async move { log.swap_in(olds, end, index).await })
                 .await?;
             if swapped {
                 stats.segments_in += group.len();
@@ -372,7 +380,12 @@ impl PartitionLog {
 
     /// Replaces the segments `olds` (base, size) by the cleaned file, if they are still the log's;
     /// false (and the cleaned file removed) when retention or a truncation changed them meanwhile.
-    async fn swap_in(&self, olds: Vec<(i64, u64)>, index: SegmentIndex) -> Result<bool, LogError> {
+    async fn swap_in(
+        &self,
+        olds: Vec<(i64, u64)>,
+        end: i64,
+        index: SegmentIndex,
+    ) -> Result<bool, LogError> {
         let _exclusive = self.lock_exclusive().await?;
         let first = olds[0].0;
         let current = {
@@ -395,7 +408,7 @@ impl PartitionLog {
             olds.iter().map(|&(b, _)| b).collect::<Vec<_>>(),
             index.clone(),
         );
-        blocking(move || swap::replace(&dir, &bases, &idx, None)).await?;
+        blocking(move || swap::replace(&dir, &bases, end, &idx, None)).await?;
         let path = self.dir.join(segment::log_file_name(first));
         let map = segment::map_sealed(&path, index.size)?;
         let mut st = self.state.borrow_mut();
