@@ -12,13 +12,16 @@
 # dirtying, and the gate's `chronik bench produce` (acks=all, 1 KiB records, 1000 rec/s, batches of
 # 10) on a one-partition topic of the same broker. The background load is the same on both sides:
 # only the cleaner differs. The compacted partition's size at the end of each run shows whether the
-# cleaner kept up. BROKER_ARGS adds `chronik start` flags to both sides (e.g. the cleaner's I/O budget);
+# cleaner kept up. BROKER_ARGS adds `chronik start` flags to both sides (e.g. the cleaner's I/O budget;
+# default `--log-cleaner-backoff-ms 1000`: with the default 15 s a fresh broker's cleaner first looks
+# 15 s in, most of a run);
 # DURATION and WARMUP (seconds) size each run. Run it under `flock /tmp/chronik-test.lock`.
 set -euo pipefail
 bin=${1:-target/release/chronik} pairs=${2:-5} base=${3:-${TMPDIR:-/tmp}}
 py=${PYTHON:-.venv/bin/python}
 dirty_rate=${DIRTY_RATE:-4000} dirty_keys=${DIRTY_KEYS:-10000}
 duration=${DURATION:-20} warmup=${WARMUP:-5}
+broker_args=${BROKER_ARGS---log-cleaner-backoff-ms 1000}
 out=$(mktemp -d "$base/chronik-clean-ab.XXXXXX")
 broker_pid=""
 cleanup() {
@@ -65,9 +68,9 @@ run() {
     local cleaner=$1 json=$2 data port
     data=$(mktemp -d "$out/data.XXXXXX")
     port=$(free_port)
-    # shellcheck disable=SC2086 # BROKER_ARGS are words
+    # shellcheck disable=SC2086 # broker_args are words
     "$bin" start --node-id 1 --listen "127.0.0.1:$port" --data-dir "$data" \
-        --log-cleaner-enable "$cleaner" ${BROKER_ARGS:-} >"$data.log" 2>&1 &
+        --log-cleaner-enable "$cleaner" $broker_args >"$data.log" 2>&1 &
     broker_pid=$!
     for _ in $(seq 1 100); do
         (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
