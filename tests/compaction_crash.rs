@@ -33,9 +33,16 @@ use common::compaction::{
 use common::Broker;
 
 const TOPIC: &str = "compact-crash";
-const KEYS: u64 = 200;
+/// Keys, written with very different frequencies (key `KEYS * u^4` for a uniform u: key 0 about
+/// every other write, the last ones once in thousands), so that the latest records of keys lie
+/// all over the log, in the cleaned head that every pass rewrites in groups of several small
+/// segments too: a replacement interrupted anywhere loses some key's latest record if it is not
+/// finished right.
+const KEYS: u64 = 2000;
 /// The broker's fault hook: sleep this many ms between the steps of a segment replacement.
 const SLOW_SWAP: &str = "CHRONIK_FAULT_SLOW_CLEANER_SWAP_MS";
+/// The cleaner's debug line per pass (segments in and out) goes to the broker's log.
+const CLEANER_LOG: &str = "info,chronik::partitions::cleaner=debug";
 
 struct Rng(u64);
 
@@ -100,12 +107,15 @@ impl Ledger {
     }
 }
 
-/// A batch of 1..=20 writes to random keys, one in ten a tombstone; values carry a sequence.
+/// A batch of 1..=20 writes to random keys (see `KEYS`), one in ten a tombstone; values carry a
+/// sequence.
 fn next_batch(rng: &mut Rng, seq: &mut u64) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
     (0..1 + rng.below(20))
         .map(|_| {
             *seq += 1;
-            let key = format!("key-{:03}", rng.below(KEYS));
+            let u = rng.below(1 << 24) as f64 / (1u64 << 24) as f64;
+            let key = (KEYS as f64 * u.powi(4)) as u64;
+            let key = format!("key-{key:04}");
             let value = (rng.below(10) != 0).then(|| format!("{key}={seq}").into_bytes());
             (key.into_bytes(), value)
         })
@@ -164,6 +174,23 @@ fn wait_readable(broker: &Broker, acked_end: i64) {
     }
 }
 
+/// Cleaner passes in the broker's log, and how many wrote fewer segments than they read.
+fn cleaner_passes(log: &str) -> (usize, usize) {
+    let field = |line: &str, name: &str| -> Option<u64> {
+        let rest = &line[line.find(name)? + name.len()..];
+        rest.split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    };
+    let passes: Vec<(u64, u64)> = log
+        .lines()
+        .filter_map(|l| Some((field(l, "segments_in=")?, field(l, "segments_out=")?)))
+        .collect();
+    let merging = passes.iter().filter(|(i, o)| o < i).count();
+    (passes.len(), merging)
+}
+
 #[test]
 fn sigkill_while_the_cleaner_runs_keeps_every_keys_latest_acknowledged_write() {
     let kills = env_u64("CHRONIK_COMPACTION_KILLS").unwrap_or(
@@ -177,7 +204,7 @@ fn sigkill_while_the_cleaner_runs_keeps_every_keys_latest_acknowledged_write() {
     eprintln!("compaction crash test: {kills} kills, seed {seed} (CHRONIK_COMPACTION_SEED)");
     let mut rng = Rng(seed);
     let fixed_slow_swap = env_u64(SLOW_SWAP);
-    let mut broker = Broker::start_with(&[], BROKER_ARGS);
+    let mut broker = Broker::start_with(&[("RUST_LOG", CLEANER_LOG)], BROKER_ARGS);
     let configs = compacted_configs("100");
     let configs: Vec<(&str, &str)> = configs.iter().map(|(k, v)| (*k, v.as_str())).collect();
     assert_eq!(
@@ -213,11 +240,10 @@ fn sigkill_while_the_cleaner_runs_keeps_every_keys_latest_acknowledged_write() {
             None if kill % 2 == 0 => (5 + rng.below(45)).to_string(),
             None => String::new(),
         };
-        let env: Vec<(&str, &str)> = if slow_swap.is_empty() {
-            vec![]
-        } else {
-            vec![(SLOW_SWAP, slow_swap.as_str())]
-        };
+        let mut env = vec![("RUST_LOG", CLEANER_LOG)];
+        if !slow_swap.is_empty() {
+            env.push((SLOW_SWAP, slow_swap.as_str()));
+        }
         broker.start_again(&env, BROKER_ARGS);
         wait_readable(&broker, ledger.acked_end);
 
@@ -263,6 +289,7 @@ fn sigkill_while_the_cleaner_runs_keeps_every_keys_latest_acknowledged_write() {
     let completed = log
         .matches("completing an interrupted segment replacement")
         .count();
+    let (passes, merging) = cleaner_passes(&log);
     let discarded = log
         .matches("removing an unfinished cleaned segment")
         .count();
@@ -270,7 +297,7 @@ fn sigkill_while_the_cleaner_runs_keeps_every_keys_latest_acknowledged_write() {
         "{kills} kills: {} records acknowledged up to offset {}, at most {max_records} records \
          in the log, {compacted_reads} reads of a compacted log, {rereads} reads again; \
          recovery completed {completed} interrupted replacements and discarded {discarded} \
-         unfinished cleaned segments",
+         unfinished cleaned segments; {passes} cleaner passes, {merging} of them merging segments",
         ledger.acked_records, ledger.acked_end
     );
     assert!(

@@ -26,7 +26,9 @@ use common::compaction::{
 use common::Broker;
 
 const TOPIC: &str = "compact-reads";
-const KEYS: u64 = 200;
+/// Keys, written with very different frequencies (key `KEYS * u^4` for a uniform u), so that the
+/// latest records of keys lie all over the log, the cleaned head included.
+const KEYS: u64 = 1000;
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -58,7 +60,9 @@ fn produce(
         let records: Vec<(Vec<u8>, Option<Vec<u8>>)> = (0..1 + next(10))
             .map(|_| {
                 seq += 1;
-                let key = format!("key-{:03}", next(KEYS));
+                let u = next(1 << 24) as f64 / (1u64 << 24) as f64;
+                let key = (KEYS as f64 * u.powi(4)) as u64;
+                let key = format!("key-{key:04}");
                 let value = (next(10) != 0).then(|| format!("{key}={seq}").into_bytes());
                 (key.into_bytes(), value)
             })
