@@ -96,11 +96,15 @@ def read_all(bootstrap: str) -> list[tuple[int, bytes, bytes | None]]:
         consumer.close()
 
 
+def dump_log(partition_dir: Path, *flags) -> subprocess.CompletedProcess:
+    done = subprocess.run([chronik_bin(), "dump-log", *flags, str(partition_dir)], capture_output=True, timeout=60)
+    assert done.returncode == 0, f"dump-log {partition_dir}: {done.stderr.decode(errors='replace')}"
+    return done
+
+
 def dump_latest(partition_dir: Path) -> dict[bytes, tuple[int, bytes | None]]:
     """`chronik dump-log --latest`: key -> (offset, value or None for a tombstone)."""
-    done = subprocess.run([chronik_bin(), "dump-log", "--latest", str(partition_dir)],
-                          capture_output=True, timeout=60)
-    assert done.returncode == 0, f"dump-log {partition_dir}: {done.stderr.decode(errors='replace')}"
+    done = dump_log(partition_dir, "--latest")
     out = {}
     for line in done.stdout.decode().splitlines():
         rec = json.loads(line)
@@ -136,6 +140,7 @@ def test_kcat_and_confluent_tombstones_compact_to_one_record_per_live_key_on_eve
     assert producer.flush(30) == 0
     assert len(refused) == 1 and refused[0] is not None, refused
     assert refused[0].code() == KafkaError.INVALID_RECORD, refused[0]
+    del producer  # no reconnect attempts to the brokers once they stop
 
     deleted = {k for k, v in expected.items() if v is None}
     assert deleted, "the workload deletes keys"
@@ -169,6 +174,9 @@ def test_kcat_and_confluent_tombstones_compact_to_one_record_per_live_key_on_eve
     # The replicas, offline: the same latest value (and offset) for every key.
     cluster.stop_all()
     maps = {i: dump_latest(b.data_dir / f"{TOPIC}-0") for i, b in cluster.brokers.items()}
+    # Replicas compact independently: how far each got (information, not a requirement).
+    stored = {i: len(dump_log(b.data_dir / f"{TOPIC}-0").stdout.splitlines()) for i, b in cluster.brokers.items()}
+    print(f"records stored per replica: {stored}")
     for i, m in maps.items():
         live_here = {k: v for k, (_, v) in m.items() if v is not None}
         assert live_here == live, f"node {i}: latest values differ from what was written"
