@@ -1011,3 +1011,16 @@ fn overlapping_group_commits_keep_every_byte_in_order() {
         check(read_all(&log, 0).await);
     });
 }
+
+#[test]
+fn a_log_that_begins_in_a_gap_serves_reads_from_its_start() {
+    in_log_dir(|path| async move {
+        // A follower that copied a compacted leader whose first batches were all removed.
+        let log = open_log(&path, LogConfig::default()).await;
+        log.append_replica(with_offsets(batch(1, 1, 10, 9), 9, 4).into())
+            .unwrap();
+        log.wait_durable(10).await.unwrap();
+        let got = log.read(0, 1 << 20, i64::MAX).await.unwrap();
+        assert_eq!(got.iter().map(|b| base_of(b)).collect::<Vec<_>>(), vec![9]);
+    });
+}

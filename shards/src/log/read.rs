@@ -14,6 +14,8 @@ const MAX_READ_ATTEMPTS: u32 = 16;
 /// Where the next part of a read comes from.
 enum Plan {
     Done,
+    /// Nothing is stored from the offset asked for up to this one (a gap).
+    Skip(i64),
     Disk {
         source: Source,
         path: std::path::PathBuf,
@@ -127,24 +129,33 @@ impl PartitionLog {
                             start_pos: seg.index.lookup(cur),
                             end_pos: seg.readable_bytes(),
                         },
-                        None => {
-                            return Err(LogError::OffsetOutOfRange {
-                                requested: cur,
-                                start: st.log_start,
-                                end: st.log_end,
-                            })
-                        }
+                        // Below the first segment but not below the log start: a follower whose
+                        // log began inside a compacted leader's gap. Its records start there.
+                        None => match st.segments.range(cur..).next() {
+                            Some((&base, _)) => Plan::Skip(base),
+                            None => {
+                                return Err(LogError::OffsetOutOfRange {
+                                    requested: cur,
+                                    start: st.log_start,
+                                    end: st.log_end,
+                                })
+                            }
+                        },
                     }
                 }
             };
-            let Plan::Disk {
-                source,
-                path,
-                start_pos,
-                end_pos,
-            } = plan
-            else {
-                return Ok(out);
+            let (source, path, start_pos, end_pos) = match plan {
+                Plan::Done => return Ok(out),
+                Plan::Skip(next) => {
+                    cur = next;
+                    continue;
+                }
+                Plan::Disk {
+                    source,
+                    path,
+                    start_pos,
+                    end_pos,
+                } => (source, path, start_pos, end_pos),
             };
             let before = cur;
             let mut cursor = Cursor::new(source, end_pos);
