@@ -7,14 +7,15 @@
 //!    `.cleaned` file off the reactor, within the I/O budget.
 //! 4. Each group swapped in under the exclusive lock (`swap`), in a detached task so that a caller
 //!    dropping the pass never leaves a swap half done; then the checkpoint.
-//! Segments are memory-mapped and immutable once sealed, so reading them needs no lock; a swap
-//! first checks that the group's segments are still the ones it read (retention or a truncation
+//!
+//! Sealed segments are immutable, so reading them needs no lock (they are read in chunks on the
+//! blocking thread, never through their memory maps on the shard's thread); a swap first checks that the group's segments are still the ones it read (retention or a truncation
 //! may have removed them meanwhile) and otherwise drops its work.
 
 use std::collections::HashSet;
 use std::io::Write;
 use std::path::PathBuf;
-use std::rc::Rc;
+
 use std::sync::{Arc, Mutex};
 
 use super::codec::Codec;
@@ -31,21 +32,82 @@ use crate::log::{CompactionConfig, LogError, LogState, PartitionLog, MAX_SEGMENT
 /// The cleaned file is written in chunks of this size (each one write off the reactor).
 const WRITE_CHUNK: usize = 1 << 20;
 
-/// A sealed segment as the pass sees it; the map keeps its bytes alive across awaits.
+/// Segments are read in chunks of about this size, each one read off the reactor.
+const READ_CHUNK: u64 = 256 << 10;
+
+/// A sealed segment as the pass sees it.
 #[derive(Clone)]
 struct Input {
     base: i64,
-    map: Option<Rc<memmap2::Mmap>>,
+    path: PathBuf,
     size: u64,
     next_offset: i64,
     max_timestamp: i64,
 }
 
-impl Input {
-    fn bytes(&self) -> &[u8] {
-        self.map
-            .as_deref()
-            .map_or(&[], |m| m.get(..self.size as usize).unwrap_or(&m[..]))
+/// Reads a sealed segment's whole batches in chunks on the blocking thread: a cold segment read
+/// through its memory map on the shard's thread would stall every partition of the shard on page
+/// faults (measured: produce p99 on another partition went up 5x).
+struct ChunkReader {
+    file: Arc<std::fs::File>,
+    size: u64,
+    pos: u64,
+}
+
+impl ChunkReader {
+    async fn open(input: &Input) -> Result<Self, LogError> {
+        let path = input.path.clone();
+        let file = blocking(move || std::fs::File::open(&path)).await?;
+        Ok(ChunkReader {
+            file: Arc::new(file),
+            size: input.size,
+            pos: 0,
+        })
+    }
+
+    async fn read_at(&self, pos: u64, len: u64) -> Result<Vec<u8>, LogError> {
+        let file = self.file.clone();
+        blocking(move || {
+            let mut buf = vec![0u8; len as usize];
+            std::os::unix::fs::FileExt::read_exact_at(&*file, &mut buf, pos)?;
+            Ok(buf)
+        })
+        .await
+    }
+
+    /// The next whole batches and the position of the first; None at the end of the segment.
+    async fn next(&mut self, input: &Input) -> Result<Option<(Vec<u8>, u64)>, LogError> {
+        if self.pos >= self.size {
+            return Ok(None);
+        }
+        let at = self.pos;
+        let mut buf = self.read_at(at, READ_CHUNK.min(self.size - at)).await?;
+        let mut end = 0usize;
+        while let Ok((_, len)) = batch::parse_prefix(&buf[end..]) {
+            let total = batch::LOG_OVERHEAD + len as usize;
+            if end + total > buf.len() {
+                break;
+            }
+            end += total;
+        }
+        if end == 0 {
+            // One batch larger than a chunk (or a damaged length, which validation reports).
+            let (_, len) = batch::parse_prefix(&buf)
+                .map_err(|f| corruption(input, at as usize, f.to_string()))?;
+            let total = (batch::LOG_OVERHEAD + len as usize) as u64;
+            if at + total > self.size {
+                return Err(corruption(
+                    input,
+                    at as usize,
+                    "batch past the segment's end".into(),
+                ));
+            }
+            buf = self.read_at(at, total).await?;
+            end = buf.len();
+        }
+        buf.truncate(end);
+        self.pos += end as u64;
+        Ok(Some((buf, at)))
     }
 }
 
@@ -72,9 +134,9 @@ impl LogState {
     }
 }
 
-fn corruption(base: i64, dir: &std::path::Path, pos: usize, reason: String) -> LogError {
+fn corruption(input: &Input, pos: usize, reason: String) -> LogError {
     LogError::Corruption {
-        segment: dir.join(segment::log_file_name(base)),
+        segment: input.path.clone(),
         position: pos as u64,
         reason,
     }
@@ -150,10 +212,7 @@ impl PartitionLog {
                 .iter()
                 .map(|s| Input {
                     base: s.base_offset(),
-                    map: match &s.storage {
-                        Storage::Sealed(m) => m.clone(),
-                        _ => None,
-                    },
+                    path: s.path.clone(),
                     size: s.index.size,
                     next_offset: s.index.next_offset,
                     max_timestamp: s.index.max_timestamp,
@@ -185,36 +244,41 @@ impl PartitionLog {
         let mut map = KeyMap::new(limits.dedupe_buffer_bytes);
         let mut map_end = None;
         'segments: for input in inputs.iter().filter(|i| i.next_offset > first_dirty) {
-            limits.throttle.take(input.size).await;
-            stats.bytes_read += input.size;
-            for (pos, h) in batches(input.bytes()) {
-                let h = h.map_err(|r| corruption(input.base, &self.dir, pos, r))?;
-                if h.last_offset() < first_dirty {
-                    continue;
-                }
-                let frame = &input.bytes()[pos..pos + h.total_len()];
-                let section = records::section(frame, &h, MAX_DECOMPRESSED_BYTES)
-                    .map_err(|e| corruption(input.base, &self.dir, pos, e.to_string()))?;
-                let recs = records::parse(&section, h.record_count)
-                    .map_err(|e| corruption(input.base, &self.dir, pos, e.to_string()))?;
-                let keyed = || {
-                    recs.iter()
-                        .filter(|r| h.base_offset + r.offset_delta as i64 >= first_dirty)
-                        .filter_map(|r| r.key)
-                };
-                if !map.fits(keyed()) {
-                    map_end = Some(h.base_offset.max(first_dirty));
-                    break 'segments;
-                }
-                for r in recs.iter() {
-                    let offset = h.base_offset + r.offset_delta as i64;
-                    if let (Some(key), true) = (r.key, offset >= first_dirty) {
-                        map.put(key, offset);
+            let mut reader = ChunkReader::open(input).await?;
+            while let Some((chunk, at)) = reader.next(input).await? {
+                limits.throttle.take(chunk.len() as u64).await;
+                stats.bytes_read += chunk.len() as u64;
+                for (rel, h) in batches(&chunk) {
+                    let pos = at as usize + rel;
+                    let h = h.map_err(|r| corruption(input, pos, r))?;
+                    if h.last_offset() < first_dirty {
+                        continue;
+                    }
+                    let frame = &chunk[rel..rel + h.total_len()];
+                    let section = records::section(frame, &h, MAX_DECOMPRESSED_BYTES)
+                        .map_err(|e| corruption(input, pos, e.to_string()))?;
+                    let recs = records::parse(&section, h.record_count)
+                        .map_err(|e| corruption(input, pos, e.to_string()))?;
+                    let keyed = || {
+                        recs.iter()
+                            .filter(|r| h.base_offset + r.offset_delta as i64 >= first_dirty)
+                            .filter_map(|r| r.key)
+                    };
+                    if !map.fits(keyed()) {
+                        map_end = Some(h.base_offset.max(first_dirty));
+                        break 'segments;
+                    }
+                    for r in recs.iter() {
+                        let offset = h.base_offset + r.offset_delta as i64;
+                        if let (Some(key), true) = (r.key, offset >= first_dirty) {
+                            map.put(key, offset);
+                        }
                     }
                 }
+                // Let the shard's requests run between chunks.
+                futures_lite::future::yield_now().await;
             }
             stats.dirty_bytes += input.size;
-            glommio::yield_if_needed().await;
         }
         let map_end = match map_end {
             Some(end) => end,
@@ -313,22 +377,22 @@ impl PartitionLog {
         let mut chunk: Vec<u8> = Vec::with_capacity(WRITE_CHUNK);
         for input in group {
             let horizon = horizon(input);
-            let bytes = input.bytes();
-            limits.throttle.take(input.size).await;
-            stats.bytes_read += input.size;
-            for (pos, h) in batches(bytes) {
-                let h = h.map_err(|r| corruption(input.base, &self.dir, pos, r))?;
-                let frame = &bytes[pos..pos + h.total_len()];
-                let codec = Codec::from_attributes(h.attributes).ok_or_else(|| {
-                    corruption(input.base, &self.dir, pos, "unknown codec".into())
-                })?;
-                let section = records::section(frame, &h, MAX_DECOMPRESSED_BYTES)
-                    .map_err(|e| corruption(input.base, &self.dir, pos, e.to_string()))?;
-                let recs = records::parse(&section, h.record_count)
-                    .map_err(|e| corruption(input.base, &self.dir, pos, e.to_string()))?;
-                let last = h.producer_id >= 0 && producer_last.contains(&h.base_offset);
-                let out =
-                    match batch_fate(&recs, h.base_offset, map, horizon, last) {
+            let mut reader = ChunkReader::open(input).await?;
+            while let Some((bytes, at)) = reader.next(input).await? {
+                limits.throttle.take(bytes.len() as u64).await;
+                stats.bytes_read += bytes.len() as u64;
+                for (rel, h) in batches(&bytes) {
+                    let pos = at as usize + rel;
+                    let h = h.map_err(|r| corruption(input, pos, r))?;
+                    let frame = &bytes[rel..rel + h.total_len()];
+                    let codec = Codec::from_attributes(h.attributes)
+                        .ok_or_else(|| corruption(input, pos, "unknown codec".into()))?;
+                    let section = records::section(frame, &h, MAX_DECOMPRESSED_BYTES)
+                        .map_err(|e| corruption(input, pos, e.to_string()))?;
+                    let recs = records::parse(&section, h.record_count)
+                        .map_err(|e| corruption(input, pos, e.to_string()))?;
+                    let last = h.producer_id >= 0 && producer_last.contains(&h.base_offset);
+                    let out = match batch_fate(&recs, h.base_offset, map, horizon, last) {
                         BatchFate::Unchanged => {
                             stats.records_kept += recs.len() as u64;
                             std::borrow::Cow::Borrowed(frame)
@@ -342,31 +406,34 @@ impl PartitionLog {
                             stats.records_kept += kept.len() as u64;
                             stats.records_removed += (recs.len() - kept.len()) as u64;
                             changed = true;
-                            std::borrow::Cow::Owned(rewrite(frame, codec, &recs, &kept).map_err(
-                                |e| corruption(input.base, &self.dir, pos, e.to_string()),
-                            )?)
+                            std::borrow::Cow::Owned(
+                                rewrite(frame, codec, &recs, &kept)
+                                    .map_err(|e| corruption(input, pos, e.to_string()))?,
+                            )
                         }
                         BatchFate::Empty => {
                             stats.records_removed += recs.len() as u64;
                             changed = true;
-                            std::borrow::Cow::Owned(rewrite(frame, codec, &recs, &[]).map_err(
-                                |e| corruption(input.base, &self.dir, pos, e.to_string()),
-                            )?)
+                            std::borrow::Cow::Owned(
+                                rewrite(frame, codec, &recs, &[])
+                                    .map_err(|e| corruption(input, pos, e.to_string()))?,
+                            )
                         }
                     };
-                let out_h = BatchHeader::parse(&out)
-                    .map_err(|f| corruption(input.base, &self.dir, pos, f.to_string()))?;
-                index.note_batch(&out_h, index.size, cfg.index_interval_bytes);
-                chunk.extend_from_slice(&out);
-                if chunk.len() >= WRITE_CHUNK {
-                    let data = std::mem::replace(&mut chunk, Vec::with_capacity(WRITE_CHUNK));
-                    stats.bytes_written += data.len() as u64;
-                    limits.throttle.take(data.len() as u64).await;
-                    let file = file.clone();
-                    blocking(move || write_all(&file, &data)).await?;
+                    let out_h = BatchHeader::parse(&out)
+                        .map_err(|f| corruption(input, pos, f.to_string()))?;
+                    index.note_batch(&out_h, index.size, cfg.index_interval_bytes);
+                    chunk.extend_from_slice(&out);
+                    if chunk.len() >= WRITE_CHUNK {
+                        let data = std::mem::replace(&mut chunk, Vec::with_capacity(WRITE_CHUNK));
+                        stats.bytes_written += data.len() as u64;
+                        limits.throttle.take(data.len() as u64).await;
+                        let file = file.clone();
+                        blocking(move || write_all(&file, &data)).await?;
+                    }
                 }
+                futures_lite::future::yield_now().await;
             }
-            glommio::yield_if_needed().await;
         }
         stats.bytes_written += chunk.len() as u64;
         limits.throttle.take(chunk.len() as u64).await;
@@ -411,26 +478,39 @@ impl PartitionLog {
         blocking(move || swap::replace(&dir, &bases, end, &idx, None)).await?;
         let path = self.dir.join(segment::log_file_name(first));
         let map = segment::map_sealed(&path, index.size)?;
-        let mut st = self.state.borrow_mut();
-        let old_end = olds
-            .iter()
-            .filter_map(|(b, _)| st.segments.get(b).map(|s| s.index.next_offset))
-            .max()
-            .unwrap_or(first);
-        for (base, _) in &olds {
-            st.segments.remove(base);
+        {
+            let mut st = self.state.borrow_mut();
+            let old_end = olds
+                .iter()
+                .filter_map(|(b, _)| st.segments.get(b).map(|s| s.index.next_offset))
+                .max()
+                .unwrap_or(first);
+            for (base, _) in &olds {
+                st.segments.remove(base);
+            }
+            st.segments.insert(
+                first,
+                Segment {
+                    path,
+                    index,
+                    storage: Storage::Sealed(map),
+                    created_ms: crate::log::now_ms(),
+                },
+            );
+            // Cached copies of the old batches must not be served after the cleaned ones.
+            st.tail.remove_below(old_end);
         }
-        st.segments.insert(
-            first,
-            Segment {
-                path,
-                index,
-                storage: Storage::Sealed(map),
-                created_ms: crate::log::now_ms(),
-            },
-        );
-        // Cached copies of the old batches must not be served after the cleaned ones.
-        st.tail.remove_below(old_end);
+        // The producer snapshots taken where the merged segments began go with them (recovery
+        // starts from an older one and replays the cleaned log, whose producers' last batches
+        // stay); without this every roll of a compacted log would leave one behind.
+        let (dir, merged) = (self.dir.clone(), olds[1..].to_vec());
+        blocking(move || {
+            for (base, _) in merged {
+                remove_file(&crate::log::producers::snapshot::path(&dir, base))?;
+            }
+            Ok(())
+        })
+        .await?;
         Ok(true)
     }
 }
