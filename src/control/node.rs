@@ -158,7 +158,16 @@ pub struct ControlNode {
     deferred: VecDeque<Request>,
     /// A compaction failed: none is tried before this.
     compact_after: Option<Instant>,
+    /// Fault injection (`SLOW_FOLLOWER_PUBLISH_ENV`): how late a node that is not the controller
+    /// publishes a changed image, and when the pending one is due.
+    publish_delay: Option<Duration>,
+    publish_due: Option<Instant>,
 }
+
+/// Fault injection for tests: a node that is not the controller publishes each changed image this
+/// many milliseconds late, so that the controller's answer to a forwarded request reaches this
+/// broker before its own image has the change (issue 14 "Also": read-your-writes CreateTopics).
+pub const SLOW_FOLLOWER_PUBLISH_ENV: &str = "CHRONIK_FAULT_SLOW_FOLLOWER_PUBLISH_MS";
 
 impl ControlNode {
     pub fn new(
@@ -263,6 +272,11 @@ impl ControlNode {
             ready: Some(ready),
             deferred: VecDeque::new(),
             compact_after: None,
+            publish_delay: std::env::var(SLOW_FOLLOWER_PUBLISH_ENV)
+                .ok()
+                .and_then(|ms| ms.parse().ok())
+                .map(Duration::from_millis),
+            publish_due: None,
         })
     }
 
@@ -333,6 +347,9 @@ impl ControlNode {
                 tracing::error!("control node stops: {e}");
                 self.fail_ready(e);
                 break;
+            }
+            if self.publish_due.is_some() {
+                self.publish();
             }
             if self.shutdown_done() {
                 shutdown_now = self.shutting_down.take().map(|(reply, _)| reply);
@@ -1119,6 +1136,15 @@ impl ControlNode {
             Arc::make_mut(&mut self.image).controller_id = controller_id;
         }
         if !Arc::ptr_eq(&self.published.image(), &self.image) {
+            if let (Some(delay), false) = (self.publish_delay, self.is_controller()) {
+                let due = *self
+                    .publish_due
+                    .get_or_insert_with(|| Instant::now() + delay);
+                if Instant::now() < due {
+                    return; // the run loop calls again every tick
+                }
+            }
+            self.publish_due = None;
             self.published.publish(Arc::clone(&self.image));
         }
     }
