@@ -8,16 +8,19 @@
 //! (`truncate_fully_and_start_at`), so kills land inside restarts: the log must reopen either as it
 //! was or as restarted, with every batch reported durable since the last finished restart.
 
+mod common;
+
 use std::cell::Cell;
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chronik_shards::log::batch::build_test_batch;
 use chronik_shards::log::{LogConfig, LogError, PartitionLog};
+use common::crash::{
+    base_of, check_epoch_history, clock_seed, epoch_of, kills, next_offset_after, note_epoch,
+    run_child_and_kill, run_on_executor, same_but_epoch, say, Rng,
+};
 
 const CHILD_ENV: &str = "CHRONIK_CRASH_CHILD";
 const RESTART_CHILD_ENV: &str = "CHRONIK_RESTART_CHILD";
@@ -50,28 +53,7 @@ fn expected_batch(base: i64) -> Vec<u8> {
 
 /// Whether `got` is the batch written at `base` (the leader epoch field aside: it varies).
 fn is_expected(got: &[u8], base: i64) -> bool {
-    let want = expected_batch(base);
-    got.len() == want.len() && got[..12] == want[..12] && got[16..] == want[16..]
-}
-
-fn epoch_of(batch: &[u8]) -> i32 {
-    i32::from_be_bytes(batch[12..16].try_into().unwrap())
-}
-
-fn next_offset_after(batch: &[u8]) -> i64 {
-    let base = i64::from_be_bytes(batch[0..8].try_into().unwrap());
-    base + i32::from_be_bytes(batch[23..27].try_into().unwrap()) as i64 + 1
-}
-
-fn run_on_executor<T: Send + 'static>(
-    f: impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = T>>> + Send + 'static,
-) -> T {
-    glommio::LocalExecutorBuilder::default()
-        .io_memory(2 << 20)
-        .spawn(f)
-        .unwrap()
-        .join()
-        .unwrap()
+    same_but_epoch(got, &expected_batch(base))
 }
 
 /// Child mode: append and report durable batches until killed; now and then truncate the log tail
@@ -121,12 +103,7 @@ fn crash_child_entry() {
                         if generation.get() != gen {
                             continue;
                         }
-                        {
-                            let mut out = std::io::stdout().lock();
-                            writeln!(out, "DURABLE {} {}", info.base_offset, info.last_offset)
-                                .unwrap();
-                            out.flush().unwrap();
-                        }
+                        say(format!("DURABLE {} {}", info.base_offset, info.last_offset));
                         let n = reports.get() + 1;
                         reports.set(n);
                         if n % TRUNCATE_EVERY == 0 {
@@ -134,16 +111,10 @@ fn crash_child_entry() {
                                 1 + (base.unsigned_abs().wrapping_mul(2654435761) % 80) as i64;
                             let point = (log.log_end_offset() - back).max(log.log_start_offset());
                             generation.set(generation.get() + 1);
-                            {
-                                let mut out = std::io::stdout().lock();
-                                writeln!(out, "TRUNCATING {point}").unwrap();
-                                out.flush().unwrap();
-                            }
+                            say(format!("TRUNCATING {point}"));
                             log.truncate_to(point).await.unwrap();
                             epoch.set(epoch.get() + 1);
-                            let mut out = std::io::stdout().lock();
-                            writeln!(out, "TRUNCATED {point}").unwrap();
-                            out.flush().unwrap();
+                            say(format!("TRUNCATED {point}"));
                         }
                     }
                 }));
@@ -153,19 +124,6 @@ fn crash_child_entry() {
             }
         })
     });
-}
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
 }
 
 /// What the child reported.
@@ -179,60 +137,17 @@ enum Event {
 
 /// Runs one child (the test named `entry`, told the directory through `env`) and kills it; returns
 /// what it reported, in order.
-fn run_child_and_kill(dir: &Path, rng: &mut Rng, entry: &str, env: &str) -> Vec<Event> {
-    let exe = std::env::current_exe().unwrap();
-    let mut child = Command::new(exe)
-        .args(["--exact", entry, "--nocapture", "--test-threads=1"])
-        .env(env, dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        let mut events = Vec::new();
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            let mut words = line.split(' ');
-            let (kind, args) = (
-                words.next(),
-                words
-                    .map(|v| v.parse::<i64>())
-                    .collect::<Result<Vec<_>, _>>(),
-            );
-            match (kind, args) {
-                (Some("DURABLE"), Ok(a)) if a.len() == 2 => events.push(Event::Durable(a[0], a[1])),
-                (Some("TRUNCATING"), Ok(a)) if a.len() == 1 => events.push(Event::Truncating(a[0])),
-                (Some("TRUNCATED"), Ok(a)) if a.len() == 1 => events.push(Event::Truncated(a[0])),
-                (Some("RESTARTING"), Ok(a)) if a.len() == 1 => events.push(Event::Restarting(a[0])),
-                (Some("RESTARTED"), Ok(a)) if a.len() == 1 => events.push(Event::Restarted(a[0])),
-                _ => continue,
-            }
-            let _ = tx.send(());
+fn run_child(dir: &Path, rng: &mut Rng, entry: &str, env: &str) -> Vec<Event> {
+    run_child_and_kill(dir, rng, entry, env, 40_000, |kind, a| {
+        match (kind, a.len()) {
+            ("DURABLE", 2) => Some(Event::Durable(a[0], a[1])),
+            ("TRUNCATING", 1) => Some(Event::Truncating(a[0])),
+            ("TRUNCATED", 1) => Some(Event::Truncated(a[0])),
+            ("RESTARTING", 1) => Some(Event::Restarting(a[0])),
+            ("RESTARTED", 1) => Some(Event::Restarted(a[0])),
+            _ => None,
         }
-        events
-    });
-    // Kill at a random moment: mostly while batches are flowing, sometimes during startup/recovery.
-    if rng.below(10) == 0 {
-        std::thread::sleep(Duration::from_millis(rng.below(30)));
-    } else {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let _ = rx.recv_timeout(deadline - Instant::now());
-        std::thread::sleep(Duration::from_micros(rng.below(40_000)));
-    }
-    // SAFETY: plain kill(2) on our own child's pid.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGKILL);
-    }
-    let status = child.wait().unwrap();
-    // Anything but our SIGKILL (a panic, an error exit) is a failure of the child.
-    assert_eq!(
-        status.signal(),
-        Some(libc::SIGKILL),
-        "child exited on its own: {status:?}"
-    );
-    reader.join().unwrap()
+    })
 }
 
 /// A truncation at `point` cuts at the start of the batch holding it; batches have at most 4 records,
@@ -296,38 +211,20 @@ fn verify(dir: &Path, reported: Vec<(i64, i64)>, check_from: i64) -> i64 {
                 let got = log.read(cur, 256 << 10, i64::MAX).await.unwrap();
                 assert!(!got.is_empty());
                 for b in got {
-                    let base = i64::from_be_bytes(b[0..8].try_into().unwrap());
+                    let base = base_of(&b);
                     assert!(base <= cur && cur < next_offset_after(&b) || base == cur);
                     assert!(
                         is_expected(&b, base),
                         "batch at {base} is not what was written"
                     );
-                    let epoch = epoch_of(&b);
-                    match epoch_starts.last() {
-                        Some(&(e, _)) if e == epoch => {}
-                        Some(&(e, _)) => {
-                            assert!(epoch > e, "epoch {epoch} after {e} at {base}");
-                            epoch_starts.push((epoch, base));
-                        }
-                        None => epoch_starts.push((epoch, base)),
-                    }
+                    note_epoch(&mut epoch_starts, epoch_of(&b), base);
                     cur = next_offset_after(&b);
                 }
             }
             assert_eq!(cur, end);
             if check_from == 0 {
                 // The whole log was scanned: its epoch history must match the batches.
-                let latest = epoch_starts.last().map_or(0, |&(e, _)| e);
-                for asked in 0..=latest + 1 {
-                    let want = match epoch_starts.iter().position(|&(e, _)| e > asked) {
-                        _ if epoch_starts.is_empty() => (-1, -1),
-                        _ if asked == latest => (asked, end),
-                        None => (-1, -1),
-                        Some(0) => (asked, epoch_starts[0].1),
-                        Some(i) => (epoch_starts[i - 1].0, epoch_starts[i].1),
-                    };
-                    assert_eq!(log.end_offset_for_epoch(asked), want, "epoch {asked}");
-                }
+                check_epoch_history(&log, &epoch_starts, end);
             }
             log.close().await.unwrap();
             end
@@ -340,17 +237,10 @@ fn sigkill_never_loses_durable_batches() {
     if std::env::var(CHILD_ENV).is_ok() {
         return;
     }
-    let kills: usize = std::env::var("CHRONIK_CRASH_KILLS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200);
+    let kills = kills(1);
     let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let dir = tmp.path().join("crash-0");
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        | 1;
+    let seed = clock_seed();
     eprintln!("crash test: {kills} kills, seed {seed}");
     let mut rng = Rng(seed);
     let mut checked_to = 0i64;
@@ -358,7 +248,7 @@ fn sigkill_never_loses_durable_batches() {
     let mut total_reported = 0usize;
     let mut truncations = 0usize;
     for _ in 0..kills {
-        let events = run_child_and_kill(&dir, &mut rng, "crash_child_entry", CHILD_ENV);
+        let events = run_child(&dir, &mut rng, "crash_child_entry", CHILD_ENV);
         truncations += events
             .iter()
             .filter(|e| matches!(e, Event::Truncated(_)))
@@ -396,11 +286,6 @@ fn restart_child_entry() {
             let log = PartitionLog::open(PathBuf::from(dir), config())
                 .await
                 .unwrap();
-            let say = |line: String| {
-                let mut out = std::io::stdout().lock();
-                writeln!(out, "{line}").unwrap();
-                out.flush().unwrap();
-            };
             let mut round = 0u64;
             loop {
                 round += 1;
@@ -424,24 +309,17 @@ fn sigkill_during_restarts_leaves_the_log_before_or_after() {
     if std::env::var(CHILD_ENV).is_ok() || std::env::var(RESTART_CHILD_ENV).is_ok() {
         return;
     }
-    let kills: usize = std::env::var("CHRONIK_CRASH_KILLS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .map_or(50, |k: usize| (k / 4).max(1));
+    let kills = kills(4);
     let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let dir = tmp.path().join("restart-0");
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        | 1;
+    let seed = clock_seed();
     eprintln!("restart crash test: {kills} kills, seed {seed}");
     let mut rng = Rng(seed);
     // Where the log started when the child was started.
     let mut start = 0i64;
     let (mut interrupted, mut finished) = (0usize, 0usize);
     for _ in 0..kills {
-        let events = run_child_and_kill(&dir, &mut rng, "restart_child_entry", RESTART_CHILD_ENV);
+        let events = run_child(&dir, &mut rng, "restart_child_entry", RESTART_CHILD_ENV);
         // The log start and the durable batches since the last finished restart; a restart still
         // running at the kill may or may not have happened.
         let mut durable: Vec<(i64, i64)> = Vec::new();
@@ -481,7 +359,7 @@ fn sigkill_during_restarts_leaves_the_log_before_or_after() {
                         let got = log.read(cur, 256 << 10, i64::MAX).await.unwrap();
                         assert!(!got.is_empty());
                         for b in got {
-                            let base = i64::from_be_bytes(b[0..8].try_into().unwrap());
+                            let base = base_of(&b);
                             assert_eq!(base, cur);
                             assert!(
                                 is_expected(&b, base),

@@ -13,14 +13,16 @@
 //!
 //! `CHRONIK_CRASH_KILLS` sets the number of kills (default 200, a quarter of it here).
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::process::ExitStatusExt;
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use chronik_shards::log::batch::build_test_batch;
 use chronik_shards::log::{LogConfig, PartitionLog};
+use common::crash::{
+    base_of, check_epoch_history, clock_seed, epoch_of, kills, next_offset_after, note_epoch,
+    run_child_and_kill, run_on_executor, same_but_epoch, say, Rng,
+};
 
 const CHILD_ENV: &str = "CHRONIK_RETENTION_CHILD";
 /// Retention runs after this many durable batches.
@@ -53,37 +55,7 @@ fn expected_batch(base: i64) -> Vec<u8> {
 
 /// Whether `got` is the batch written at `base` (its leader epoch aside).
 fn is_expected(got: &[u8], base: i64) -> bool {
-    let want = expected_batch(base);
-    got.len() == want.len() && got[..12] == want[..12] && got[16..] == want[16..]
-}
-
-fn base_of(batch: &[u8]) -> i64 {
-    i64::from_be_bytes(batch[0..8].try_into().unwrap())
-}
-
-fn epoch_of(batch: &[u8]) -> i32 {
-    i32::from_be_bytes(batch[12..16].try_into().unwrap())
-}
-
-fn next_offset_after(batch: &[u8]) -> i64 {
-    base_of(batch) + i32::from_be_bytes(batch[23..27].try_into().unwrap()) as i64 + 1
-}
-
-fn run_on_executor<T: Send + 'static>(
-    f: impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = T>>> + Send + 'static,
-) -> T {
-    glommio::LocalExecutorBuilder::default()
-        .io_memory(2 << 20)
-        .spawn(f)
-        .unwrap()
-        .join()
-        .unwrap()
-}
-
-fn say(line: String) {
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{line}").unwrap();
-    out.flush().unwrap();
+    same_but_epoch(got, &expected_batch(base))
 }
 
 /// Child mode: append, report durable batches, apply retention now and then, until killed.
@@ -117,19 +89,6 @@ fn retention_child_entry() {
     });
 }
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 /// What a child reported: the batches it reported durable, and the last log start it reported.
 #[derive(Default)]
 struct Reports {
@@ -137,56 +96,34 @@ struct Reports {
     retained: Option<i64>,
 }
 
+/// One line of a child's report.
+enum Event {
+    Durable(i64, i64),
+    Retained(i64),
+}
+
 /// Runs one child and kills it at a random moment; returns what it reported.
-fn run_child_and_kill(dir: &Path, rng: &mut Rng) -> Reports {
-    let exe = std::env::current_exe().unwrap();
-    let mut child = Command::new(exe)
-        .args([
-            "--exact",
-            "retention_child_entry",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ENV, dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        let mut reports = Reports::default();
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            let words: Vec<&str> = line.split(' ').collect();
-            let nums: Vec<i64> = words[1..].iter().filter_map(|w| w.parse().ok()).collect();
-            match (words[0], nums.as_slice()) {
-                ("DURABLE", &[base, last]) => reports.durable.push((base, last)),
-                ("RETAINED", &[start]) => reports.retained = Some(start),
-                _ => continue,
-            }
-            let _ = tx.send(());
-        }
-        reports
-    });
-    if rng.below(10) == 0 {
-        std::thread::sleep(Duration::from_millis(rng.below(30)));
-    } else {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let _ = rx.recv_timeout(deadline - Instant::now());
-        std::thread::sleep(Duration::from_micros(rng.below(100_000)));
-    }
-    // SAFETY: plain kill(2) on our own child's pid.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGKILL);
-    }
-    let status = child.wait().unwrap();
-    assert_eq!(
-        status.signal(),
-        Some(libc::SIGKILL),
-        "child exited on its own: {status:?}"
+fn run_child(dir: &Path, rng: &mut Rng) -> Reports {
+    let events = run_child_and_kill(
+        dir,
+        rng,
+        "retention_child_entry",
+        CHILD_ENV,
+        100_000,
+        |kind, args| match (kind, args) {
+            ("DURABLE", &[base, last]) => Some(Event::Durable(base, last)),
+            ("RETAINED", &[start]) => Some(Event::Retained(start)),
+            _ => None,
+        },
     );
-    reader.join().unwrap()
+    let mut reports = Reports::default();
+    for e in events {
+        match e {
+            Event::Durable(base, last) => reports.durable.push((base, last)),
+            Event::Retained(start) => reports.retained = Some(start),
+        }
+    }
+    reports
 }
 
 /// Reopens the log and checks it (see the module comment); returns (log start, log end).
@@ -219,15 +156,7 @@ fn verify(dir: &Path, durable: Vec<(i64, i64)>, retained: i64) -> (i64, i64) {
                         is_expected(&b, base),
                         "batch at {base} is not what was written"
                     );
-                    let epoch = epoch_of(&b);
-                    match epoch_starts.last() {
-                        Some(&(e, _)) if e == epoch => {}
-                        Some(&(e, _)) => {
-                            assert!(epoch > e, "epoch {epoch} after {e} at {base}");
-                            epoch_starts.push((epoch, base));
-                        }
-                        None => epoch_starts.push((epoch, base)),
-                    }
+                    note_epoch(&mut epoch_starts, epoch_of(&b), base);
                     seen.insert(base, next_offset_after(&b) - 1);
                     cur = next_offset_after(&b);
                 }
@@ -240,17 +169,7 @@ fn verify(dir: &Path, durable: Vec<(i64, i64)>, retained: i64) -> (i64, i64) {
                     "durable batch {base}..={last} lost (log {start}..{end})"
                 );
             }
-            let latest = epoch_starts.last().map_or(0, |&(e, _)| e);
-            for asked in 0..=latest + 1 {
-                let want = match epoch_starts.iter().position(|&(e, _)| e > asked) {
-                    _ if epoch_starts.is_empty() => (-1, -1),
-                    _ if asked == latest => (asked, end),
-                    None => (-1, -1),
-                    Some(0) => (asked, epoch_starts[0].1),
-                    Some(i) => (epoch_starts[i - 1].0, epoch_starts[i].1),
-                };
-                assert_eq!(log.end_offset_for_epoch(asked), want, "epoch {asked}");
-            }
+            check_epoch_history(&log, &epoch_starts, end);
             log.close().await.unwrap();
             (start, end)
         })
@@ -262,23 +181,16 @@ fn sigkill_during_rolls_and_retention_leaves_a_contiguous_log() {
     if std::env::var(CHILD_ENV).is_ok() {
         return;
     }
-    let kills: usize = std::env::var("CHRONIK_CRASH_KILLS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .map_or(50, |k: usize| (k / 4).max(1));
+    let kills = kills(4);
     let tmp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let dir = tmp.path().join("retention-0");
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        | 1;
+    let seed = clock_seed();
     eprintln!("retention crash test: {kills} kills, seed {seed}");
     let mut rng = Rng(seed);
     let (mut retained, mut end) = (0i64, 0i64);
     let mut reported = 0usize;
     for _ in 0..kills {
-        let reports = run_child_and_kill(&dir, &mut rng);
+        let reports = run_child(&dir, &mut rng);
         reported += reports.durable.len();
         retained = reports.retained.unwrap_or(retained);
         let floor_end = reports.durable.last().map_or(end, |&(_, last)| last + 1);
