@@ -58,21 +58,74 @@ pub fn encode_as(
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0);
-    let records: Vec<Record> = (0..count)
-        .map(|i| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: NO_PARTITION_LEADER_EPOCH,
-            producer_id: producer.map_or(NO_PRODUCER_ID, |p| p.producer_id),
-            producer_epoch: producer.map_or(NO_PRODUCER_EPOCH, |p| p.epoch),
-            timestamp_type: TimestampType::Creation,
-            offset: i64::from(i),
-            sequence: producer.map_or(i as i32, |p| p.base_sequence.wrapping_add(i as i32)),
+    keyed_batch(
+        (0..count).map(|i| (key(i), Some(value.clone()))),
+        &Layout {
             timestamp,
-            key: key(i),
-            value: Some(value.clone()),
-            headers: IndexMap::new(),
+            producer,
+            ..Layout::default()
+        },
+    )
+}
+
+/// Where and how [`keyed_batch`] lays out a batch's records.
+#[derive(Clone, Copy, Debug)]
+pub struct Layout {
+    /// The first record's offset; the others follow one by one.
+    pub base_offset: i64,
+    /// The first record's timestamp.
+    pub timestamp: i64,
+    /// Added to the timestamp from one record to the next.
+    pub timestamp_step: i64,
+    /// The partition leader epoch in the batch header.
+    pub leader_epoch: i32,
+    pub compression: Compression,
+    /// The idempotent producer that wrote it; none: no producer id, sequences follow the offsets.
+    pub producer: Option<Sequenced>,
+}
+
+impl Default for Layout {
+    fn default() -> Self {
+        Self {
+            base_offset: 0,
+            timestamp: 0,
+            timestamp_step: 0,
+            leader_epoch: NO_PARTITION_LEADER_EPOCH,
+            compression: Compression::None,
+            producer: None,
+        }
+    }
+}
+
+/// One v2 RecordBatch of (key, value) records (a None value is a tombstone), as a producer writes
+/// it. Offsets and sequences advance together, so the encoder emits a single batch (it starts a new
+/// one wherever `offset - sequence` changes).
+pub fn keyed_batch(
+    records: impl IntoIterator<Item = (Option<Bytes>, Option<Bytes>)>,
+    layout: &Layout,
+) -> Result<Bytes, ClientError> {
+    let records: Vec<Record> = records
+        .into_iter()
+        .enumerate()
+        .map(|(i, (key, value))| {
+            let offset = layout.base_offset + i as i64;
+            Record {
+                transactional: false,
+                control: false,
+                delete_horizon: false,
+                partition_leader_epoch: layout.leader_epoch,
+                producer_id: layout.producer.map_or(NO_PRODUCER_ID, |p| p.producer_id),
+                producer_epoch: layout.producer.map_or(NO_PRODUCER_EPOCH, |p| p.epoch),
+                timestamp_type: TimestampType::Creation,
+                offset,
+                sequence: layout
+                    .producer
+                    .map_or(offset as i32, |p| p.base_sequence.wrapping_add(i as i32)),
+                timestamp: layout.timestamp + layout.timestamp_step * i as i64,
+                key,
+                value,
+                headers: IndexMap::new(),
+            }
         })
         .collect();
     let mut buf = BytesMut::new();
@@ -81,7 +134,7 @@ pub fn encode_as(
         &records,
         &RecordEncodeOptions {
             version: 2,
-            compression: Compression::None,
+            compression: layout.compression,
         },
     )
     .map_err(|e| ClientError::Encode(e.to_string()))?;

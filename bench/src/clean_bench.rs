@@ -16,15 +16,12 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use chronik_shards::log::compaction::{CleanStats, CleanerLimits, IoThrottle};
 use chronik_shards::log::{LogConfig, LogError, PartitionLog};
-use kafka_protocol::indexmap::IndexMap;
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-    NO_PARTITION_LEADER_EPOCH, NO_PRODUCER_EPOCH, NO_PRODUCER_ID,
-};
+use kafka_protocol::records::Compression;
 
+use crate::batch::{keyed_batch, Layout};
 use crate::floor::{self, bandwidth};
 
 #[derive(Debug, clap::Args)]
@@ -304,43 +301,27 @@ impl Job {
     /// One batch of `batch_records` records with random keys out of `keys` and random values
     /// (each its own: a codec finds nothing to share between them, as with real distinct values).
     fn batch(&self, x: &mut u64) -> Result<Bytes, LogError> {
-        let timestamp = now_ms();
-        let records: Vec<Record> = (0..self.batch_records)
-            .map(|i| {
+        let records: Vec<_> = (0..self.batch_records)
+            .map(|_| {
                 let key = (xorshift(x) % u64::from(self.keys)) as u32;
                 let mut value = Vec::with_capacity(self.value_bytes + 8);
                 while value.len() < self.value_bytes {
                     value.extend_from_slice(&xorshift(x).to_le_bytes());
                 }
                 value.truncate(self.value_bytes);
-                Record {
-                    transactional: false,
-                    control: false,
-                    delete_horizon: false,
-                    partition_leader_epoch: NO_PARTITION_LEADER_EPOCH,
-                    producer_id: NO_PRODUCER_ID,
-                    producer_epoch: NO_PRODUCER_EPOCH,
-                    timestamp_type: TimestampType::Creation,
-                    offset: i64::from(i),
-                    sequence: i as i32,
-                    timestamp,
-                    key: Some(Bytes::from(format!("key-{key:08}"))),
-                    value: Some(Bytes::from(value)),
-                    headers: IndexMap::new(),
-                }
+                (
+                    Some(Bytes::from(format!("key-{key:08}"))),
+                    Some(Bytes::from(value)),
+                )
             })
             .collect();
-        let mut buf = BytesMut::new();
-        RecordBatchEncoder::encode(
-            &mut buf,
-            &records,
-            &RecordEncodeOptions {
-                version: 2,
-                compression: self.compression,
-            },
-        )
-        .map_err(|e| LogError::InvalidBatch(format!("bench batch: {e}")))?;
-        Ok(buf.freeze())
+        let layout = Layout {
+            timestamp: now_ms(),
+            compression: self.compression,
+            ..Layout::default()
+        };
+        keyed_batch(records, &layout)
+            .map_err(|e| LogError::InvalidBatch(format!("bench batch: {e}")))
     }
 }
 

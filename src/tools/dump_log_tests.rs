@@ -3,46 +3,25 @@
 
 use std::path::Path;
 
-use bytes::{Bytes, BytesMut};
-use kafka_protocol::indexmap::IndexMap;
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use bytes::Bytes;
+use chronik_bench::batch::{keyed_batch, Layout};
+use kafka_protocol::records::Compression;
 
 use super::*;
 
 /// One batch at `base` of (key, value) records, as a producer writes it.
 fn batch(base: i64, recs: &[(Option<&str>, Option<&str>)], compression: Compression) -> Vec<u8> {
-    let records: Vec<Record> = recs
-        .iter()
-        .enumerate()
-        .map(|(i, (k, v))| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: 0,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: base + i as i64,
-            sequence: base as i32 + i as i32,
-            timestamp: 1_000 + i as i64,
-            key: k.map(|k| Bytes::copy_from_slice(k.as_bytes())),
-            value: v.map(|v| Bytes::copy_from_slice(v.as_bytes())),
-            headers: IndexMap::new(),
-        })
-        .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &records,
-        &RecordEncodeOptions {
-            version: 2,
-            compression,
-        },
-    )
-    .unwrap();
-    buf.to_vec()
+    let bytes = |s: &str| Bytes::copy_from_slice(s.as_bytes());
+    let records = recs.iter().map(|(k, v)| (k.map(bytes), v.map(bytes)));
+    let layout = Layout {
+        base_offset: base,
+        timestamp: 1_000,
+        timestamp_step: 1,
+        leader_epoch: 0,
+        compression,
+        producer: None,
+    };
+    keyed_batch(records, &layout).unwrap().to_vec()
 }
 
 fn segment(dir: &Path, base: i64, parts: &[&[u8]]) -> PathBuf {

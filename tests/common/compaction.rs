@@ -6,16 +6,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
+use chronik_bench::batch::{keyed_batch as encode_keyed, Layout};
 use chronik_shards::log::batch;
 use chronik_shards::log::compaction::records;
-use kafka_protocol::indexmap::IndexMap;
 use kafka_protocol::messages::create_topics_request::{CreatableTopic, CreatableTopicConfig};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Decodable, StrBytes};
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
 
 use super::{fetch_request, produce_request, Client};
 
@@ -55,36 +52,14 @@ pub fn compacted_configs(delete_retention_ms: &str) -> Vec<(&'static str, String
 
 /// One uncompressed batch of keyed records (a None value is a tombstone), timestamps `now`.
 pub fn keyed_batch(records: &[(Vec<u8>, Option<Vec<u8>>)], timestamp: i64) -> Bytes {
-    let records: Vec<Record> = records
+    let records = records
         .iter()
-        .enumerate()
-        .map(|(i, (k, v))| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: -1,
-            producer_id: -1,
-            producer_epoch: -1,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            sequence: i as i32,
-            timestamp,
-            key: Some(Bytes::from(k.clone())),
-            value: v.clone().map(Bytes::from),
-            headers: IndexMap::new(),
-        })
-        .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &records,
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )
-    .unwrap();
-    buf.freeze()
+        .map(|(k, v)| (Some(Bytes::from(k.clone())), v.clone().map(Bytes::from)));
+    let layout = Layout {
+        timestamp,
+        ..Layout::default()
+    };
+    encode_keyed(records, &layout).expect("encoding a batch")
 }
 
 /// Produces one batch to partition 0; the connection breaking (a killed broker) is an `Err`.

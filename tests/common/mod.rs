@@ -12,15 +12,13 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use kafka_protocol::indexmap::IndexMap;
+use chronik_bench::batch::{keyed_batch, Layout, Sequenced};
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic};
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::*;
 use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
-use kafka_protocol::records::{
-    Compression, Record, RecordBatchDecoder, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
-};
+use kafka_protocol::records::RecordBatchDecoder;
 
 /// A broker process; SIGKILLed on drop if still running.
 pub struct Broker {
@@ -460,37 +458,23 @@ pub fn batch(values: &[&[u8]], timestamp: i64) -> Bytes {
 /// `batch` written by an idempotent producer: its id and epoch in the header, the records numbered
 /// from `producer.base_sequence`.
 pub fn producer_batch(values: &[&[u8]], timestamp: i64, producer: ProducerFields) -> Bytes {
-    let records: Vec<Record> = values
-        .iter()
-        .enumerate()
-        .map(|(i, v)| Record {
-            transactional: false,
-            control: false,
-            delete_horizon: false,
-            partition_leader_epoch: -1,
+    let records = values.iter().enumerate().map(|(i, v)| {
+        (
+            Some(Bytes::from(format!("key-{i}"))),
+            Some(Bytes::copy_from_slice(v)),
+        )
+    });
+    let layout = Layout {
+        timestamp,
+        timestamp_step: 1,
+        producer: Some(Sequenced {
             producer_id: producer.id,
-            producer_epoch: producer.epoch,
-            timestamp_type: TimestampType::Creation,
-            offset: i as i64,
-            // The encoder starts a new batch when `offset - sequence` changes: keep it constant.
-            sequence: producer.base_sequence.wrapping_add(i as i32),
-            timestamp: timestamp + i as i64,
-            key: Some(Bytes::from(format!("key-{i}"))),
-            value: Some(Bytes::copy_from_slice(v)),
-            headers: IndexMap::new(),
-        })
-        .collect();
-    let mut buf = BytesMut::new();
-    RecordBatchEncoder::encode(
-        &mut buf,
-        &records,
-        &RecordEncodeOptions {
-            version: 2,
-            compression: Compression::None,
-        },
-    )
-    .unwrap();
-    buf.freeze()
+            epoch: producer.epoch,
+            base_sequence: producer.base_sequence,
+        }),
+        ..Layout::default()
+    };
+    keyed_batch(records, &layout).expect("encoding a batch")
 }
 
 /// (offset, value) of every record in fetched bytes.
